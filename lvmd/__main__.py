@@ -1,0 +1,5 @@
+import sys
+
+from lvmd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""`lvmd` command line: each command family lives in its own lvmd/cli_*.py module with a
+`register(subparsers)` function; handlers return the exit code. UserError (and the store's
+one-line errors) become `lvmd: error: ...` on stderr and exit 1."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Order here is the order in `lvmd --help`.
+COMMAND_MODULES = [
+    "lvmd.cli_train",
+    "lvmd.cli_data",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lvmd", description=__doc__.split("\n")[0].strip("`"))
+    from lvmd import __version__
+
+    parser.add_argument("--version", action="version", version=f"lvmd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def default_db() -> str:
+    """The database used when --db is not given: $LVMD_DB, else ./lvmd.db."""
+    return os.environ.get("LVMD_DB", "lvmd.db")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lvmd.errors import UserError
+    from store.db import StoreError
+    from store.runs import UnknownRun
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, StoreError, UnknownRun) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"lvmd: error: {msg}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+    except KeyboardInterrupt:
+        print("lvmd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

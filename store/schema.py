@@ -1,0 +1,125 @@
+"""Numbered migrations (PRAGMA user_version) and the column lists other layers share.
+
+Never edit a migration that has shipped: add a new one at the end of MIGRATIONS.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+import sqlite_utils
+
+# The per-step guardrail telemetry (SPEC §3 G6), in the order the trainer packs it into one
+# device tensor per step. Each becomes a REAL column of `steps`; flags are stored as 0/1.
+STEP_METRICS: tuple[str, ...] = (
+    "lam",           # λ_eff after clamp and cap
+    "rho",           # ρ = λ·Ldir/mse after the cap (directional share of the loss)
+    "rho_pre",       # ρ before the cap (what the clamp alone gave)
+    "frac",          # ramp's target share
+    "m_gap",         # ramp's gap margin
+    "pos",           # mean cos(ŷ, y_next)
+    "neg",           # mean cos(ŷ, y_prev)
+    "gap",           # mean (pos - neg)
+    "ratio",         # mean gap / (|pos| + |neg| + 1e-6)
+    "neg_cos_rate",  # share of samples with pos < 0
+    "skip",          # 1 when G5 dropped the directional term for this batch
+    "attenuate",     # 1 when the ρ cap scaled λ down
+    "mse",           # base loss
+    "l_dir",         # G1 directional loss (before λ)
+    "l_floor",       # G2 positive floor
+    "l_norm",        # G3 norm regulariser
+    "l_orth",        # v2.2 orthogonality term (0 for other presets)
+    "total",         # the loss that was back-propagated
+    "grad_norm",     # total grad norm before clipping
+)
+STEP_FLAGS = ("skip", "attenuate")
+STEP_COLUMNS: tuple[str, ...] = ("run_id", "step", "epoch", "t", "lr") + STEP_METRICS
+
+RUN_STATES = (
+    "starting", "running", "paused", "evaluating", "stopping",
+    "stopped", "finished", "failed", "crashed",
+)
+TERMINAL_STATES = ("stopped", "finished", "failed", "crashed")
+COMMAND_VERBS = ("pause", "resume", "eval", "checkpoint", "stop")
+COMMAND_STATES = ("pending", "acked", "done", "failed")
+
+
+def _m001_core(db: sqlite_utils.Database) -> None:
+    db["runs"].create({
+        "id": int, "name": str, "preset": str, "compat": str, "state": str,
+        "config_json": str, "data_json": str, "out_dir": str,
+        "host": str, "pid": int, "created_at": float, "updated_at": float,
+        "started_at": float, "ended_at": float, "heartbeat_at": float,
+        "epoch": int, "step": int, "total_epochs": int, "total_steps": int,
+        "error": str, "lvmd_version": str,
+    }, pk="id", not_null={"name", "state", "config_json", "created_at"})
+    db["steps"].create({c: (float if c in ("t", "lr") + STEP_METRICS else int) for c in STEP_COLUMNS},
+                       foreign_keys=[("run_id", "runs", "id")],
+                       not_null=set(STEP_COLUMNS))
+    db["steps"].create_index(["run_id", "step"], unique=True)
+    db["events"].create({
+        "id": int, "run_id": int, "step": int, "epoch": int, "t": float,
+        "kind": str, "detail": str,
+    }, pk="id", foreign_keys=[("run_id", "runs", "id")], not_null={"run_id", "t", "kind"})
+    db["events"].create_index(["run_id", "kind"])
+    db["epochs"].create({
+        "run_id": int, "epoch": int, "step": int, "t": float, "duration_s": float,
+        "train_loss": float, "train_mse": float, "val_loss": float, "val_cos": float,
+        "val_prev_cos": float, "val_margin": float, "r_at_1": float, "r_at_5": float,
+        "mrr": float, "lr": float, "skip_rate": float, "rho_max": float, "pos_min": float,
+        "attenuate_rate": float,
+    }, pk=("run_id", "epoch"), foreign_keys=[("run_id", "runs", "id")])
+    db["evals"].create({
+        "id": int, "run_id": int, "epoch": int, "step": int, "trigger": str,
+        "splits": str, "profile": str, "compat": str, "max_samples": int,
+        "started_at": float, "finished_at": float, "duration_s": float,
+        "gates_passed": int, "gates_total": int, "verdict_3of5": int, "verdict_all5": int,
+        "error": str,
+    }, pk="id", foreign_keys=[("run_id", "runs", "id")])
+    db["evals"].create_index(["run_id", "epoch"])
+    db["gates"].create({
+        "eval_id": int, "split": str, "gate": str, "metric": str,
+        "value": float, "threshold": float, "op": str, "passed": int,
+    }, foreign_keys=[("eval_id", "evals", "id")], not_null={"eval_id", "split", "gate", "metric"})
+    db["gates"].create_index(["eval_id"])
+    db["eval_metrics"].create({
+        "eval_id": int, "split": str, "name": str, "value": float,
+    }, foreign_keys=[("eval_id", "evals", "id")], not_null={"eval_id", "split", "name"})
+    db["eval_metrics"].create_index(["eval_id", "split", "name"])
+    db["commands"].create({
+        "id": int, "run_id": int, "verb": str, "args": str,
+        "issued_at": float, "issued_by": str, "user": str, "host": str, "pid": int,
+        "state": str, "acked_at": float, "acked_step": int, "done_at": float, "result": str,
+    }, pk="id", foreign_keys=[("run_id", "runs", "id")],
+        not_null={"run_id", "verb", "issued_at", "state"})
+    db["commands"].create_index(["run_id", "state"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m001_core,
+]
+
+
+def migrate(conn: sqlite3.Connection, path: Path | str = "<db>") -> int:
+    """Bring the file up to the newest schema; returns the version. Safe to race: the
+    version is re-read under the write lock, so two processes never apply one twice."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == len(MIGRATIONS):
+        return version
+    if version > len(MIGRATIONS):
+        from store.db import StoreError
+
+        raise StoreError(f"{path}: schema version {version} is newer than this lvmd; upgrade lvmd")
+    db = sqlite_utils.Database(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version, len(MIGRATIONS)):
+            MIGRATIONS[number](db)
+            conn.execute(f"PRAGMA user_version={number + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)

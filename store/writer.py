@@ -1,0 +1,141 @@
+"""The SQL side of the telemetry sink: one connection, one thread, batched transactions.
+
+The trainer hands over whole blocks of step rows; this thread commits everything that arrived
+within `flush_seconds` (0.5 s by default) in ONE transaction, so the hot path never waits on
+SQLite and a reader sees at most two commits a second. Errors are kept and re-raised in the
+caller on its next call, so telemetry is never dropped silently.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from store.db import connect
+from store.schema import STEP_COLUMNS
+
+_CLOSE = object()
+_STEP_INSERT = f"INSERT INTO steps ({', '.join(STEP_COLUMNS)}) VALUES ({', '.join('?' * len(STEP_COLUMNS))})"
+
+
+class SqliteSink:
+    """Implements the trainer's Sink protocol (lvmd/sink.py) on an SQLite file."""
+
+    def __init__(self, path: str | Path, run_id: int, *, flush_seconds: float = 0.5):
+        self.path = Path(path)
+        self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self._conn = connect(self.path)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="lvmd-sqlite-writer", daemon=True)
+        self._thread.start()
+
+    # -- the Sink protocol --------------------------------------------------------------
+    def log_steps(self, rows: Sequence[Sequence[Any]]) -> None:
+        """rows: tuples in STEP_COLUMNS order without the leading run_id."""
+        self._raise_pending()
+        self._queue.put(("steps", [(self.run_id, *r) for r in rows]))
+
+    def event(self, kind: str, *, step: int | None = None, epoch: int | None = None,
+              detail: dict | None = None, t: float | None = None) -> None:
+        self._raise_pending()
+        self._queue.put(("sql", "INSERT INTO events (run_id, step, epoch, t, kind, detail) VALUES (?,?,?,?,?,?)",
+                         (self.run_id, step, epoch, t or time.time(), kind,
+                          json.dumps(detail, sort_keys=True, allow_nan=False, default=str) if detail else None)))
+
+    def epoch(self, row: dict) -> None:
+        self._raise_pending()
+        row = {"run_id": self.run_id, **row}
+        cols = ", ".join(row)
+        self._queue.put(("sql", f"INSERT OR REPLACE INTO epochs ({cols}) VALUES ({', '.join('?' * len(row))})",
+                         tuple(row.values())))
+
+    def update_run(self, **fields: Any) -> None:
+        self._raise_pending()
+        fields.setdefault("updated_at", time.time())
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self._queue.put(("sql", f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), self.run_id)))
+
+    def write_eval(self, eval_row: dict, gates: list[dict], metrics: list[dict]) -> int:
+        """One 5CAT result (evals + gates + eval_metrics rows) in one transaction; its id."""
+        from store.evals import insert_eval
+
+        return self.call(lambda conn: insert_eval(conn, self.run_id, eval_row, gates, metrics))
+
+    def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run fn(conn) on the writer thread inside the next commit and return its result.
+        Everything queued before it is committed together with it (ordering is kept)."""
+        self._raise_pending()
+        fut: Future = Future()
+        self._queue.put(("call", fn, fut))
+        return fut.result()
+
+    def flush(self) -> None:
+        """Block until everything handed over so far is committed."""
+        self.call(lambda conn: None)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_CLOSE)
+            self._thread.join()
+        self._conn.close()
+        self._raise_pending()
+
+    # -- the writer thread --------------------------------------------------------------
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError(f"{self.path}: telemetry write failed: {err}") from err
+
+    def _loop(self) -> None:
+        pending: list = []
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _CLOSE:
+                self._commit(pending)
+                return
+            if item is not None:
+                pending.append(item)
+                deadline = deadline or time.monotonic() + self.flush_seconds
+            if pending and (item is not None and item[0] == "call" or time.monotonic() >= (deadline or 0)):
+                self._commit(pending)
+                pending, deadline = [], None
+
+    def _commit(self, items: Iterable) -> None:
+        items = list(items)
+        if not items:
+            return
+        calls: list[tuple[Future, Any]] = []
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in items:
+                if item[0] == "steps":
+                    conn.executemany(_STEP_INSERT, item[1])
+                elif item[0] == "sql":
+                    conn.execute(item[1], item[2])
+                else:
+                    calls.append((item[2], item[1](conn)))
+            conn.execute("COMMIT")
+        except BaseException as exc:  # keep the error for the caller; never lose it silently
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            waiting = [item[2] for item in items if item[0] == "call" and not item[2].done()]
+            for fut in waiting:
+                fut.set_exception(exc)
+            if not waiting:  # nobody is waiting: report it on the caller's next call
+                self._error = exc
+            return
+        for fut, result in calls:
+            fut.set_result(result)
