@@ -65,3 +65,28 @@ def resolve_run(conn: sqlite3.Connection, ref: str | int | None) -> dict:
         ids = ", ".join(str(r["id"]) for r in rows)
         raise UnknownRun(f"run name {text!r} is ambiguous (ids {ids}); use the id")
     return dict(rows[0])
+
+
+def truncate_after(conn: sqlite3.Connection, run_id: int, step: int, epoch: int) -> dict[str, int]:
+    """Before a resume from a checkpoint at (step, epoch): remove what the dead process wrote
+    after it, so the resumed run continues with no gap and no duplicate rows. State and
+    crash events stay (they are history); step-derived rows go."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        removed = {
+            "steps": conn.execute("DELETE FROM steps WHERE run_id = ? AND step > ?", (run_id, step)).rowcount,
+            "events": conn.execute("DELETE FROM events WHERE run_id = ? AND step > ? AND kind IN "
+                                   "('skip', 'attenuate', 'checkpoint', 'collapse_warning')",
+                                   (run_id, step)).rowcount,
+            "epochs": conn.execute("DELETE FROM epochs WHERE run_id = ? AND epoch >= ?", (run_id, epoch)).rowcount,
+        }
+        evals = [r[0] for r in conn.execute("SELECT id FROM evals WHERE run_id = ? AND step > ?", (run_id, step))]
+        for table in ("gates", "eval_metrics"):
+            conn.executemany(f"DELETE FROM {table} WHERE eval_id = ?", [(e,) for e in evals])
+        conn.executemany("DELETE FROM evals WHERE id = ?", [(e,) for e in evals])
+        removed["evals"] = len(evals)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return removed

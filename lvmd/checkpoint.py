@@ -1,0 +1,50 @@
+"""Checkpoints: atomic writes (temp file + os.replace) and weights_only loads.
+
+A checkpoint holds everything resuming needs (model, optimizer, scheduler, RNG, epoch, batch,
+step, best metric) and the resolved config as JSON (DESIGN rule 6).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lvmd.errors import UserError
+
+FORMAT = "lvmd-checkpoint-1"
+
+
+def save(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write atomically: a reader (or a crash) never sees a half-written file. Owner-only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format": FORMAT, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: cannot be loaded as an lvmd checkpoint with weights_only=True "
+                        f"({str(exc).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not an lvmd checkpoint (no format {FORMAT!r}); "
+                        "for the original project's checkpoints use `lvmd eval`")
+    return state

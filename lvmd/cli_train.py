@@ -1,0 +1,96 @@
+"""`lvmd run`: train in the foreground (tmux, systemd), with a progress line."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from lvmd.config import load_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="train in the foreground; prints the run id")
+    p.add_argument("config", nargs="?", help="TOML config (omit to use defaults + overrides)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
+    p.add_argument("--db", help="SQLite file (default $LVMD_DB or ./lvmd.db)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_run)
+
+
+def split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """`lvmd run key=value ...` without a file: the first positional is an override."""
+    if config is not None and "=" in config and not config.endswith(".toml"):
+        return None, [config, *overrides]
+    return config, list(overrides)
+
+
+class Progress:
+    """A redrawn line on a terminal; plain lines every few seconds otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.last_line = 0.0
+        self.first_step: int | None = None
+
+    def __call__(self, info: dict) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self.last_line < 5.0:
+            return
+        self.last_line = now
+        step, total = info["step"], max(info["total_steps"], 1)
+        if self.first_step is None:
+            self.first_step = step
+        rate = (step - self.first_step) / max(now - self.started, 1e-9)
+        eta = (total - step) / rate if rate > 0 else float("nan")
+        width = 24
+        filled = int(width * step / total)
+        bar = "█" * filled + "·" * (width - filled)
+        line = (f"epoch {info['epoch'] + 1}/{info['epochs']} {bar} {step}/{total} "
+                f"loss {info['total']:.4g} ρ {info['rho']:.3f} pos {info['pos']:+.3f} "
+                f"neg {info['neg']:+.3f} skip {int(info['skip'])} {rate:.1f} it/s ETA {_fmt(eta)}")
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt(seconds: float) -> str:
+    if seconds != seconds:
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lvmd import runner
+    from lvmd.cli import default_db
+    from lvmd.trainer import load_train_data
+
+    config, overrides = split_config_arg(args.config, args.overrides)
+    cfg = load_config(config, overrides)
+    data = load_train_data(cfg)           # all input checked before anything is written
+    db = args.db or default_db()
+    run_id, out_dir = runner.create(cfg, db, data)
+    print(f"run {run_id} ({cfg.name}, preset {cfg.loss.preset}) → {db}; checkpoints in {out_dir}", flush=True)
+    progress = None if args.quiet else Progress()
+    try:
+        state = runner.execute(cfg, db, run_id, out_dir, data, progress=progress)
+    except Exception as exc:
+        if progress:
+            progress.close()
+        print(f"lvmd: error: run {run_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return 1
+    if progress:
+        progress.close()
+    print(f"run {run_id} {state}", flush=True)
+    return 0

@@ -1,0 +1,87 @@
+"""One training run against a database: create (or reopen) the run row, train, and leave the
+row in a final state (finished | stopped | failed) whatever happens. Shared by `lvmd run`
+(foreground) and the daemon."""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from lvmd import __version__
+from lvmd.config import RunConfig, config_to_dict
+from lvmd.control import Control
+from lvmd.data import file_sha256
+from lvmd.trainer import Trainer, TrainData
+from store.db import connect
+from store.runs import create_run, update_run
+from store.writer import SqliteSink
+
+
+def data_manifest(cfg: RunConfig) -> dict:
+    """Paths and sha256 of every data file, stored in the run row."""
+    out = {}
+    for key in ("train", "val", "ood", "articles", "ood_articles"):
+        path = getattr(cfg.data, key)
+        if path:
+            out[key] = {"path": path, "sha256": file_sha256(path), "bytes": os.path.getsize(path)}
+    return out
+
+
+def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
+    """Insert the run row (state starting) and fix its output folder."""
+    conn = connect(db)
+    try:
+        batches = -(-len(data.train) // cfg.train.batch_size)
+        total = cfg.train.epochs * batches
+        if cfg.train.max_steps:
+            total = min(total, cfg.train.max_steps)
+        run_id = create_run(conn, name=cfg.name, preset=cfg.loss.preset, compat=cfg.compat,
+                            config=config_to_dict(cfg), data=data_manifest(cfg),
+                            total_epochs=cfg.train.epochs, total_steps=total, lvmd_version=__version__)
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(db).resolve().parent / "runs" / str(run_id)
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        update_run(conn, run_id, out_dir=str(out_dir))
+    finally:
+        conn.close()
+    return run_id, out_dir
+
+
+def make_evaluator(cfg: RunConfig, data: TrainData, sink):
+    """5CAT needs the articles bank; without it the run trains and validates only."""
+    if data.articles is None:
+        return None
+    from lvmd.evaluation import Evaluator
+
+    return Evaluator(cfg, val=data.val, ood=data.ood, articles=data.articles,
+                     ood_articles=data.ood_articles or data.articles, sink=sink)
+
+
+def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: TrainData, *,
+            control_factory: Callable[[SqliteSink], Control] | None = None,
+            resume_from: Path | None = None, progress: Callable[[dict], None] | None = None) -> str:
+    """Train; returns the final state. The run row ends finished, stopped or failed."""
+    sink = SqliteSink(db, run_id, flush_seconds=cfg.train.flush_seconds)
+    control = (control_factory or (lambda s: Control(s)))(sink)
+    state = "failed"
+    try:
+        sink.update_run(pid=os.getpid(), started_at=time.time(), error=None)
+        trainer = Trainer(cfg, data, sink, out_dir=out_dir, control=control,
+                          evaluator=make_evaluator(cfg, data, sink), progress=progress)
+        control.set_state("running", pid=os.getpid(), resume_from=str(resume_from) if resume_from else None)
+        state = trainer.run(resume_from=resume_from)
+        return state
+    except BaseException as exc:
+        msg = f"{type(exc).__name__}: {exc}".strip()
+        sink.event("error", detail={"error": msg, "traceback": traceback.format_exc(limit=8)})
+        sink.update_run(error=msg.splitlines()[0])
+        raise
+    finally:
+        try:
+            control.set_state(state)
+            sink.update_run(ended_at=time.time())
+            sink.close()
+        finally:
+            if hasattr(control, "restore_signals"):
+                control.restore_signals()

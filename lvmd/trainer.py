@@ -1,0 +1,402 @@
+"""The training loop: batches → model → P6b loss + guardrails → optimizer, top to bottom.
+
+Side effects go through the sink (telemetry, events, epochs) and the control (heartbeat,
+signals, commands); no SQL here. Per-step telemetry stays on the device as one packed tensor
+per step and is copied to the host once per block (train.telemetry_block steps or
+train.flush_seconds, whichever first), so a GPU step never waits for the host.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lvmd import checkpoint, data as datamod
+from lvmd.config import RunConfig, config_from_dict, config_to_dict, stage_for_epoch
+from lvmd.control import Control, Request
+from lvmd.data import Articles, DataError, Sequences
+from lvmd.guardrails import DEVICE_METRICS, guarded_loss
+from lvmd.models import build_model
+from store.schema import STEP_METRICS
+
+PACKED = DEVICE_METRICS + ("grad_norm",)          # order of the per-step device tensor
+VAL_BATCH = 1024
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# -- data on the device ------------------------------------------------------------------
+@dataclass
+class TrainData:
+    train: Sequences
+    val: Sequences
+    ood: Sequences | None = None
+    articles: Articles | None = None
+    ood_articles: Articles | None = None
+
+
+def load_train_data(cfg: RunConfig) -> TrainData:
+    """Load and cross-check every file the config names (one-line DataError on problems)."""
+    d = cfg.data
+    for key in ("train", "val"):
+        if not getattr(d, key):
+            raise DataError(f"data.{key}: not set; give a sequence NPZ path in the config or as data.{key}=PATH")
+    train = datamod.load_sequences(d.train, allow_pickle=d.allow_pickle)
+    if d.max_train:
+        train = train.subset(np.arange(min(d.max_train, len(train))))
+    val = datamod.load_sequences(d.val, allow_pickle=d.allow_pickle)
+    ood = datamod.load_sequences(d.ood, allow_pickle=d.allow_pickle) if d.ood else None
+    articles = datamod.load_articles(d.articles) if d.articles else None
+    ood_articles = datamod.load_articles(d.ood_articles) if d.ood_articles else None
+    for seqs in (val, ood):
+        if seqs is not None and (seqs.dim, seqs.context_len) != (train.dim, train.context_len):
+            raise DataError(f"{seqs.path}: T={seqs.context_len}, D={seqs.dim} but {train.path} has "
+                            f"T={train.context_len}, D={train.dim}")
+    for arts in (articles, ood_articles):
+        if arts is not None and arts.dim != train.dim:
+            raise DataError(f"{arts.path}: D={arts.dim} but {train.path} has D={train.dim}")
+    return TrainData(train, val, ood, articles, ood_articles)
+
+
+@dataclass
+class DeviceSplit:
+    contexts: torch.Tensor   # (M, T, D)
+    targets: torch.Tensor    # (M, D)
+    prev: torch.Tensor       # (M, D): y_prev per loss.prev
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+
+def to_device(seqs: Sequences, cfg: RunConfig, articles: Articles | None, device: torch.device) -> DeviceSplit:
+    prev = datamod.prev_vectors(seqs, cfg.loss.prev, articles)
+    return DeviceSplit(torch.from_numpy(seqs.contexts).to(device), torch.from_numpy(seqs.targets).to(device),
+                       torch.from_numpy(np.ascontiguousarray(prev)).to(device))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"train.device: {name!r} asked for but CUDA is not available here")
+    return torch.device(name)
+
+
+def corrupt_last_slot(ctx: torch.Tensor, *, share: float, sigma: float, swap_share: float) -> torch.Tensor:
+    """compat lnsp: the original corrupted ctx[-1] in `share` of rows: Gaussian noise (σ), or in
+    `swap_share` of those a swap of the last two slots. Branch-free; uses the global RNG."""
+    b = ctx.size(0)
+    hit = torch.rand(b, device=ctx.device) < share                       # (B,)
+    swap = hit & (torch.rand(b, device=ctx.device) < swap_share)
+    noisy = F.normalize(ctx[:, -1] + sigma * torch.randn_like(ctx[:, -1]), dim=-1)
+    last = torch.where(swap[:, None], ctx[:, -2], torch.where(hit[:, None], noisy, ctx[:, -1]))
+    second = torch.where(swap[:, None], ctx[:, -1], ctx[:, -2])
+    return torch.cat([ctx[:, :-2], second[:, None], last[:, None]], dim=1)
+
+
+# -- telemetry ---------------------------------------------------------------------------
+class EpochStats:
+    """Aggregates of one epoch's step rows, fed block by block on the host."""
+
+    def __init__(self):
+        self.n = self.skips = self.attenuates = 0
+        self.total = self.mse = 0.0
+        self.rho_max = -math.inf
+        self.pos_min = math.inf
+
+    def add(self, m: dict) -> None:
+        self.n += 1
+        self.skips += int(m["skip"])
+        self.attenuates += int(m["attenuate"])
+        self.total += m["total"]
+        self.mse += m["mse"]
+        self.rho_max = max(self.rho_max, m["rho"])
+        self.pos_min = min(self.pos_min, m["pos"])
+
+    def row(self) -> dict:
+        n = max(self.n, 1)
+        return {"train_loss": self.total / n, "train_mse": self.mse / n, "skip_rate": self.skips / n,
+                "attenuate_rate": self.attenuates / n,
+                "rho_max": self.rho_max if self.n else None, "pos_min": self.pos_min if self.n else None}
+
+
+class TelemetryBuffer:
+    """Packed per-step tensors wait on the device; one stack + host copy per block."""
+
+    def __init__(self, sink, *, block: int, flush_seconds: float,
+                 on_rows: Callable[[list[dict]], None] | None = None):
+        self.sink, self.block, self.flush_seconds, self.on_rows = sink, block, flush_seconds, on_rows
+        self.host: list[tuple] = []          # (step, epoch, t, lr, frac, m_gap)
+        self.device: list[torch.Tensor] = []  # (len(PACKED),) each
+        self.stats = EpochStats()
+        self._last_flush = time.monotonic()
+
+    def add(self, host: tuple, packed: torch.Tensor) -> None:
+        self.host.append(host)
+        self.device.append(packed)
+        if len(self.device) >= self.block or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> list[dict]:
+        self._last_flush = time.monotonic()
+        if not self.device:
+            return []
+        values = torch.stack(self.device).float().cpu().tolist()   # the one device→host copy
+        rows, metrics = [], []
+        for (step, epoch, t, lr, frac, m_gap), vals in zip(self.host, values):
+            m = dict(zip(PACKED, vals), frac=frac, m_gap=m_gap)
+            rows.append((step, epoch, t, lr, *(m[k] for k in STEP_METRICS)))
+            metrics.append({"step": step, "epoch": epoch, **m})
+            self.stats.add(m)
+        self.host.clear()
+        self.device.clear()
+        self.sink.log_steps(rows)
+        for m in metrics:
+            if m["skip"]:
+                self.sink.event("skip", step=m["step"], epoch=m["epoch"],
+                                detail={"pos": m["pos"], "neg": m["neg"], "gap": m["gap"]})
+            if m["attenuate"]:
+                self.sink.event("attenuate", step=m["step"], epoch=m["epoch"],
+                                detail={"rho_pre": m["rho_pre"], "rho_cap": m["rho"], "lam": m["lam"]})
+        bad = [m for m in metrics if not math.isfinite(m["total"])]
+        if self.on_rows:
+            self.on_rows(metrics)
+        if bad:
+            raise TrainingDiverged(f"loss is not finite at step {bad[0]['step']} (mse={bad[0]['mse']}, "
+                                   f"l_dir={bad[0]['l_dir']}); lower train.lr or check the data")
+        return metrics
+
+
+# -- the trainer ---------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: RunConfig, data: TrainData, sink, *, out_dir: str | Path,
+                 control: Control | None = None, evaluator=None,
+                 progress: Callable[[dict], None] | None = None):
+        self.cfg, self.data, self.sink = cfg, data, sink
+        self.out_dir = Path(out_dir)
+        self.control = control or Control(sink, install_signals=False)
+        self.evaluator = evaluator
+        self.progress = progress
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        self.device = pick_device(t.device)
+        self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
+        self.train_split = to_device(data.train, cfg, data.articles, self.device)
+        self.val_split = to_device(data.val, cfg, data.articles, self.device)
+        self.model = build_model(cfg.model, data.train.dim).to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=t.plateau_factor, patience=t.plateau_patience)
+        self.batches_per_epoch = math.ceil(len(self.train_split) / t.batch_size)
+        self.total_steps = t.epochs * self.batches_per_epoch
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        self.epoch = 0        # current epoch (from 0)
+        self.batch = 0        # next batch index within the epoch
+        self.step = 0         # optimizer steps done
+        self.best: float | None = None
+        self.telemetry = TelemetryBuffer(sink, block=t.telemetry_block, flush_seconds=t.flush_seconds,
+                                         on_rows=self._on_rows)
+
+    # -- one optimizer step (also used bare by scripts/bench_trainer.py) --------------------
+    def train_step(self, ctx: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor, stage) -> torch.Tensor:
+        """Forward, guarded loss, backward, clip, step. Returns the packed telemetry (device)."""
+        t = self.cfg.train
+        if t.last_slot_noise > 0:
+            ctx = corrupt_last_slot(ctx, share=t.last_slot_noise, sigma=t.noise_sigma, swap_share=t.swap_share)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            raw, unit = self.model(ctx)                                   # (B, D) each
+        total, metrics = guarded_loss(raw, unit, y, y_prev, stage, self.cfg.loss, compat=self.cfg.compat)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else math.inf)
+        self.optimizer.step()
+        return torch.stack([metrics[k] for k in DEVICE_METRICS] + [grad_norm.detach().to(total.dtype)])
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's batch order: a function of (seed, epoch) only, so a resumed run replays it."""
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_split), generator=gen).to(self.device)
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self, resume_from: str | Path | None = None) -> str:
+        """Train to the end (→ "finished") or until asked to stop (→ "stopped")."""
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        cfg, split = self.cfg, self.train_split
+        bs = cfg.train.batch_size
+        self.model.train()
+        while self.epoch < cfg.train.epochs and self.step < self.total_steps:
+            stage = stage_for_epoch(cfg.loss.ramp, self.epoch)
+            order = self.epoch_order(self.epoch)
+            started = time.monotonic()
+            while self.batch < self.batches_per_epoch and self.step < self.total_steps:
+                idx = order[self.batch * bs:(self.batch + 1) * bs]                  # (B,)
+                packed = self.train_step(split.contexts[idx], split.targets[idx], split.prev[idx], stage)
+                self.batch += 1
+                self.step += 1
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.telemetry.add((self.step, self.epoch, time.time(), lr, stage.frac, stage.m_gap), packed)
+                if self._handle(self.control.poll(self.step, self.epoch)) == "stop":
+                    self.control.heartbeat(self.step, self.epoch)
+                    return "stopped"
+            if self.batch < self.batches_per_epoch:      # max_steps reached mid-epoch
+                break
+            self.end_epoch(time.monotonic() - started)
+        self.telemetry.flush()
+        self.save_checkpoint("last")
+        self.control.heartbeat(self.step, self.epoch)
+        return "finished"
+
+    def _handle(self, requests: list[Request]) -> str | None:
+        for req in requests:
+            try:
+                if req.action == "checkpoint":
+                    self.telemetry.flush()
+                    path = self.save_checkpoint("last")
+                    req.done({"path": str(path), "step": self.step})
+                elif req.action == "eval":
+                    req.done(self.run_fivecat(trigger=req.trigger))
+                elif req.action == "stop":
+                    self.telemetry.flush()
+                    if getattr(self.control, "stop_now", False):
+                        req.done({"step": self.step, "checkpoint": None})
+                    else:
+                        path = self.save_checkpoint("last")
+                        req.done({"step": self.step, "checkpoint": str(path)})
+                    return "stop"
+            except Exception as exc:  # a failed request is reported; a failed stop still stops
+                req.failed(f"{type(exc).__name__}: {exc}")
+                if req.action == "stop":
+                    return "stop"
+        return None
+
+    def end_epoch(self, duration: float) -> None:
+        """Flush, validate, step the scheduler, write the epoch row, checkpoint, maybe 5CAT."""
+        self.telemetry.flush()
+        val = self.validate()
+        self.scheduler.step(val["val_loss"])
+        row = {"epoch": self.epoch, "step": self.step, "t": time.time(), "duration_s": duration,
+               **self.telemetry.stats.row(), **val, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.evaluator is not None:
+            row.update(self.evaluator.epoch_check(self.predict))
+        self.sink.epoch(row)
+        self.telemetry.stats = EpochStats()
+        every = self.cfg.eval.fivecat_every
+        run_full = self.evaluator is not None and every and (self.epoch + 1) % every == 0
+        finished_epoch = self.epoch
+        self.epoch, self.batch = self.epoch + 1, 0
+        improved = self._is_best(val)
+        self.save_checkpoint("last")
+        if improved:
+            self.save_checkpoint("best")
+        if run_full:
+            self.run_fivecat(trigger="epoch", epoch=finished_epoch)
+
+    def _is_best(self, val: dict) -> bool:
+        metric = self.cfg.train.best_metric
+        value = val["val_loss"] if metric == "val_loss" else -val["val_margin"]  # lower is better
+        if self.best is None or value < self.best:
+            self.best = value
+            return True
+        return False
+
+    # -- evaluation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, ctx: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) float on any device → (B, D) unit predictions on the CPU; eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outs = []
+            for chunk in ctx.split(VAL_BATCH):
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                    enabled=self.autocast_dtype is not None):
+                    outs.append(self.model(chunk.to(self.device))[1].float().cpu())
+            return torch.cat(outs) if outs else torch.zeros(0, self.data.train.dim)
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Val loss (MSE of the unit prediction, as the original's evaluate), val cos, margin."""
+        s = self.val_split
+        unit = self.predict(s.contexts).to(self.device)
+        pos = (unit * F.normalize(s.targets, dim=-1)).sum(-1)
+        neg = (unit * F.normalize(s.prev, dim=-1)).sum(-1)
+        vals = torch.stack([(unit - s.targets).pow(2).mean(), pos.mean(), neg.mean()]).tolist()
+        return {"val_loss": vals[0], "val_cos": vals[1], "val_prev_cos": vals[2], "val_margin": vals[1] - vals[2]}
+
+    def run_fivecat(self, *, trigger: str, epoch: int | None = None) -> dict:
+        if self.evaluator is None:
+            raise RuntimeError("no 5CAT evaluator: set data.articles (and data.val) to evaluate")
+        self.telemetry.flush()
+        return self.evaluator.full(self.predict, trigger=trigger,
+                                   epoch=self.epoch if epoch is None else epoch, step=self.step)
+
+    def _on_rows(self, metrics: list[dict]) -> None:
+        if self.progress and metrics:
+            self.progress({"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
+                           "epochs": self.cfg.train.epochs, **metrics[-1]})
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoint_path(self, which: str) -> Path:
+        return self.out_dir / f"{which}.pt"
+
+    def save_checkpoint(self, which: str) -> Path:
+        state = {
+            "config_json": _json(config_to_dict(self.cfg)), "dim": self.data.train.dim,
+            "context_len": self.data.train.context_len, "model_type": self.cfg.model.kind,
+            "model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "best": self.best if self.best is not None else math.nan,
+        }
+        path = checkpoint.save(self.checkpoint_path(which), state)
+        self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": which, "path": str(path)})
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = checkpoint.load(path, map_location=self.device)
+        saved = config_from_dict(_loads(state["config_json"]))
+        if (saved.model, state["dim"]) != (self.cfg.model, self.data.train.dim):
+            raise DataError(f"{path}: model {saved.model.kind} D={state['dim']} does not match this run's "
+                            f"{self.cfg.model.kind} D={self.data.train.dim}")
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.scheduler.load_state_dict(state["scheduler_state"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
+        self.best = None if math.isnan(state["best"]) else float(state["best"])
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
+def _loads(text: str) -> dict:
+    import json
+
+    return json.loads(text)
