@@ -15,7 +15,7 @@ from lvmd.control import Control
 from lvmd.data import file_sha256
 from lvmd.trainer import Trainer, TrainData
 from store.db import connect
-from store.runs import create_run, update_run
+from store.runs import create_run, insert_event, update_run
 from store.writer import SqliteSink
 
 
@@ -64,7 +64,7 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
     """Train; returns the final state. The run row ends finished, stopped or failed."""
     sink = SqliteSink(db, run_id, flush_seconds=cfg.train.flush_seconds)
     control = (control_factory or (lambda s: Control(s)))(sink)
-    state = "failed"
+    state, error, detail = "failed", None, None
     try:
         sink.update_run(pid=os.getpid(), started_at=time.time(), error=None)
         trainer = Trainer(cfg, data, sink, out_dir=out_dir, control=control,
@@ -73,15 +73,31 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         state = trainer.run(resume_from=resume_from)
         return state
     except BaseException as exc:
-        msg = f"{type(exc).__name__}: {exc}".strip()
-        sink.event("error", detail={"error": msg, "traceback": traceback.format_exc(limit=8)})
-        sink.update_run(error=msg.splitlines()[0])
+        error = f"{type(exc).__name__}: {exc}".strip()
+        detail = {"error": error, "traceback": traceback.format_exc(limit=8)}
         raise
     finally:
+        if hasattr(control, "restore_signals"):
+            control.restore_signals()
         try:
-            control.set_state(state)
-            sink.update_run(ended_at=time.time())
             sink.close()
-        finally:
-            if hasattr(control, "restore_signals"):
-                control.restore_signals()
+        except Exception as exc:  # the final state below still gets written
+            error = error or f"telemetry writer: {exc}"
+        # The final state goes through a fresh connection: it must land even if the sink broke.
+        finish(db, run_id, state, error=error, detail=detail)
+
+
+def finish(db: str | Path, run_id: int, state: str, *, error: str | None = None, detail: dict | None = None) -> None:
+    conn = connect(db)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        fields = {"state": state, "ended_at": time.time(), "heartbeat_at": time.time()}
+        if error:
+            fields["error"] = error.splitlines()[0]
+        update_run(conn, run_id, **fields)
+        insert_event(conn, run_id, "state", {"state": state})
+        if error:
+            insert_event(conn, run_id, "error", detail or {"error": error})
+        conn.execute("COMMIT")
+    finally:
+        conn.close()

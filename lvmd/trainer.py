@@ -154,8 +154,11 @@ class TelemetryBuffer:
         if not self.device:
             return []
         values = torch.stack(self.device).float().cpu().tolist()   # the one device→host copy
-        rows, metrics = [], []
+        rows, metrics, diverged = [], [], None
         for (step, epoch, t, lr, frac, m_gap), vals in zip(self.host, values):
+            if not all(map(math.isfinite, vals)):
+                diverged = dict(zip(PACKED, vals), step=step)
+                break  # SQLite has no NaN; rows stop at the last finite step
             m = dict(zip(PACKED, vals), frac=frac, m_gap=m_gap)
             rows.append((step, epoch, t, lr, *(m[k] for k in STEP_METRICS)))
             metrics.append({"step": step, "epoch": epoch, **m})
@@ -170,12 +173,13 @@ class TelemetryBuffer:
             if m["attenuate"]:
                 self.sink.event("attenuate", step=m["step"], epoch=m["epoch"],
                                 detail={"rho_pre": m["rho_pre"], "rho_cap": m["rho"], "lam": m["lam"]})
-        bad = [m for m in metrics if not math.isfinite(m["total"])]
         if self.on_rows:
             self.on_rows(metrics)
-        if bad:
-            raise TrainingDiverged(f"loss is not finite at step {bad[0]['step']} (mse={bad[0]['mse']}, "
-                                   f"l_dir={bad[0]['l_dir']}); lower train.lr or check the data")
+        if diverged:
+            bad = [k for k in PACKED if not math.isfinite(diverged[k])]
+            raise TrainingDiverged(f"non-finite {', '.join(bad)} at step {diverged['step']} "
+                                   f"(mse={diverged['mse']}, grad_norm={diverged['grad_norm']}); "
+                                   "lower train.lr or check the data")
         return metrics
 
 
@@ -369,6 +373,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "best": self.best if self.best is not None else math.nan,
+            "epoch_stats": dict(vars(self.telemetry.stats)),  # a mid-epoch resume keeps the epoch's aggregates
         }
         path = checkpoint.save(self.checkpoint_path(which), state)
         self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": which, "path": str(path)})
@@ -388,6 +393,7 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         self.best = None if math.isnan(state["best"]) else float(state["best"])
+        vars(self.telemetry.stats).update(state["epoch_stats"])
 
 
 def _json(obj) -> str:

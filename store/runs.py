@@ -90,3 +90,10 @@ def truncate_after(conn: sqlite3.Connection, run_id: int, step: int, epoch: int)
         conn.execute("ROLLBACK")
         raise
     return removed
+
+
+def insert_event(conn: sqlite3.Connection, run_id: int, kind: str, detail: dict | None = None, *,
+                 step: int | None = None, epoch: int | None = None) -> None:
+    conn.execute("INSERT INTO events (run_id, step, epoch, t, kind, detail) VALUES (?,?,?,?,?,?)",
+                 (run_id, step, epoch, time.time(), kind,
+                  json.dumps(detail, sort_keys=True, default=str) if detail else None))

@@ -74,7 +74,10 @@ class SqliteSink:
         self._raise_pending()
         fut: Future = Future()
         self._queue.put(("call", fn, fut))
-        return fut.result()
+        try:
+            return fut.result()
+        except Exception as exc:
+            raise RuntimeError(f"{self.path}: telemetry write failed: {exc}") from exc
 
     def flush(self) -> None:
         """Block until everything handed over so far is committed."""

@@ -1,0 +1,125 @@
+"""End to end: the real `lvmd run` on a tiny model, telemetry recomputed, resume equivalence."""
+import json
+import math
+import sqlite3
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lvmd.config import load_config, stage_for_epoch
+from lvmd.sink import ListSink
+from lvmd.trainer import Trainer, load_train_data
+from store.schema import STEP_COLUMNS, STEP_METRICS
+from tests.conftest import TINY_MODEL, data_overrides, lvmd
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    proc = lvmd("run", *data_overrides(tiny_data), *TINY_MODEL, "train.epochs=2", "train.batch_size=16",
+                "--db", str(work / "t.db"), cwd=work, check=True)
+    return work, proc
+
+
+def test_run_writes_one_complete_row_per_optimizer_step(finished_run, tiny_data):
+    work, proc = finished_run
+    assert "run 1" in proc.stdout and "finished" in proc.stdout
+    db = sqlite3.connect(work / "t.db")
+    state, total_steps, step, config = db.execute("SELECT state, total_steps, step, config_json FROM runs").fetchone()
+    train_rows = len(load_train_data(load_config(None, data_overrides(tiny_data))).train)
+    assert total_steps == 2 * math.ceil(train_rows / 16) and state == "finished" and step == total_steps
+    steps = [r[0] for r in db.execute("SELECT step FROM steps ORDER BY step")]
+    assert steps == list(range(1, total_steps + 1))
+    nulls = " OR ".join(f"{c} IS NULL" for c in STEP_COLUMNS)
+    assert db.execute(f"SELECT count(*) FROM steps WHERE {nulls}").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM epochs").fetchone()[0] == 2
+    assert json.loads(config)["train"]["epochs"] == 2
+    assert (work / "runs" / "1" / "last.pt").exists() and (work / "runs" / "1" / "best.pt").exists()
+    kinds = {r[0] for r in db.execute("SELECT DISTINCT kind FROM events")}
+    assert {"state", "checkpoint"} <= kinds
+
+
+def _cfg(tiny_data, *extra):
+    return load_config(None, [*data_overrides(tiny_data), *TINY_MODEL, "train.epochs=3", "train.batch_size=16",
+                              "train.telemetry_block=5", *extra])
+
+
+def test_logged_values_match_a_recomputation_of_the_steps_batch(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data)
+    data = load_train_data(cfg)
+    full = ListSink()
+    Trainer(cfg, data, full, out_dir=tmp_path / "full").run()
+    k = 23                                           # a mid-epoch step of epoch 1
+    head = Trainer(_cfg(tiny_data, f"train.max_steps={k - 1}"), data, ListSink(), out_dir=tmp_path / "head")
+    head.run()
+    t = Trainer(cfg, data, ListSink(), out_dir=tmp_path / "re")
+    t.load_checkpoint(tmp_path / "head" / "last.pt")
+    idx = t.epoch_order(t.epoch)[t.batch * 16:(t.batch + 1) * 16]
+    ctx, y, prev = t.train_split.contexts[idx], t.train_split.targets[idx], t.train_split.prev[idx]
+    raw, unit = t.model(ctx)                          # train mode; RNG restored → same dropout masks
+    pos, neg = (unit * y).sum(-1), (unit * prev).sum(-1)
+    mse = (raw - y).pow(2).mean()
+    stage = stage_for_epoch(cfg.loss.ramp, t.epoch)
+    gap = pos - neg
+    ratio = gap / (pos.abs() + neg.abs() + 1e-6)
+    l_dir = (0.7 * F.softplus(4 * (stage.m_gap - gap)) / 4 + 0.3 * F.softplus(4 * (0.05 - ratio)) / 4).mean()
+    lam = (mse * stage.frac / l_dir).clamp(1e-4, 0.02)
+    want = {"pos": pos.mean(), "neg": neg.mean(), "gap": gap.mean(), "ratio": ratio.mean(), "mse": mse,
+            "neg_cos_rate": (pos < 0).float().mean(), "l_dir": l_dir, "lam": lam, "rho": lam * l_dir / mse,
+            "l_floor": F.relu(0.1 - pos).pow(2).mean(), "l_norm": (raw.norm(dim=-1) - 1).pow(2).mean(),
+            "frac": torch.tensor(stage.frac), "m_gap": torch.tensor(stage.m_gap)}
+    row = dict(zip(STEP_COLUMNS[1:], full.steps[k - 1]))
+    assert row["step"] == k
+    for name, value in want.items():
+        assert row[name] == pytest.approx(value.item(), rel=1e-4, abs=1e-6), name
+
+
+def test_resumed_run_reproduces_the_uninterrupted_telemetry(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data)
+    data = load_train_data(cfg)
+    full = ListSink()
+    Trainer(cfg, data, full, out_dir=tmp_path / "full").run()
+    first = ListSink()
+    Trainer(_cfg(tiny_data, "train.max_steps=17"), data, first, out_dir=tmp_path / "part").run()
+    rest = ListSink()
+    Trainer(cfg, data, rest, out_dir=tmp_path / "part").run(resume_from=tmp_path / "part" / "last.pt")
+    metrics = [STEP_COLUMNS.index(c) - 1 for c in STEP_METRICS]     # everything but the wall time
+    strip = (lambda rows: [(r[0], r[1], r[3], *[r[i] for i in metrics]) for r in rows])
+    assert [r[0] for r in first.steps + rest.steps] == [r[0] for r in full.steps]
+    assert strip(first.steps + rest.steps) == strip(full.steps)
+    drop_time = (lambda e: {k: v for k, v in e.items() if k not in ("t", "duration_s")})
+    assert [drop_time(e) for e in rest.epochs] == [drop_time(e) for e in full.epochs[1:]]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train.epochs=0"], ["train.epochs", "must be > 0"]),
+    (["model.kind=cnn"], ["model.kind", "cnn"]),
+    (["data.train=/nonexistent/x.npz"], ["/nonexistent/x.npz", "no such file"]),
+])
+def test_bad_input_one_line_error_and_nothing_written(tiny_data, tmp_path, args, words):
+    base = data_overrides(tiny_data)
+    proc = lvmd("run", *base, *TINY_MODEL, *args, "--db", str(tmp_path / "x.db"), cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lvmd: error:") and all(w in lines[0] for w in words)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_divergence_fails_the_run_with_the_reason(tiny_data, tmp_path):
+    proc = lvmd("run", *data_overrides(tiny_data), *TINY_MODEL, "train.lr=1e30", "--quiet",
+                "--db", str(tmp_path / "x.db"), cwd=tmp_path)
+    assert proc.returncode == 1 and "non-finite" in proc.stderr
+    db = sqlite3.connect(tmp_path / "x.db")
+    state, error = db.execute("SELECT state, error FROM runs").fetchone()
+    assert state == "failed" and "TrainingDiverged" in error
+    assert db.execute("SELECT count(*) FROM events WHERE kind = 'error'").fetchone()[0] == 1
+
+
+def test_bf16_and_every_architecture_train(tiny_data, tmp_path):
+    for kind in ("transformer", "lstm", "gru", "amn"):
+        cfg = load_config(None, [*data_overrides(tiny_data), *TINY_MODEL, f"model.kind={kind}", "train.epochs=1",
+                                 "train.precision=bf16", "train.max_steps=4"])
+        sink = ListSink()
+        assert Trainer(cfg, load_train_data(cfg), sink, out_dir=tmp_path / kind).run() == "finished"
+        assert len(sink.steps) == 4
