@@ -35,7 +35,7 @@ def register(sub) -> None:
     w.add_argument("--ood", type=float, default=0.0, help="share of articles held out as a pseudo-OOD set")
     w.add_argument("--seed", type=int, default=0)
     w.set_defaults(func=cmd_windows)
-    DATA_SUBPARSERS.append(dsub)
+    DATA_SUBPARSERS[:] = [dsub]  # one parser per build_parser() call
 
 
 # Other modules (real-data builders) add their `lvmd data X` commands to this group.
