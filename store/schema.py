@@ -96,8 +96,17 @@ def _m001_core(db: sqlite_utils.Database) -> None:
     db["commands"].create_index(["run_id", "state"])
 
 
+def _m002_report_views(db: sqlite_utils.Database) -> None:
+    """Post-run views (store/views.py VIEWS_V1): v_run_summary, v_gates, v_epoch_steps,
+    v_skip_rate_by_epoch, v_guardrail_checks."""
+    from store.views import VIEWS_V1, create_views
+
+    create_views(db.conn, VIEWS_V1)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
+    _m002_report_views,
 ]
 
 

@@ -1,0 +1,292 @@
+"""After the run: `lvmd report`, `lvmd runs`, `lvmd compare`, `lvmd export`, `lvmd predict`.
+
+All reads go through read-only connections (store/report.py); nothing here writes the database.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from lvmd.errors import UserError
+from lvmd.report import Thresholds
+
+EXIT_ITERATE = 2   # `lvmd report --strict` when the verdict is iterate (as `lvmd eval` exits 2 on a fail)
+
+
+def register(sub) -> None:
+    defaults = Thresholds()
+    p = sub.add_parser("report", help="the seed's verdict on a run: guardrails, criteria, curves",
+                       description="Answer the P6b handoff's post-run questions from the database and decide "
+                                   "promote or iterate. Thresholds default to the seed's (SPEC §5).")
+    p.add_argument("run", nargs="?", help="run id or name (default: the newest run)")
+    _db(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--strict", action="store_true", help=f"exit {EXIT_ITERATE} when the verdict is iterate")
+    p.add_argument("--bins", type=int, default=60, help="width of the curves in characters (default 60)")
+    p.add_argument("--rho-cap", type=float, help="ρ limit (default: the run's loss.rho_cap, or 0.25)")
+    p.add_argument("--skip-max", type=float, default=defaults.skip_share_max,
+                   help=f"skips must stay under this share of batches (default {defaults.skip_share_max})")
+    p.add_argument("--pos-floor", type=float, default=defaults.pos_floor,
+                   help=f"pos̄ must never go below this (default {defaults.pos_floor})")
+    p.add_argument("--margin-min", type=float, default=defaults.margin_min,
+                   help=f"the last epoch's margin must exceed this (default {defaults.margin_min})")
+    p.add_argument("--r5-min", type=float, default=defaults.r_at_5_min, help=f"default {defaults.r_at_5_min}")
+    p.add_argument("--val-cos-min", type=float, default=defaults.val_cos_min, help=f"default {defaults.val_cos_min}")
+    p.add_argument("--gates-min", type=int, default=defaults.gates_min, help=f"of 5 (default {defaults.gates_min})")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("runs", help="table of the runs in a database")
+    _db(p)
+    p.add_argument("--json", action="store_true", help="print v_run_summary rows as JSON")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("compare", help="final metrics and guardrail statistics of runs side by side")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids or names (two or more)")
+    _db(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    from store.report import EXPORT_QUERIES
+
+    p = sub.add_parser("export", help="one table of one run as CSV or JSON lines")
+    p.add_argument("run", help="run id or name")
+    p.add_argument("--table", required=True, choices=list(EXPORT_QUERIES))
+    p.add_argument("--format", default="csv", choices=("csv", "jsonl"))
+    p.add_argument("--out", help="file to write (default stdout)")
+    _db(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="a model's next-chunk prediction shown as the nearest real chunks",
+                       description="Predict the chunk after a context and list the nearest chunks of an "
+                                   "articles bank. Context ids are bank ROWS (0-based, rows ordered by "
+                                   "article then chunk: the NPZ's rows for files lvmd writes) or "
+                                   "ARTICLE:CHUNK pairs, comma-separated.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run id or name: use its checkpoint (see --which)")
+    src.add_argument("--checkpoint", help="an lvmd checkpoint or the original's best_model.pt")
+    p.add_argument("--which", choices=("best", "last"), default="best", help="with --run: which checkpoint")
+    p.add_argument("--articles", help="articles NPZ (default with --run: the run's data.articles)")
+    ctx = p.add_mutually_exclusive_group(required=True)
+    ctx.add_argument("--context", help="e.g. 12,13,14,15,16 (rows) or 3:0,3:1,3:2,3:3,3:4 (article:chunk)")
+    ctx.add_argument("--text", action="append", help="a context sentence; repeat once per chunk (needs the embed extra)")
+    p.add_argument("--embedder", choices=("minilm", "mpnet"),
+                   help="with --text (default: by the bank's D: 384 minilm, 768 mpnet)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that holds arbitrary Python objects (runs code from the file)")
+    p.add_argument("--json", action="store_true")
+    _db(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _pipe_safe(handler):
+    """`lvmd export ... | head` closes the pipe early: stop quietly, not with a traceback."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
+    return run
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="SQLite file (default $LVMD_DB or ./lvmd.db)")
+
+
+@contextmanager
+def _reader(args: argparse.Namespace):
+    from lvmd.cli import default_db
+    from store.report import open_readonly
+
+    conn = open_readonly(args.db or default_db())
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+# -- report, runs, compare -----------------------------------------------------------------
+@_pipe_safe
+def cmd_report(args: argparse.Namespace) -> int:
+    from lvmd.report import ITERATE, build_report, render_text
+    from store.report import report_data
+    from store.runs import resolve_run
+
+    th = Thresholds(rho_cap=args.rho_cap, skip_share_max=args.skip_max, pos_floor=args.pos_floor,
+                    margin_min=args.margin_min, r_at_5_min=args.r5_min, val_cos_min=args.val_cos_min,
+                    gates_min=args.gates_min)
+    with _reader(args) as conn:
+        data = report_data(conn, resolve_run(conn, args.run)["id"], bins=max(args.bins, 1))
+    report = build_report(data, th)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(render_text(report, data["series"]))
+    return EXIT_ITERATE if args.strict and report.verdict == ITERATE else 0
+
+
+@_pipe_safe
+def cmd_runs(args: argparse.Namespace) -> int:
+    from lvmd.report import RUN_TABLE_HEADERS, format_table, run_table_rows
+    from store.report import run_table
+
+    with _reader(args) as conn:
+        summaries = run_table(conn)
+    if args.json:
+        print(json.dumps(summaries, indent=2, ensure_ascii=False))
+    elif not summaries:
+        print("no runs in this database yet")
+    else:
+        print(format_table(RUN_TABLE_HEADERS, run_table_rows(summaries), left_columns=4))
+    return 0
+
+
+@_pipe_safe
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lvmd.report import build_report, compare_rows, format_table
+    from store.report import report_data
+    from store.runs import resolve_run
+
+    if len(args.runs) < 2:
+        raise UserError("compare: name two or more runs")
+    with _reader(args) as conn:
+        ids = [resolve_run(conn, ref)["id"] for ref in args.runs]
+        items = [(data, build_report(data)) for data in (report_data(conn, i, bins=0) for i in ids)]
+    if args.json:
+        print(json.dumps([{"run_id": d["run"]["id"], "summary": d["summary"], "guardrails": d["guardrails"],
+                           "verdict": r.verdict, "reasons": r.reasons} for d, r in items], indent=2, ensure_ascii=False))
+    else:
+        print(format_table(["run", *(str(i) for i in ids)], compare_rows(items)))
+    return 0
+
+
+# -- export ----------------------------------------------------------------------------------
+@_pipe_safe
+def cmd_export(args: argparse.Namespace) -> int:
+    from store.report import export_rows
+    from store.runs import resolve_run
+
+    with _reader(args) as conn:
+        run_id = resolve_run(conn, args.run)["id"]
+        columns, rows = export_rows(conn, run_id, args.table)
+        with _output(args.out) as fh:
+            n = (_write_csv if args.format == "csv" else _write_jsonl)(fh, columns, rows)
+    if args.out:
+        print(f"wrote {n} {args.table} rows of run {run_id} to {args.out}", file=sys.stderr)
+    return 0
+
+
+@contextmanager
+def _output(path: str | None):
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        fh = open(path, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write ({exc.strerror})") from None
+    with fh:
+        yield fh
+
+
+def _write_csv(fh, columns, rows) -> int:
+    writer = csv.writer(fh)
+    writer.writerow(columns)
+    n = 0
+    for n, row in enumerate(rows, 1):
+        writer.writerow(row)
+    return n
+
+
+def _write_jsonl(fh, columns, rows) -> int:
+    n = 0
+    for n, row in enumerate(rows, 1):
+        record = dict(zip(columns, row))
+        if isinstance(record.get("detail"), str):      # events.detail holds JSON: nest it, not a string
+            record["detail"] = json.loads(record["detail"])
+        fh.write(json.dumps(record) + "\n")
+    return n
+
+
+# -- predict ---------------------------------------------------------------------------------
+@_pipe_safe
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lvmd import data, predict
+
+    checkpoint, articles_path = _checkpoint_and_bank(args)
+    if not articles_path:
+        raise UserError("predict: give --articles NPZ (the bank whose chunks are searched)")
+    bank = data.load_articles(articles_path)
+    if args.context is not None:
+        rows, vectors = predict.parse_context(args.context, bank), None
+    else:
+        rows, vectors = None, _embed(args.text, args.embedder, bank)
+    predictor, info = predict.load_checkpoint_predictor(checkpoint, device=args.device, trust=args.trust_checkpoint)
+    result = predict.predict(predictor, bank, rows=rows, vectors=vectors, k=args.top_k)
+    result["checkpoint"] = str(checkpoint)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(_render_prediction(result, info, bank))
+    return 0
+
+
+def _checkpoint_and_bank(args: argparse.Namespace) -> tuple[Path, str | None]:
+    if args.checkpoint:
+        return Path(args.checkpoint), args.articles
+    from store.runs import resolve_run
+
+    with _reader(args) as conn:
+        run = resolve_run(conn, args.run)
+    path = Path(run["out_dir"] or ".") / f"{args.which}.pt"
+    if not path.exists():
+        raise UserError(f"run {run['id']} has no {args.which} checkpoint ({path}); try --which last")
+    bank = args.articles or json.loads(run["config_json"]).get("data", {}).get("articles") or None
+    return path, bank
+
+
+def _embed(texts: list[str], embedder: str | None, bank):
+    """(T, D) vectors of the --text sentences; lvmd.embed names the extra to install if missing."""
+    from lvmd import embed
+
+    if embedder is None:
+        by_dim = {spec.dim: name for name, spec in embed.MODELS.items()}
+        if bank.dim not in by_dim:
+            raise UserError(f"--text: no known embedder gives D={bank.dim} ({bank.path}); pass --embedder")
+        embedder = by_dim[bank.dim]
+    if embed.spec(embedder).dim != bank.dim:   # before loading the encoder: that takes seconds
+        raise UserError(f"--text: embedder {embedder} gives D={embed.spec(embedder).dim} but {bank.path} "
+                        f"holds D={bank.dim}")
+    vectors, _ = embed.embed_texts(list(texts), embedder, embed.default_cache_dir(), progress=False)
+    return vectors
+
+
+def _render_prediction(result: dict, info: dict, bank) -> str:
+    from lvmd.report import format_table
+
+    lines = [f"checkpoint {result['checkpoint']} ({info.get('kind')}, D={info.get('dim')}); "
+             f"bank {bank.path}: {len(bank)} chunks"]
+    if result["context_rows"] is not None:
+        pairs = ", ".join(f"{r} ({bank.article_ids[r]}:{bank.chunk_ids[r]})" for r in result["context_rows"])
+        lines.append(f"context rows: {pairs}")
+    nxt = result["true_next"]
+    if nxt is not None:
+        lines.append(f"true next chunk: row {nxt['row']} ranks {nxt['rank']} of {len(bank)} (cos {nxt['cos']:.3f})")
+    headers = ["rank", "cos", "row", "article:chunk", "role"] + (["text"] if bank.texts is not None else [])
+    rows = [[str(n["rank"]), f"{n['cos']:.3f}", str(n["row"]), f"{n['article']}:{n['chunk']}", n["role"],
+             _clip(n["text"], 70)][:len(headers)] for n in result["neighbours"]]
+    return "\n".join(lines + ["", format_table(headers, rows)])
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,121 @@
+"""Every read `lvmd report / runs / compare / export` needs, over the post-run views.
+
+Plain functions over a connection that return dicts and lists; no verdicts here (those are
+lvmd/report.py's), only numbers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from typing import Iterator
+
+from store.db import StoreError, connect
+from store.schema import MIGRATIONS, STEP_METRICS
+
+# `lvmd export --table X`: the query of each table, filtered to one run, in time order.
+EXPORT_QUERIES = {
+    "steps": "SELECT * FROM steps WHERE run_id = ? ORDER BY step",
+    "events": "SELECT * FROM events WHERE run_id = ? ORDER BY id",
+    "epochs": "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch",
+    # gates has no run_id: each check carries its evaluation's epoch and step
+    "gates": "SELECT e.run_id, g.eval_id, e.epoch, e.step, e.trigger, g.split, g.gate, g.metric,"
+             " g.value, g.threshold, g.op, g.passed"
+             " FROM gates g JOIN evals e ON e.id = g.eval_id WHERE e.run_id = ? ORDER BY g.eval_id, g.rowid",
+}
+# Names the 5CAT writer (lvmd/fivecat.py) gives the retrieval metric and the validation split.
+R_AT_5_METRIC = "r_at_5"
+VAL_SPLIT = "VAL"
+
+
+def open_readonly(path: str | os.PathLike) -> sqlite3.Connection:
+    """A read-only connection with the views present. A file written by an older lvmd lacks
+    them: it is migrated once through a writer connection (adds views only), then reopened."""
+    conn = connect(path, readonly=True)
+    if conn.execute("PRAGMA user_version").fetchone()[0] < len(MIGRATIONS):
+        conn.close()
+        try:
+            connect(path).close()
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{path}: needs a schema upgrade (views) but cannot be written ({exc})") from None
+        conn = connect(path, readonly=True)
+    return conn
+
+
+def run_table(conn: sqlite3.Connection) -> list[dict]:
+    return [dict(r) for r in conn.execute("SELECT * FROM v_run_summary ORDER BY run_id")]
+
+
+def run_summary(conn: sqlite3.Connection, run_id: int) -> dict:
+    return dict(conn.execute("SELECT * FROM v_run_summary WHERE run_id = ?", (run_id,)).fetchone())
+
+
+def guardrail_stats(conn: sqlite3.Connection, run_id: int) -> dict:
+    return dict(conn.execute("SELECT * FROM v_guardrail_checks WHERE run_id = ?", (run_id,)).fetchone())
+
+
+def epoch_rows(conn: sqlite3.Connection, run_id: int) -> list[dict]:
+    """The epochs rows joined with that epoch's step aggregates (ratio, pos, neg, skips)."""
+    rows = conn.execute(
+        "SELECT e.*, s.steps, s.skips, s.attenuations, s.ratio_mean, s.pos_mean, s.neg_mean"
+        " FROM epochs e LEFT JOIN v_epoch_steps s ON s.run_id = e.run_id AND s.epoch = e.epoch"
+        " WHERE e.run_id = ? ORDER BY e.epoch", (run_id,))
+    return [dict(r) for r in rows]
+
+
+def step_series(conn: sqlite3.Connection, run_id: int, columns: tuple[str, ...], bins: int = 60
+                ) -> dict[str, list[float]]:
+    """Per-bin means of step metrics over the whole run (at most `bins` points), for charts."""
+    unknown = [c for c in columns if c not in STEP_METRICS]
+    if unknown:
+        raise ValueError(f"steps has no metric {unknown[0]!r}")
+    if bins <= 0:
+        return {c: [] for c in columns}
+    lo, hi = conn.execute("SELECT MIN(step), MAX(step) FROM steps WHERE run_id = ?", (run_id,)).fetchone()
+    if lo is None:
+        return {c: [] for c in columns}
+    means = ", ".join(f"AVG({c})" for c in columns)
+    rows = conn.execute(
+        f"SELECT CAST((step - ?) * ? / (? - ? + 1) AS INTEGER) AS bin, {means}"
+        " FROM steps WHERE run_id = ? GROUP BY bin ORDER BY bin", (lo, bins, hi, lo, run_id)).fetchall()
+    return {c: [r[i + 1] for r in rows] for i, c in enumerate(columns)}
+
+
+def latest_eval(conn: sqlite3.Connection, run_id: int) -> dict | None:
+    """The newest finished 5CAT of a run: its evals row, per-gate results and VAL R@5."""
+    row = conn.execute("SELECT * FROM evals WHERE run_id = ? AND gates_passed IS NOT NULL"
+                       " ORDER BY id DESC LIMIT 1", (run_id,)).fetchone()
+    if row is None:
+        return None
+    gates = [dict(r) for r in conn.execute(
+        "SELECT split, gate, checks, checks_passed, passed, failed_metrics FROM v_gates"
+        " WHERE eval_id = ? ORDER BY gate, split", (row["id"],))]
+    r5 = conn.execute("SELECT value FROM eval_metrics WHERE eval_id = ? AND split = ? AND name = ?",
+                      (row["id"], VAL_SPLIT, R_AT_5_METRIC)).fetchone()
+    return {**dict(row), "gates": gates, "val_r_at_5": None if r5 is None else r5[0]}
+
+
+def report_data(conn: sqlite3.Connection, run_id: int, *, bins: int = 60) -> dict:
+    """Everything `lvmd report` shows for one run."""
+    return {
+        "run": dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()),
+        "summary": run_summary(conn, run_id),
+        "guardrails": guardrail_stats(conn, run_id),
+        "epochs": epoch_rows(conn, run_id),
+        "series": step_series(conn, run_id, ("rho", "rho_pre", "pos", "neg", "ratio", "skip"), bins),
+        "eval": latest_eval(conn, run_id),
+    }
+
+
+def export_rows(conn: sqlite3.Connection, run_id: int, table: str) -> tuple[list[str], Iterator[tuple]]:
+    """Column names and a streaming row iterator of one table's rows of one run."""
+    if table not in EXPORT_QUERIES:
+        raise ValueError(f"cannot export {table!r}; choose one of {', '.join(EXPORT_QUERIES)}")
+    cur = conn.execute(EXPORT_QUERIES[table], (run_id,))
+    columns = [d[0] for d in cur.description]
+    return columns, (tuple(_finite(v) for v in row) for row in cur)
+
+
+def _finite(value):
+    # NaN cannot round-trip through CSV/JSON consistently; SQLite itself stores it as NULL
+    return None if isinstance(value, float) and not math.isfinite(value) else value

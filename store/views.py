@@ -1,0 +1,122 @@
+"""Views for post-run queries (sqlite3, sqlite-utils, pandas), created by a schema migration.
+
+The SQL a migration ran is part of that migration: a shipped set is never edited. To change a
+view, add a new set here (VIEWS_V2 = {...}) and a new migration that calls `create_views` with
+it; `create_views` drops any old definition first.
+
+Flags (0/1) use the seed's thresholds (SPEC §5); `lvmd report` reads the raw numbers beside
+them and applies its own (configurable) thresholds.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Mapping
+
+# Constants baked into VIEWS_V1 (so part of a shipped migration: never change them).
+# Slack for "ρ above the cap": the cap itself is stored through float32 (0.35 → 0.34999999).
+RHO_CAP_TOLERANCE = 1e-6
+# The seed's cap, used when a run has none (loss.rho_cap = 0, e.g. preset v1).
+SEED_RHO_CAP = 0.25
+SEED_SKIP_SHARE_MAX = 0.01
+
+VIEWS_V1: dict[str, str] = {
+    # Step aggregates per run and epoch; the base of the per-epoch views below.
+    "v_epoch_steps": """
+        SELECT run_id, epoch,
+               COUNT(*) AS steps, MIN(step) AS first_step, MAX(step) AS last_step,
+               CAST(TOTAL(skip) AS INTEGER) AS skips,
+               CAST(TOTAL(attenuate) AS INTEGER) AS attenuations,
+               AVG(ratio) AS ratio_mean, AVG(pos) AS pos_mean, AVG(neg) AS neg_mean,
+               MIN(pos) AS pos_min, MAX(rho) AS rho_max, MAX(rho_pre) AS rho_pre_max
+        FROM steps
+        GROUP BY run_id, epoch""",
+
+    "v_skip_rate_by_epoch": """
+        SELECT run_id, epoch, steps, skips, 1.0 * skips / steps AS skip_rate,
+               attenuations, 1.0 * attenuations / steps AS attenuate_rate
+        FROM v_epoch_steps""",
+
+    # One row per run. Correlated subqueries (not a GROUP BY over all steps) so that
+    # `WHERE run_id = ?` reads only that run's rows through the (run_id, step) index.
+    "v_run_summary": """
+        SELECT r.id AS run_id, r.name, r.preset, r.compat, r.state,
+               (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs_done,
+               r.total_epochs,
+               (SELECT MAX(e.val_margin) FROM epochs e WHERE e.run_id = r.id) AS best_margin,
+               last.val_margin AS last_margin, last.val_cos AS last_val_cos, last.r_at_5 AS last_r_at_5,
+               ev.gates_passed AS last_gates_passed, ev.gates_total AS last_gates_total,
+               (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id) AS steps,
+               (SELECT AVG(s.skip) FROM steps s WHERE s.run_id = r.id) AS skip_rate,
+               (SELECT MAX(s.rho) FROM steps s WHERE s.run_id = r.id) AS rho_max,
+               (SELECT MAX(s.rho_pre) FROM steps s WHERE s.run_id = r.id) AS rho_pre_max,
+               (SELECT MIN(s.pos) FROM steps s WHERE s.run_id = r.id) AS pos_min,
+               r.created_at, r.ended_at
+        FROM runs r
+        LEFT JOIN epochs last
+               ON last.run_id = r.id AND last.epoch = (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)
+        -- the latest evaluation that produced a gate count (a failed one has none)
+        LEFT JOIN evals ev
+               ON ev.id = (SELECT MAX(id) FROM evals WHERE run_id = r.id AND gates_passed IS NOT NULL)""",
+
+    # A gate passes iff every one of its metric rows passes (a NULL `passed` counts as a fail).
+    "v_gates": """
+        SELECT e.run_id, g.eval_id, e.epoch, e.step, e.trigger, g.split, g.gate,
+               COUNT(*) AS checks,
+               CAST(TOTAL(COALESCE(g.passed, 0)) AS INTEGER) AS checks_passed,
+               MIN(COALESCE(g.passed, 0)) AS passed,
+               GROUP_CONCAT(CASE WHEN COALESCE(g.passed, 0) = 0 THEN g.metric END, ', ') AS failed_metrics
+        FROM gates g JOIN evals e ON e.id = g.eval_id
+        GROUP BY g.eval_id, g.split, g.gate""",
+
+    # The seed's guardrail questions per run (SPEC §5), raw numbers plus 0/1 flags.
+    # `stats` is DISTINCT only to keep SQLite from flattening it into the outer query, where
+    # every reference to a column would re-run its subquery; `WHERE run_id = ?` is still
+    # pushed into it, so each subquery reads one run's rows once through the index.
+    "v_guardrail_checks": f"""
+        WITH caps AS (
+            SELECT id AS run_id, name,
+                   COALESCE(NULLIF(json_extract(config_json, '$.loss.rho_cap'), 0), {SEED_RHO_CAP}) AS rho_cap
+            FROM runs
+        ), stats AS (
+            SELECT DISTINCT c.run_id, c.name, c.rho_cap,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id) AS steps,
+                   (SELECT MAX(s.rho) FROM steps s WHERE s.run_id = c.run_id) AS rho_max,
+                   (SELECT MAX(s.rho_pre) FROM steps s WHERE s.run_id = c.run_id) AS rho_pre_max,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id
+                                                   AND s.rho > c.rho_cap + {RHO_CAP_TOLERANCE}) AS rho_over_cap_steps,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id
+                                                   AND s.rho_pre > c.rho_cap + {RHO_CAP_TOLERANCE}) AS rho_pre_over_cap_steps,
+                   (SELECT CAST(TOTAL(s.skip) AS INTEGER) FROM steps s WHERE s.run_id = c.run_id) AS skips,
+                   (SELECT MIN(s.pos) FROM steps s WHERE s.run_id = c.run_id) AS pos_min,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.pos < 0) AS pos_negative_steps,
+                   (SELECT COUNT(DISTINCT s.epoch) FROM steps s WHERE s.run_id = c.run_id) AS epochs_with_steps,
+                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
+                    GROUP BY s.epoch ORDER BY s.epoch LIMIT 1) AS ratio_first_epoch,
+                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
+                    GROUP BY s.epoch ORDER BY s.epoch DESC LIMIT 1) AS ratio_last_epoch,
+                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
+                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
+            FROM caps c
+        ), flags AS (
+            SELECT *,
+                   1.0 * skips / NULLIF(steps, 0) AS skip_share,
+                   CASE WHEN steps > 0 THEN rho_over_cap_steps = 0 END AS rho_held,
+                   CASE WHEN steps > 0 THEN 1.0 * skips / steps < {SEED_SKIP_SHARE_MAX} END AS skips_ok,
+                   CASE WHEN steps > 0 THEN pos_min >= 0 END AS pos_held,
+                   -- "climbed": the last epoch's mean ratio is positive and above the first epoch's
+                   CASE WHEN steps > 0 THEN epochs_with_steps > 1 AND ratio_last_epoch > 0
+                                            AND ratio_last_epoch > ratio_first_epoch END AS ratio_climbed,
+                   collapse_warnings = 0 AS no_collapse_warning
+            FROM stats
+        )
+        SELECT *, rho_held AND skips_ok AND pos_held AND ratio_climbed AND no_collapse_warning AS all_held
+        FROM flags""",
+}
+
+
+def create_views(conn: sqlite3.Connection, views: Mapping[str, str]) -> None:
+    """(Re)create each view, in order: later ones may select from earlier ones."""
+    for name in reversed(list(views)):
+        conn.execute(f"DROP VIEW IF EXISTS {name}")
+    for name, select in views.items():
+        conn.execute(f"CREATE VIEW {name} AS {select.strip()}")
