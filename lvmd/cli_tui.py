@@ -1,0 +1,21 @@
+"""`lvmd tui [DB] [--run ID] [--baseline ID] [--readonly]`: the live terminal UI.
+
+The tui package is imported inside the handler only, so other commands never load Textual."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    from lvmd.cli import default_db
+    from tui.launch import add_arguments
+
+    p = sub.add_parser("tui", help="watch and steer runs live in the terminal")
+    add_arguments(p, default_db())
+    p.set_defaults(func=cmd_tui)
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from tui.launch import run
+
+    return run(args)

@@ -1,0 +1,147 @@
+"""From snapshots to canvas.Plot objects: which metrics share a chart, their colours, the ρ
+cap line, event markers and the seed's expected margin band. Pure functions, no widgets.
+
+Colours are the 16 ANSI names so the charts read the same on a 16-colour terminal.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from store.reader import SeriesSnapshot
+from tui.tail import RunSnapshot
+from tui.widgets.canvas import MARKERS, Band, Plot, RefLine, Trace, fmt_step
+
+BASELINE_STYLE = "bright_black"
+# The original's expected val margin by epoch (SPEC §5), epochs counted from 1 as it printed them.
+SEED_MARGIN_BAND = ((1, 2, -0.04, -0.03), (3, 5, -0.03, -0.01), (6, 8, -0.01, 0.02), (9, 12, 0.02, 0.05))
+BAND_STYLE = "grey30"
+
+
+def shown_epoch(epoch: int) -> int:
+    """lvmd counts epochs from 0 (config.py's ramp); people and the seed count from 1."""
+    return epoch + 1
+
+
+def epoch_label(epoch: int, total: int | None) -> str:
+    """`3/12`. runs.epoch is the epoch in progress and equals the total once the last has ended."""
+    shown = shown_epoch(epoch)
+    return f"{min(shown, total) if total else shown}/{total or '?'}"
+
+
+@dataclass(frozen=True)
+class StepChart:
+    id: str
+    title: str
+    metrics: tuple[tuple[str, str, str], ...]  # (column, legend label, colour)
+    log_y: bool = False
+    cap: bool = False    # draw the ρ cap
+    zero: bool = False   # draw y = 0
+
+
+STEP_CHARTS = (
+    StepChart("rho", "ρ", (("rho", "ρ", "cyan"),), cap=True),
+    StepChart("ratio", "ratio", (("ratio", "ratio", "green"),), zero=True),
+    StepChart("cos", "cos", (("pos", "pos", "green"), ("neg", "neg", "magenta")), zero=True),
+    StepChart("neg_rate", "neg-cos rate", (("neg_cos_rate", "rate", "yellow"),)),
+    StepChart("lam", "λ", (("lam", "λ", "bright_blue"),)),
+    StepChart("loss", "loss", (("total", "total", "white"), ("mse", "mse", "cyan"), ("l_dir", "dir", "yellow"),
+                               ("l_floor", "floor", "magenta"), ("l_norm", "norm", "blue")), log_y=True),
+)
+
+
+def rho_cap_at(config: dict, epoch: int | None) -> float | None:
+    """The ρ cap in force at `epoch`: the ramp stage's own cap (v2.2) or loss.rho_cap; None if off."""
+    loss = config.get("loss", {})
+    cap = loss.get("rho_cap") or 0.0
+    stages = loss.get("ramp") or []
+    if epoch is not None and stages:
+        stage = next((s for s in stages if epoch < s.get("until", 0)), stages[-1])
+        cap = stage.get("rho_cap") or cap
+    return cap if cap > 0 else None
+
+
+def run_config(run: dict) -> dict:
+    try:
+        return json.loads(run.get("config_json") or "{}")
+    except ValueError:
+        return {}
+
+
+def step_range(run: RunSnapshot, baseline: RunSnapshot | None) -> tuple[float, float]:
+    last = max([s.series.last_step or 0 for s in (run, baseline) if s is not None] + [1])
+    return 0.0, float(last)
+
+
+def event_markers(run: RunSnapshot) -> list[tuple[int, str]]:
+    """Marker positions, one per (series bin, kind): a flood of 10^5 attenuate events becomes
+    a few hundred marks, drawn at the start of their bin (less than one dot off)."""
+    w = run.series.width
+    return sorted({(e["step"] // w * w, e["kind"]) for e in run.events if e["kind"] in MARKERS and e["step"] is not None})
+
+
+def step_plot(chart: StepChart, run: RunSnapshot, baseline: RunSnapshot | None,
+              markers: list[tuple[int, str]]) -> Plot:
+    latest = run.latest or {}
+    # the loss chart's legend shows only the total's value: five numbers do not fit at 80 columns
+    traces = [Trace(label, run.series.trace(col), style, latest.get(col) if i == 0 or not chart.log_y else None)
+              for i, (col, label, style) in enumerate(chart.metrics)]
+    if baseline is not None:  # behind the run's own lines: drawn first, labelled once
+        traces = [Trace(f"run {baseline.run_id}" if i == 0 else "", baseline.series.trace(col), BASELINE_STYLE,
+                        envelope=False) for i, (col, _label, _style) in enumerate(chart.metrics)] + traces
+    x0, x1 = step_range(run, baseline)
+    refs = []
+    if chart.cap and (segments := cap_segments(run_config(run.run), run.series)):
+        refs.append(RefLine(f"cap {segments[-1][2]:g}", segments, "red"))
+    if chart.zero:
+        refs.append(RefLine("", [(x0, x1, 0.0)], "bright_black"))
+    sampled = "≈ " if run.series.sample_stride > 1 else ""  # a long run's first, sampled picture
+    return Plot(chart.title, traces, (x0, x1), refs=refs, log_y=chart.log_y, markers=markers,
+                x_label=f"{sampled}step {fmt_step(x1)}")
+
+
+def cap_segments(config: dict, series: SeriesSnapshot) -> list[tuple[float, float, float]]:
+    """The cap as constant pieces over the bins (it changes per ramp stage in v2.2)."""
+    segments: list[list[float]] = []
+    for b in series.bins:
+        cap = rho_cap_at(config, b.epoch)
+        if cap is None:
+            continue
+        x0, x1 = series.span(b)
+        if segments and segments[-1][2] == cap:
+            segments[-1][1] = x1
+        else:
+            segments.append([x0, x1, cap])
+    return [tuple(s) for s in segments]
+
+
+def _epoch_points(epochs, column: str) -> list[tuple[float, float, float, float, float]]:
+    return [(shown_epoch(e["epoch"]),) * 2 + (e[column],) * 3 for e in epochs if e.get(column) is not None]
+
+
+def epoch_range(run: RunSnapshot) -> tuple[float, float]:
+    last = max([run.run.get("total_epochs") or 0] + [shown_epoch(e["epoch"]) for e in run.epochs] + [1])
+    return 0.5, last + 0.5
+
+
+def margin_plot(run: RunSnapshot, baseline: RunSnapshot | None) -> Plot:
+    x0, x1 = epoch_range(run)
+    traces = [Trace("margin", _epoch_points(run.epochs, "val_margin"), "green",
+                    run.epochs[-1].get("val_margin") if run.epochs else None)]
+    if baseline is not None:
+        traces.insert(0, Trace(f"run {baseline.run_id}", _epoch_points(baseline.epochs, "val_margin"), BASELINE_STYLE))
+    bands = [Band(lo - 0.5, hi + 0.5, y0, y1, BAND_STYLE) for lo, hi, y0, y1 in SEED_MARGIN_BAND if lo <= x1]
+    return Plot("val margin", traces, (x0, x1), refs=[RefLine("", [(x0, x1, 0.0)], "bright_black")], bands=bands,
+                show_markers=False, extra=[("▒ seed band", BAND_STYLE)], x_label=f"epoch {int(x1 - 0.5)}",
+                empty_text="no epoch finished yet")
+
+
+def val_cos_plot(run: RunSnapshot, baseline: RunSnapshot | None) -> Plot:
+    x0, x1 = epoch_range(run)
+    last = run.epochs[-1] if run.epochs else {}
+    traces = [Trace("cos", _epoch_points(run.epochs, "val_cos"), "cyan", last.get("val_cos")),
+              Trace("prev", _epoch_points(run.epochs, "val_prev_cos"), "magenta", last.get("val_prev_cos"))]
+    if baseline is not None:
+        traces.insert(0, Trace(f"run {baseline.run_id}", _epoch_points(baseline.epochs, "val_cos"), BASELINE_STYLE))
+    return Plot("val cos", traces, (x0, x1), show_markers=False, x_label=f"epoch {int(x1 - 0.5)}",
+                empty_text="no epoch finished yet")

@@ -1,0 +1,197 @@
+"""One run, live: status, guardrail charts, epoch charts and gates, events and commands."""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TabbedContent, TabPane
+
+from tui.alerts import alerts_for
+from tui.dialogs import ConfirmScreen
+from tui.plots import STEP_CHARTS, event_markers, margin_plot, shown_epoch, step_plot, val_cos_plot
+from tui.tail import RunSnapshot, TailUpdate
+from tui.widgets.chart import Chart
+from tui.widgets.events import CommandLog, EventLog
+from tui.widgets.gates import GateTable
+from tui.widgets.status import StatusBar, command_status
+
+
+class RunScreen(Screen):
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    BINDINGS = [
+        Binding("p", "command('pause')", "Pause", tooltip="pause the run at the next step boundary"),
+        Binding("r", "command('resume')", "Resume", tooltip="resume a paused run"),
+        Binding("e", "command('eval')", "Eval", tooltip="run a 5CAT evaluation now"),
+        Binding("c", "command('checkpoint')", "Ckpt", tooltip="save a checkpoint now"),
+        Binding("s", "stop", "Stop…", tooltip="stop the run (asks first)"),
+        Binding("left_square_bracket", "replay(-1)", "◀Ep", tooltip="replay: show the run as of the previous epoch"),
+        Binding("right_square_bracket", "replay(1)", "Ep▶", tooltip="replay: next epoch (past the last: live)"),
+        Binding("l", "live", "Live", tooltip="leave replay, follow the run live"),
+        Binding("b", "toggle_baseline", "Base", tooltip="overlay the baseline run's curves (grey)"),
+        Binding("comma", "pick_eval(-1)", "◀Eval", show=False, tooltip="gate table: previous eval"),
+        Binding("full_stop", "pick_eval(1)", "Eval▶", show=False, tooltip="gate table: next eval"),
+        Binding("1", "tab('train')", "Train", show=False, tooltip="tab: guardrail charts"),
+        Binding("2", "tab('epochs')", "Epochs", show=False, tooltip="tab: val margin, val cos, 5CAT gates"),
+        Binding("3", "tab('events')", "Events", show=False, tooltip="tab: event log and commands"),
+        Binding("escape", "back", "Runs", tooltip="back to the list of runs"),
+    ]
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.snapshot: RunSnapshot | None = None
+        self.baseline: RunSnapshot | None = None
+        self.replay_epoch: int | None = None
+        self.show_baseline = True
+        self.picked_eval_id: int | None = None  # None: the newest eval in view
+        self.announced: set[str] = set()
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with TabbedContent(initial="train"):
+            with TabPane("Train", id="train"):
+                with Grid(id="train-grid"):
+                    for spec in STEP_CHARTS:
+                        yield Chart(spec.title, log_y=spec.log_y, id=f"chart-{spec.id}", classes="step-chart")
+            with TabPane("Epochs", id="epochs"):
+                with Vertical():
+                    with Horizontal(id="epoch-charts"):
+                        yield Chart("val margin", show_markers=False, id="chart-margin")
+                        yield Chart("val cos", show_markers=False, id="chart-valcos")
+                    yield GateTable(id="gates")
+            with TabPane("Events", id="events"):
+                yield Static(EventLog.HEADER, classes="log-header")
+                yield EventLog(id="event-log")
+                yield CommandLog(id="command-log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(1.0, self.query_one(StatusBar).refresh)  # heartbeat age and ETA tick
+        if self.app.last_update is not None:
+            self.show_update(self.app.last_update)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_bins)
+
+    def _fit_bins(self) -> None:
+        """Ask for about one bin per braille dot of the widest step chart (when it is laid out)."""
+        widths = [c.dots_wide for c in self.query(".step-chart").results(Chart) if c.size.width > 0]
+        if widths:
+            self.app.follow(target_bins=max(widths))
+
+    # -- drawing -----------------------------------------------------------------------------
+    def show_update(self, update: TailUpdate) -> None:
+        if update.view.run_id != self.run_id:
+            return
+        if update.run is None:
+            self.query_one(StatusBar).missing = f"no run {self.run_id} in this database"
+            self.query_one(StatusBar).refresh()
+            return
+        self.snapshot = update.run
+        self.baseline = update.baseline if self.show_baseline else None
+        self.redraw()
+
+    def redraw(self) -> None:
+        run, baseline = self.snapshot, self.baseline
+        alerts = alerts_for(run)
+        for alert in alerts:
+            if alert.key not in self.announced:
+                self.announced.add(alert.key)
+                self.notify(alert.text, title=f"run {self.run_id}", severity="error", timeout=10)
+        self.query_one(StatusBar).show(run, alerts, self._notes())
+        markers = event_markers(run)
+        for spec in STEP_CHARTS:
+            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers))
+        self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline))
+        self.query_one("#chart-valcos", Chart).show(val_cos_plot(run, baseline))
+        self._show_gates()
+        self.query_one(EventLog).show(run.events)
+        self.query_one(CommandLog).show(run.commands)
+
+    def _notes(self) -> list[tuple[str, str]]:
+        notes = []
+        if self.snapshot.commands:
+            notes.append(command_status(self.snapshot.commands[0]))
+        if self.replay_epoch is not None:
+            last = self.snapshot.last_epoch
+            notes.append((f"REPLAY e{shown_epoch(self.replay_epoch)}/{shown_epoch(last) if last is not None else '?'}"
+                          " ([ ] step, l live)", "bold reverse"))
+        if self.baseline is not None:
+            notes.append((f"vs run {self.baseline.run_id} (grey)", "bright_black"))
+        if self.app.readonly:
+            notes.append(("read-only", "dim"))
+        return notes
+
+    def _show_gates(self) -> None:
+        evals = self.snapshot.evals
+        table = self.query_one(GateTable)
+        if not evals:
+            table.show(None, (), 0, 0)
+            return
+        ids = [e["id"] for e in evals]
+        pos = ids.index(self.picked_eval_id) if self.picked_eval_id in ids else len(ids) - 1
+        ev = evals[pos]
+        table.show(ev, self.snapshot.gates.get(ev["id"], ()), pos + 1, len(evals))
+
+    # -- actions -----------------------------------------------------------------------------
+    def action_command(self, verb: str) -> None:
+        self.app.send_command(self.run_id, verb)
+
+    def action_stop(self) -> None:
+        if self.app.refuse_if_readonly("stop"):
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.send_command(self.run_id, "stop")
+
+        self.app.push_screen(ConfirmScreen(f"Stop run {self.run_id}? The daemon checkpoints and exits;"
+                                           " `lvmd run --resume` can continue it later.", "Stop"), answered)
+
+    def action_replay(self, delta: int) -> None:
+        last = self.snapshot.last_epoch if self.snapshot else None
+        if last is None:
+            self.notify("no finished epoch to replay yet", severity="warning")
+            return
+        if self.replay_epoch is None:
+            if delta > 0:
+                self.notify("already live")
+                return
+            target = last
+        else:
+            target = self.replay_epoch + delta
+        if target < 0:
+            self.notify("first epoch")
+            return
+        self._set_replay(None if target > last else target)
+
+    def action_live(self) -> None:
+        self._set_replay(None)
+
+    def _set_replay(self, epoch: int | None) -> None:
+        self.replay_epoch = epoch
+        self.picked_eval_id = None
+        self.app.follow(replay_epoch=epoch)
+
+    def action_toggle_baseline(self) -> None:
+        if self.app.baseline_id is None or self.app.baseline_id == self.run_id:
+            self.notify("no baseline: start with --baseline ID, or press b on a run in the runs list",
+                        severity="warning")
+            return
+        self.show_baseline = not self.show_baseline
+        self.app.follow(baseline_id=self.app.baseline_id if self.show_baseline else None)
+
+    def action_pick_eval(self, delta: int) -> None:
+        if not self.snapshot or not self.snapshot.evals:
+            return
+        ids = [e["id"] for e in self.snapshot.evals]
+        pos = ids.index(self.picked_eval_id) if self.picked_eval_id in ids else len(ids) - 1
+        self.picked_eval_id = ids[max(0, min(len(ids) - 1, pos + delta))]
+        self._show_gates()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_back(self) -> None:
+        self.app.close_run()

@@ -1,0 +1,230 @@
+"""DbTail: follows the database on ONE long-lived read connection and posts snapshots.
+
+Wake-ups come from watchfiles seeing the `-wal` file change (a WAL commit touches only that
+file, never the .db) or from a slow fallback timer; `PRAGMA data_version` then decides whether
+anything was committed, and store.reader's rowid cursors read only the new rows. Each wake
+reads inside one short transaction. The UI never touches this connection: it describes what it
+wants to see in a TailView and receives immutable TailUpdate messages.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import watchfiles
+from textual.message import Message
+
+from store import reader
+from store.db import connect
+
+log = logging.getLogger(__name__)
+
+FALLBACK_S = 1.5      # poll this often even if the file watcher never fires (NFS, inotify limits)
+RATE_WINDOW = 64      # newest step rows used for steps/s
+
+
+@dataclass(frozen=True)
+class TailView:
+    """What the UI wants followed. Changing it wakes the tail at once."""
+    run_id: int | None = None
+    baseline_id: int | None = None
+    replay_epoch: int | None = None  # show the run as it was at the end of this epoch
+    target_bins: int = 128           # series bins: about the chart's width in braille dots
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """Everything the run screen draws, as committed at one instant (and cut at the replay epoch)."""
+    run: dict
+    series: reader.SeriesSnapshot
+    latest: dict | None              # newest step row in view
+    steps_per_s: float | None
+    events: tuple[dict, ...]
+    epochs: tuple[dict, ...]
+    evals: tuple[dict, ...]
+    gates: Mapping[int, tuple[dict, ...]]  # eval id -> its gate rows
+    commands: tuple[dict, ...]       # newest first
+    step_limit: int | None           # replay bound (None: live)
+    last_epoch: int | None           # newest finished epoch, whatever the replay bound
+
+    @property
+    def run_id(self) -> int:
+        return self.run["id"]
+
+
+class TailUpdate(Message):
+    """A fresh picture of the database, for `view`."""
+
+    def __init__(self, view: TailView, runs: tuple[reader.RunSummary, ...],
+                 run: RunSnapshot | None, baseline: RunSnapshot | None) -> None:
+        super().__init__()
+        self.view, self.runs, self.run, self.baseline = view, runs, run, baseline
+
+
+class TailFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+@dataclass
+class _RunTracker:
+    """Tail-thread state for one run: cursors and what they have accumulated."""
+    run_id: int
+    series: reader.StepSeries
+    events: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    gates: dict[int, tuple[dict, ...]] = field(default_factory=dict)
+
+    def read(self, conn: sqlite3.Connection, replay_epoch: int | None, *, preview: bool = False) -> RunSnapshot | None:
+        """The run as committed now; with preview=True, only if a sampled series is worth
+        posting first (a long run read for the first time), else None."""
+        run = reader.run_row(conn, self.run_id)
+        if run is None:
+            return None
+        if preview:
+            series = self.series.preview(conn)
+            if series is None:
+                return None
+        else:
+            self.series.refresh(conn)
+            series = self.series.snapshot()
+        # a resume deletes what was written after its checkpoint: then read these again
+        if self.events and reader.events_count(conn, self.run_id, self.events[-1]["id"]) != len(self.events):
+            self.events = []
+        if self.evals and reader.evals_count(conn, self.run_id, self.evals[-1]["id"]) != len(self.evals):
+            self.evals, self.gates = [], {}
+        self.events += reader.events_after(conn, self.run_id, self.events[-1]["id"] if self.events else 0)
+        new_evals = reader.evals_after(conn, self.run_id, self.evals[-1]["id"] if self.evals else 0)
+        self.evals += new_evals
+        self.gates.update({k: tuple(v) for k, v in reader.gates_of(conn, [e["id"] for e in new_evals]).items()})
+        limit = None if replay_epoch is None else self.series.step_limit
+        recent = reader.latest_steps(conn, self.run_id, RATE_WINDOW, self.series.step_limit)
+        all_epochs = reader.epochs_of(conn, self.run_id)
+        events, evals, epochs = self.events, self.evals, all_epochs
+        if replay_epoch is not None:
+            events = [e for e in events if e["step"] is None or e["step"] <= limit]
+            epochs = [e for e in epochs if e["epoch"] <= replay_epoch]
+            evals = [e for e in evals if e["epoch"] is None or e["epoch"] <= replay_epoch]
+        return RunSnapshot(
+            run=run, series=series, latest=recent[0] if recent else None,
+            steps_per_s=_rate(recent), events=tuple(events), epochs=tuple(epochs), evals=tuple(evals),
+            gates=MappingProxyType(dict(self.gates)), commands=tuple(reader.recent_commands(conn, self.run_id)),
+            step_limit=limit, last_epoch=all_epochs[-1]["epoch"] if all_epochs else None)
+
+
+def _rate(rows_newest_first: list[dict]) -> float | None:
+    if len(rows_newest_first) < 2:
+        return None
+    a, b = rows_newest_first[-1], rows_newest_first[0]
+    return (b["step"] - a["step"]) / (b["t"] - a["t"]) if b["t"] > a["t"] else None
+
+
+class DbTail:
+    """Run `run()` on a worker thread; `post` receives TailUpdate / TailFailed (thread-safe)."""
+
+    def __init__(self, path: str | Path, post: Callable[[Message], object], *,
+                 view: TailView = TailView(), fallback_s: float = FALLBACK_S):
+        self.path = Path(path).resolve()
+        self._post = post
+        self._view = view
+        self._fallback_s = fallback_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._trackers: dict[tuple[int, int | None], _RunTracker] = {}
+        self._last: tuple[int, TailView] | None = None  # data_version and view last posted
+        self._last_error: str | None = None
+        self.polls = 0       # wake-ups that found a commit and read the database
+        self.wal_events = 0  # times the file watcher saw the -wal file change
+
+    # -- called from the UI thread ------------------------------------------------------------
+    @property
+    def view(self) -> TailView:
+        return self._view
+
+    def set_view(self, view: TailView) -> None:
+        self._view = view
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # -- the worker thread --------------------------------------------------------------------
+    def run(self) -> None:
+        conn = connect(self.path, readonly=True)
+        watcher = threading.Thread(target=self._watch_wal, name="lvmd-tui-watch", daemon=True)
+        watcher.start()
+        try:
+            while not self._stop.is_set():
+                self._poll(conn)
+                self._wake.wait(self._fallback_s)
+                self._wake.clear()
+        finally:
+            conn.close()
+
+    def _watch_wal(self) -> None:
+        wal_name = self.path.name + "-wal"
+        try:
+            for _ in watchfiles.watch(self.path.parent, watch_filter=lambda _c, p: Path(p).name == wal_name,
+                                      stop_event=self._stop, debounce=200, step=20, recursive=False,
+                                      ignore_permission_denied=True):
+                self.wal_events += 1
+                self._wake.set()
+        except Exception as exc:  # the fallback timer keeps the TUI live, only slower
+            log.warning("file watcher stopped (%s); polling every %.1f s", exc, self._fallback_s)
+
+    def _poll(self, conn: sqlite3.Connection) -> None:
+        view = self._view
+        try:
+            version = reader.data_version(conn)
+            if self._last == (version, view):
+                return
+            self.polls += 1
+            if self._last is None or self._last[1] != view:  # a new view may mean a long first read
+                with reader.read_snapshot(conn):
+                    preview = self._read(conn, view, preview=True)
+                if preview is not None:
+                    self._post(preview)
+            with reader.read_snapshot(conn):
+                update = self._read(conn, view)
+            self._last = (version, view)
+            self._last_error = None
+        except sqlite3.Error as exc:
+            if str(exc) != self._last_error:
+                self._last_error = str(exc)
+                self._post(TailFailed(f"{self.path.name}: {exc}"))
+            return
+        self._post(update)
+
+    def _read(self, conn: sqlite3.Connection, view: TailView, *, preview: bool = False) -> TailUpdate | None:
+        """What the view shows; with preview=True, None unless the run needs a sampled first picture."""
+        runs = tuple(reader.run_summaries(conn))
+        run = baseline = None
+        if view.run_id is not None:
+            limit = None if view.replay_epoch is None else reader.epoch_end_step(conn, view.run_id, view.replay_epoch)
+            wanted = {view.run_id, view.baseline_id} - {None}
+            # keep the live trackers while replaying: going back to live is then incremental
+            self._trackers = {k: t for k, t in self._trackers.items() if k[0] in wanted and k[1] in (None, limit)}
+            run = self._tracker(view.run_id, limit, view.target_bins).read(conn, view.replay_epoch, preview=preview)
+            if view.baseline_id is not None and view.baseline_id != view.run_id and run is not None:
+                baseline = self._tracker(view.baseline_id, limit, view.target_bins).read(
+                    conn, view.replay_epoch, preview=preview)
+        if preview and run is None:
+            return None
+        return TailUpdate(view, runs, run, baseline)
+
+    def _tracker(self, run_id: int, limit: int | None, target_bins: int) -> _RunTracker:
+        key = (run_id, limit)
+        if key not in self._trackers:
+            self._trackers[key] = _RunTracker(run_id, reader.StepSeries(run_id, target_bins=target_bins,
+                                                                        step_limit=limit))
+        tracker = self._trackers[key]
+        tracker.series.retarget(target_bins)
+        return tracker
+

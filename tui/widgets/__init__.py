@@ -1,0 +1,1 @@
+"""The TUI's widgets; canvas.py holds the braille drawing they share."""

@@ -1,0 +1,86 @@
+"""The 5CAT gate table of one eval: A–E × splits, value against threshold, green or red."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from tui.plots import shown_epoch
+
+SPLIT_ORDER = ("val", "ood")  # then the cross-split VAL-OOD of gate E
+PASS_STYLE, FAIL_STYLE = "bold green", "bold red"
+OPS = {">=": "≥", "<=": "≤"}
+TRIGGERS = {"epoch": "epoch end", "command": "on request", "signal": "on signal"}
+
+
+def split_order(gates: list[dict]) -> list[str]:
+    splits = list(dict.fromkeys(g["split"] for g in gates))
+    return sorted(splits, key=lambda s: (SPLIT_ORDER.index(s.lower()) if s.lower() in SPLIT_ORDER else 9, s))
+
+
+def eval_header(ev: dict, position: int, count: int) -> Text:
+    text = Text()
+    text.append(f"eval {ev['id']}", style="bold")
+    if ev.get("epoch") is not None:
+        text.append(f" · e{shown_epoch(ev['epoch'])}")
+    text.append(f" · {TRIGGERS.get(ev.get('trigger'), ev.get('trigger') or '?')} · ")
+    passed, total = ev.get("gates_passed"), ev.get("gates_total")
+    ok = ev.get("verdict_3of5")
+    text.append(f"{passed}/{total} gates", style=PASS_STYLE if ok else FAIL_STYLE)
+    if ev.get("verdict_all5") is not None:
+        text.append(" · all-5 ")
+        text.append("✓" if ev["verdict_all5"] else "✗", style=PASS_STYLE if ev["verdict_all5"] else FAIL_STYLE)
+    text.append(f"   [{position}/{count}]  , . choose", style="dim")
+    return text
+
+
+class GateTable(Vertical):
+    DEFAULT_CSS = """
+    GateTable { height: 1fr; }
+    GateTable > Static { height: 1; }
+    GateTable > DataTable { height: 1fr; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.shown: tuple[int, tuple] | None = None  # eval id and its gate rows
+
+    def compose(self) -> ComposeResult:
+        yield Static("no 5CAT eval yet", id="eval-header")
+        yield DataTable(cursor_type="row", zebra_stripes=True)
+
+    def show(self, ev: dict | None, gates: tuple[dict, ...], position: int, count: int) -> None:
+        header = self.query_one("#eval-header", Static)
+        table = self.query_one(DataTable)
+        if ev is None:
+            header.update(Text("no 5CAT eval yet", style="dim"))
+            table.clear(columns=True)
+            self.shown = None
+            return
+        header.update(eval_header(ev, position, count))
+        if self.shown == (ev["id"], gates):
+            return
+        self.shown = (ev["id"], gates)
+        table.clear(columns=True)
+        splits = split_order(list(gates))
+        table.add_column("gate", key="gate")
+        for split in splits:
+            table.add_column(split.upper(), key=split)
+        cells: dict[tuple[str, str], dict[str, dict]] = {}
+        for g in gates:
+            cells.setdefault((g["gate"], g["metric"]), {})[g["split"]] = g
+        for (gate, metric), by_split in sorted(cells.items(), key=lambda kv: kv[0][0]):
+            table.add_row(Text(f"{gate} {metric.removeprefix('delta_')}"),
+                          *(gate_cell(by_split.get(split)) for split in splits), key=f"{gate}:{metric}")
+
+
+def gate_cell(g: dict | None) -> Text:
+    """`0.523 ≥.50`: the value green when it passed, red when not; the threshold dim."""
+    if g is None:
+        return Text("")
+    text = Text()
+    text.append("–" if g["value"] is None else f"{g['value']:.3f}", style=PASS_STYLE if g["passed"] else FAIL_STYLE)
+    if g["threshold"] is not None:
+        text.append(f" {OPS.get(g.get('op'), g.get('op') or '')}{g['threshold']:.2f}", style="dim")
+    return text

@@ -1,0 +1,123 @@
+"""The run screen's two status lines: where the run is, and what needs attention."""
+from __future__ import annotations
+
+import json
+import time
+
+from rich.text import Text
+from textual.widget import Widget
+
+from store.reader import is_stale
+from store.schema import TERMINAL_STATES
+from tui.alerts import Alert
+from tui.plots import epoch_label
+from tui.tail import RunSnapshot
+
+STATE_STYLES = {
+    "running": "bold green", "paused": "bold yellow", "evaluating": "bold cyan", "starting": "cyan",
+    "stopping": "yellow", "stopped": "bright_black", "finished": "bold blue", "failed": "bold red",
+    "crashed": "bold red reverse",
+}
+# What an acknowledged (or finished) command did, by verb; {step} is where the daemon took it.
+ACKED = {"pause": "paused at step {step}", "resume": "resumed at step {step}",
+         "eval": "evaluating from step {step}", "checkpoint": "checkpointing at step {step}",
+         "stop": "stopping at step {step}"}
+DONE = {"pause": "paused at step {step}", "resume": "resumed at step {step}",
+        "eval": "eval taken at step {step} done", "checkpoint": "checkpoint saved at step {step}",
+        "stop": "stopped at step {step}"}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s" if s < 600 else f"{s // 60}m"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def command_status(cmd: dict) -> tuple[str, str]:
+    """One line about a command and a style: waiting, taken at a step, done or failed."""
+    verb, state, step = cmd["verb"], cmd["state"], cmd.get("acked_step")
+    if state == "pending":
+        return f"{verb}: sent, waiting for the daemon", "yellow"
+    if state == "failed":
+        return f"{verb} failed: {_result_text(cmd.get('result'))}", "bold red"
+    words = (DONE if state == "done" else ACKED).get(verb, verb + " at step {step}")
+    return words.format(step=step if step is not None else "?"), "green"
+
+
+def _result_text(raw: str | None) -> str:
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return raw or ""
+    if isinstance(value, dict):
+        return str(value.get("error") or value)
+    return "" if value is None else str(value)
+
+
+def state_text(state: str, heartbeat_at: float | None, now: float) -> Text:
+    """The state, flagged when a live run stopped heartbeating (its daemon is probably gone)."""
+    if is_stale(state, heartbeat_at, now):
+        age = "no heartbeat" if heartbeat_at is None else f"silent {fmt_duration(now - heartbeat_at)}"
+        return Text(f"{state}? {age}", style="bold red reverse")
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+class StatusBar(Widget):
+    DEFAULT_CSS = """
+    StatusBar { height: 2; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.run: RunSnapshot | None = None
+        self.alerts: list[Alert] = []
+        self.notes: list[tuple[str, str]] = []  # (text, style) shown after the alerts
+        self.missing: str = "waiting for the database…"
+
+    def show(self, run: RunSnapshot | None, alerts: list[Alert], notes: list[tuple[str, str]]) -> None:
+        self.run, self.alerts, self.notes = run, alerts, notes
+        self.refresh()
+
+    def render(self) -> Text:
+        if self.run is None:
+            return Text(self.missing, style="dim")
+        # one line each (CSS: nowrap), so the second line is never pushed off by the first
+        return Text("\n").join([self._where(time.time()), self._attention()])
+
+    def _where(self, now: float) -> Text:
+        r, latest = self.run.run, self.run.latest or {}
+        step = latest.get("step", r.get("step") or 0)
+        epoch = latest.get("epoch", r.get("epoch"))
+        line = Text()
+        line.append(f"run {r['id']} ", style="bold")
+        line.append(f"{r['name']} · {r.get('preset') or '?'} · ")
+        line.append_text(state_text(r["state"], r.get("heartbeat_at"), now))
+        if epoch is not None:
+            line.append(f" · e{epoch_label(epoch, r.get('total_epochs'))}")
+        line.append(f" · {step:,}" + (f"/{r['total_steps']:,}" if r.get("total_steps") else "") + " steps")
+        rate = self.run.steps_per_s
+        if r["state"] == "running" and rate and self.run.step_limit is None:  # not while replaying
+            line.append(f" · {rate:,.1f} st/s")
+            if r.get("total_steps") and step < r["total_steps"]:
+                line.append(f" · ETA {fmt_duration((r['total_steps'] - step) / rate)}")
+        if r.get("heartbeat_at") is not None and r["state"] not in TERMINAL_STATES:
+            line.append(f" · ♥ {fmt_duration(max(0.0, now - r['heartbeat_at']))}", style="dim")
+        return line
+
+    def _attention(self) -> Text:
+        line = Text()
+        for alert in self.alerts:
+            line.append(f"⚠ {alert.text}", style="bold red")
+            line.append("  ")
+        if not self.alerts and self.run.series.count:
+            line.append("✓ guardrails holding", style="green")
+            line.append("  ")
+        for text, style in self.notes:
+            line.append(text, style=style)
+            line.append("  ")
+        return line
