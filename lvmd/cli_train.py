@@ -6,6 +6,7 @@ import sys
 import time
 
 from lvmd.config import load_config
+from lvmd.errors import UserError
 
 
 def register(sub) -> None:
@@ -81,9 +82,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     db = args.db or default_db()
     run_id, out_dir = runner.create(cfg, db, data)
     print(f"run {run_id} ({cfg.name}, preset {cfg.loss.preset}) → {db}; checkpoints in {out_dir}", flush=True)
-    progress = None if args.quiet else Progress()
+    return serve_foreground(db, run_id, cfg=cfg, data=data, quiet=args.quiet)
+
+
+def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False, cfg=None, data=None) -> int:
+    """Train a run row in this process (lvmd run, lvmd serve, lvmd resume --foreground) under
+    the daemon's lock and control, so it takes pause/eval/checkpoint/stop commands too."""
+    from lvmd import daemon
+
+    progress = None if quiet else Progress()
     try:
-        state = runner.execute(cfg, db, run_id, out_dir, data, progress=progress)
+        state = daemon.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress)
+    except UserError:
+        raise
     except Exception as exc:
         if progress:
             progress.close()

@@ -122,6 +122,7 @@ class WatchConfig:
     val_cos_floor: float = 0.05  # val cos below this is a collapse sign
     val_cos_drop: float = 0.15  # ... or falling by more than this from its best
     skip_window: int = 200      # steps in the skip-rate window
+    warmup_steps: int = 500     # step checks ignore steps up to this one (an untrained model skips often)
     skip_rate_max: float = 0.10
     rho_over_cap_share: float = 0.05
     r_at_5_floor: float = 0.50
@@ -287,7 +288,7 @@ def validate(cfg: RunConfig) -> None:
     non_negative = ["train.weight_decay", "train.grad_clip", "train.plateau_patience", "train.seed",
                     "train.threads", "train.checkpoint_every", "train.max_steps", "train.noise_sigma",
                     "loss.beta", "loss.eta", "loss.kappa", "loss.rho_cap", "loss.rho_boost", "loss.tau",
-                    "eval.fivecat_every", "data.max_train"]
+                    "eval.fivecat_every", "data.max_train", "watch.warmup_steps"]
     for key in non_negative:
         if not _get_dotted(cfg, key) >= 0:
             raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be >= 0")

@@ -1,21 +1,24 @@
 """One training run against a database: create (or reopen) the run row, train, and leave the
-row in a final state (finished | stopped | failed) whatever happens. Shared by `lvmd run`
-(foreground) and the daemon."""
+row in a final state (finished | stopped | failed) whatever happens. Used by lvmd.daemon.serve,
+which `lvmd run` (foreground), `lvmd start` and `lvmd resume` (detached) all go through."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from pathlib import Path
 from typing import Callable
 
 from lvmd import __version__
+from lvmd.collapse import CollapseWatch
 from lvmd.config import RunConfig, config_to_dict
 from lvmd.control import Control
 from lvmd.data import file_sha256
 from lvmd.trainer import Trainer, TrainData
 from store.db import connect
-from store.runs import create_run, insert_event, update_run
+from store.commands import fail_open
+from store.runs import create_run, get_run, insert_event, truncate_after, update_run
 from store.writer import SqliteSink
 
 
@@ -61,24 +64,35 @@ def make_evaluator(cfg: RunConfig, data: TrainData, sink):
 def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: TrainData, *,
             control_factory: Callable[[SqliteSink], Control] | None = None,
             resume_from: Path | None = None, progress: Callable[[dict], None] | None = None) -> str:
-    """Train; returns the final state. The run row ends finished, stopped or failed."""
+    """Train; returns the final state. The run row ends finished, stopped or failed.
+
+    With resume_from, the checkpoint is loaded first and what the previous process wrote after
+    its step is removed (store.runs.truncate_after), so the steps continue with no gap and no
+    duplicate. lvmd.daemon.serve is the usual caller (it holds the run's lock)."""
     sink = SqliteSink(db, run_id, flush_seconds=cfg.train.flush_seconds)
     control = (control_factory or (lambda s: Control(s)))(sink)
     state, error, detail = "failed", None, None
     try:
-        sink.update_run(pid=os.getpid(), started_at=time.time(), error=None)
+        sink.update_run(pid=os.getpid(), host=socket.gethostname(), started_at=time.time(), ended_at=None, error=None)
+        control.set_state("starting", pid=os.getpid(), resume_from=str(resume_from) if resume_from else None)
         trainer = Trainer(cfg, data, sink, out_dir=out_dir, control=control,
-                          evaluator=make_evaluator(cfg, data, sink), progress=progress)
-        control.set_state("running", pid=os.getpid(), resume_from=str(resume_from) if resume_from else None)
-        state = trainer.run(resume_from=resume_from)
+                          evaluator=make_evaluator(cfg, data, sink), progress=progress,
+                          watch=CollapseWatch(cfg, sink, act=control.request))
+        if resume_from is not None:
+            trainer.load_checkpoint(resume_from)
+            removed = sink.call(lambda conn: truncate_after(conn, run_id, trainer.step, trainer.epoch))
+            sink.event("resume", step=trainer.step, epoch=trainer.epoch,
+                       detail={"checkpoint": str(resume_from), "removed": removed})
+        control.beat(trainer.step, trainer.epoch)
+        control.set_state("running", pid=os.getpid())
+        state = trainer.run()
         return state
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}".strip()
         detail = {"error": error, "traceback": traceback.format_exc(limit=8)}
         raise
     finally:
-        if hasattr(control, "restore_signals"):
-            control.restore_signals()
+        control.close()
         try:
             sink.close()
         except Exception as exc:  # the final state below still gets written
@@ -88,16 +102,20 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
 
 
 def finish(db: str | Path, run_id: int, state: str, *, error: str | None = None, detail: dict | None = None) -> None:
+    """The final state and its event; commands the run will never do are failed with it."""
     conn = connect(db)
     try:
         conn.execute("BEGIN IMMEDIATE")
+        row = get_run(conn, run_id)
         fields = {"state": state, "ended_at": time.time(), "heartbeat_at": time.time()}
         if error:
             fields["error"] = error.splitlines()[0]
         update_run(conn, run_id, **fields)
-        insert_event(conn, run_id, "state", {"state": state})
+        insert_event(conn, run_id, "state", {"state": state, "previous": row["state"]}, step=row["step"],
+                     epoch=row["epoch"])
         if error:
             insert_event(conn, run_id, "error", detail or {"error": error})
+        fail_open(conn, run_id, f"run {state}")
         conn.execute("COMMIT")
     finally:
         conn.close()

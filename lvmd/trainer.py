@@ -187,12 +187,13 @@ class TelemetryBuffer:
 class Trainer:
     def __init__(self, cfg: RunConfig, data: TrainData, sink, *, out_dir: str | Path,
                  control: Control | None = None, evaluator=None,
-                 progress: Callable[[dict], None] | None = None):
+                 progress: Callable[[dict], None] | None = None, watch=None):
         self.cfg, self.data, self.sink = cfg, data, sink
         self.out_dir = Path(out_dir)
         self.control = control or Control(sink, install_signals=False)
         self.evaluator = evaluator
         self.progress = progress
+        self.watch = watch    # collapse watch (lvmd.collapse): fed host rows, never device tensors
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -257,7 +258,7 @@ class Trainer:
                 self.step += 1
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.telemetry.add((self.step, self.epoch, time.time(), lr, stage.frac, stage.m_gap), packed)
-                if self._handle(self.control.poll(self.step, self.epoch)) == "stop":
+                if self._at_boundary() == "stop":
                     self.control.heartbeat(self.step, self.epoch)
                     return "stopped"
             if self.batch < self.batches_per_epoch:      # max_steps reached mid-epoch
@@ -268,11 +269,21 @@ class Trainer:
         self.control.heartbeat(self.step, self.epoch)
         return "finished"
 
+    def _at_boundary(self) -> str | None:
+        """Act on what the control asks; while it holds the loop (paused), keep asking."""
+        while True:
+            if self._handle(self.control.poll(self.step, self.epoch)) == "stop":
+                return "stop"
+            if not self.control.paused:
+                return None
+
     def _handle(self, requests: list[Request]) -> str | None:
         for req in requests:
             try:
-                if req.action == "checkpoint":
-                    self.telemetry.flush()
+                if req.action == "pause":
+                    self.telemetry.flush()             # the steps table shows where it paused
+                    req.done({"step": self.step})
+                elif req.action == "checkpoint":
                     path = self.save_checkpoint("last")
                     req.done({"path": str(path), "step": self.step})
                 elif req.action == "eval":
@@ -301,6 +312,8 @@ class Trainer:
         if self.evaluator is not None:
             row.update(self.evaluator.epoch_check(self.predict))
         self.sink.epoch(row)
+        if self.watch is not None:
+            self.watch.epoch(row)
         self.telemetry.stats = EpochStats()
         every = self.cfg.eval.fivecat_every
         run_full = self.evaluator is not None and every and (self.epoch + 1) % every == 0
@@ -351,10 +364,13 @@ class Trainer:
         if self.evaluator is None:
             raise RuntimeError("no 5CAT evaluator: set data.articles (and data.val) to evaluate")
         self.telemetry.flush()
-        return self.evaluator.full(self.predict, trigger=trigger,
-                                   epoch=self.epoch if epoch is None else epoch, step=self.step)
+        with self.control.evaluating():
+            return self.evaluator.full(self.predict, trigger=trigger,
+                                       epoch=self.epoch if epoch is None else epoch, step=self.step)
 
     def _on_rows(self, metrics: list[dict]) -> None:
+        if self.watch is not None and metrics:
+            self.watch.steps(metrics)
         if self.progress and metrics:
             self.progress({"step": self.step, "total_steps": self.total_steps, "epoch": self.epoch,
                            "epochs": self.cfg.train.epochs, **metrics[-1]})
@@ -364,6 +380,10 @@ class Trainer:
         return self.out_dir / f"{which}.pt"
 
     def save_checkpoint(self, which: str) -> Path:
+        # Rows up to this step are committed before a checkpoint names it, so a resume from it
+        # never leaves a gap in the steps table.
+        self.telemetry.flush()
+        self.sink.flush()
         state = {
             "config_json": _json(config_to_dict(self.cfg)), "dim": self.data.train.dim,
             "context_len": self.data.train.context_len, "model_type": self.cfg.model.kind,

@@ -48,6 +48,22 @@ def pending(conn: sqlite3.Connection, run_id: int) -> list[dict]:
         "SELECT * FROM commands WHERE run_id = ? AND state = 'pending' ORDER BY id", (run_id,))]
 
 
+def has_pending(conn: sqlite3.Connection, run_id: int) -> bool:
+    """The daemon's cheap look (an index probe) before it claims anything."""
+    # fetchall: a long-lived reader must not keep a half-read statement (it pins a snapshot)
+    return bool(conn.execute("SELECT 1 FROM commands WHERE run_id = ? AND state = 'pending' LIMIT 1",
+                             (run_id,)).fetchall())
+
+
+def claim_next(conn: sqlite3.Connection, run_id: int, step: int) -> dict | None:
+    """Ack the oldest pending command of a run at `step` and return it (None if there is none).
+    One at a time, so each is done before the next is looked at (a pause, then a resume)."""
+    for cmd in pending(conn, run_id):
+        if ack(conn, cmd["id"], step):
+            return {**cmd, "state": "acked", "acked_step": step}
+    return None
+
+
 def ack(conn: sqlite3.Connection, command_id: int, step: int) -> bool:
     """Claim a pending command at `step`; False if someone else already took it."""
     cur = conn.execute("UPDATE commands SET state = 'acked', acked_at = ?, acked_step = ?"

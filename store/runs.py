@@ -1,14 +1,25 @@
-"""Rows of the `runs` table: create, read, state changes. Plain functions over a connection."""
+"""Rows of the `runs` table: create, read, state changes, crash detection. Plain functions over
+a connection."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import sqlite3
 import time
-from typing import Any
+from typing import Any, Callable
 
-from store.schema import RUN_STATES
+from store.commands import fail_open
+from store.schema import RUN_STATES, TERMINAL_STATES
+
+LIVE_STATES = tuple(s for s in RUN_STATES if s not in TERMINAL_STATES)
+# A live run whose process is gone is called crashed only once its heartbeat is this old: the
+# daemon beats every <= 2 s, and the margin covers the moment between `lvmd start` creating the
+# row and the daemon recording its own pid.
+STALE_SECONDS = 10.0
+# The flock a run's daemon holds for its whole life, in the run's folder (lvmd.daemon.RunLock).
+DAEMON_LOCK = "daemon.lock"
 
 
 class UnknownRun(LookupError):
@@ -70,25 +81,33 @@ def resolve_run(conn: sqlite3.Connection, ref: str | int | None) -> dict:
 def truncate_after(conn: sqlite3.Connection, run_id: int, step: int, epoch: int) -> dict[str, int]:
     """Before a resume from a checkpoint at (step, epoch): remove what the dead process wrote
     after it, so the resumed run continues with no gap and no duplicate rows. State and
-    crash events stay (they are history); step-derived rows go."""
+    crash events stay (they are history); step-derived rows go. Runs in the caller's
+    transaction when one is open (the daemon's writer thread), else in its own."""
+    if conn.in_transaction:
+        return _truncate(conn, run_id, step, epoch)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        removed = {
-            "steps": conn.execute("DELETE FROM steps WHERE run_id = ? AND step > ?", (run_id, step)).rowcount,
-            "events": conn.execute("DELETE FROM events WHERE run_id = ? AND step > ? AND kind IN "
-                                   "('skip', 'attenuate', 'checkpoint', 'collapse_warning')",
-                                   (run_id, step)).rowcount,
-            "epochs": conn.execute("DELETE FROM epochs WHERE run_id = ? AND epoch >= ?", (run_id, epoch)).rowcount,
-        }
-        evals = [r[0] for r in conn.execute("SELECT id FROM evals WHERE run_id = ? AND step > ?", (run_id, step))]
-        for table in ("gates", "eval_metrics"):
-            conn.executemany(f"DELETE FROM {table} WHERE eval_id = ?", [(e,) for e in evals])
-        conn.executemany("DELETE FROM evals WHERE id = ?", [(e,) for e in evals])
-        removed["evals"] = len(evals)
+        removed = _truncate(conn, run_id, step, epoch)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return removed
+
+
+def _truncate(conn: sqlite3.Connection, run_id: int, step: int, epoch: int) -> dict[str, int]:
+    removed = {
+        "steps": conn.execute("DELETE FROM steps WHERE run_id = ? AND step > ?", (run_id, step)).rowcount,
+        "events": conn.execute("DELETE FROM events WHERE run_id = ? AND step > ? AND kind IN "
+                               "('skip', 'attenuate', 'checkpoint', 'collapse_warning')",
+                               (run_id, step)).rowcount,
+        "epochs": conn.execute("DELETE FROM epochs WHERE run_id = ? AND epoch >= ?", (run_id, epoch)).rowcount,
+    }
+    evals = [r[0] for r in conn.execute("SELECT id FROM evals WHERE run_id = ? AND step > ?", (run_id, step))]
+    for table in ("gates", "eval_metrics"):
+        conn.executemany(f"DELETE FROM {table} WHERE eval_id = ?", [(e,) for e in evals])
+    conn.executemany("DELETE FROM evals WHERE id = ?", [(e,) for e in evals])
+    removed["evals"] = len(evals)
     return removed
 
 
@@ -97,3 +116,113 @@ def insert_event(conn: sqlite3.Connection, run_id: int, kind: str, detail: dict 
     conn.execute("INSERT INTO events (run_id, step, epoch, t, kind, detail) VALUES (?,?,?,?,?,?)",
                  (run_id, step, epoch, time.time(), kind,
                   json.dumps(detail, sort_keys=True, default=str) if detail else None))
+
+
+# -- state changes made from outside the daemon (CLI, TUI) -----------------------------------
+def record_state(conn: sqlite3.Connection, run_id: int, state: str, detail: dict | None = None, *,
+                 expect: tuple[str, ...] = LIVE_STATES, **fields: Any) -> bool:
+    """Move a run to `state` if it is still in one of `expect`, with its 'state' event; a
+    final state also fails the commands it will never do. False if the run had moved on."""
+    if state not in RUN_STATES:
+        raise ValueError(f"runs.state: {state!r} is not one of {', '.join(RUN_STATES)}")
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT state, step, epoch FROM runs WHERE id = ?", (run_id,)).fetchone()
+        changed = row is not None and row["state"] in expect
+        if changed:
+            now = time.time()
+            if state in TERMINAL_STATES:
+                fields.setdefault("ended_at", now)
+            update_run(conn, run_id, state=state, updated_at=now, **fields)
+            insert_event(conn, run_id, "state", {"state": state, "previous": row["state"], **(detail or {})},
+                         step=row["step"], epoch=row["epoch"])
+            if state in TERMINAL_STATES:
+                fail_open(conn, run_id, f"run {state}")
+        if own:
+            conn.execute("COMMIT")
+    except BaseException:
+        if own:
+            conn.execute("ROLLBACK")
+        raise
+    return changed
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Is process `pid` running on this host? A zombie (dead, not yet reaped) counts as gone."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                      # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True                      # no /proc here: trust kill(0)
+    return state not in (b"Z", b"X")
+
+
+def lock_held(path: str | os.PathLike) -> bool:
+    """Does some process hold the flock on `path`? (A missing file is not held.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)                      # drops the probe's own shared lock
+
+
+def daemon_alive(run: dict) -> bool:
+    """Is the run's process still there? Runs of other hosts are assumed alive. Once a daemon
+    has taken its run's lock, the lock is the answer (the kernel drops it when the process dies,
+    and a recycled pid cannot fake it); before that, the pid in the row is."""
+    if run.get("host") and run["host"] != socket.gethostname():
+        return True
+    lock = os.path.join(run["out_dir"], DAEMON_LOCK) if run.get("out_dir") else None
+    if lock and os.path.exists(lock):
+        return lock_held(lock)
+    return pid_alive(run["pid"])
+
+
+def mark_stale_crashed(conn: sqlite3.Connection, *, now: float | None = None,
+                       is_alive: Callable[[dict], bool] = daemon_alive,
+                       stale_after: float = STALE_SECONDS) -> list[int]:
+    """Mark `crashed` every live run of this host whose process is gone and whose heartbeat is
+    older than `stale_after` s; each gets a 'state' event with the evidence. Whichever lvmd
+    command (or the TUI) looks first does it. Returns the ids it marked."""
+    now = time.time() if now is None else now
+    alive = is_alive
+    marks = ", ".join("?" * len(LIVE_STATES))
+    rows = conn.execute(f"SELECT * FROM runs WHERE state IN ({marks}) AND host = ? AND "
+                        "COALESCE(heartbeat_at, 0) < ?", (*LIVE_STATES, socket.gethostname(), now - stale_after))
+    crashed = []
+    for run in [dict(r) for r in rows]:
+        if alive(run):
+            continue
+        age = now - (run["heartbeat_at"] or 0)
+        evidence = {"reason": f"process {run['pid']} is gone and the heartbeat is {age:.0f} s old",
+                    "pid": run["pid"], "heartbeat_age_s": round(age, 1)}
+        if record_state(conn, run["id"], "crashed", evidence, expect=(run["state"],),
+                        error=f"crashed: {evidence['reason']}"):
+            crashed.append(run["id"])
+    return crashed
+
+
+# -- what `lvmd status` shows --------------------------------------------------------------
+def step_rate(conn: sqlite3.Connection, run_id: int, *, last: int = 200) -> float | None:
+    """Steps per second over the run's newest `last` step rows (None with fewer than two)."""
+    rows = conn.execute("SELECT step, t FROM steps WHERE run_id = ? ORDER BY step DESC LIMIT ?",
+                        (run_id, last)).fetchall()
+    if len(rows) < 2 or rows[0]["t"] <= rows[-1]["t"]:
+        return None
+    return (rows[0]["step"] - rows[-1]["step"]) / (rows[0]["t"] - rows[-1]["t"])

@@ -1,0 +1,420 @@
+"""`lvmd start | serve | stop | status | pause | resume | eval-now | checkpoint`: detached runs and the
+commands they take. Commands are rows in `commands`; the daemon acks them at a step boundary
+and completes them, and these verbs wait for that (--no-wait to skip). Every verb first marks
+crashed any run of this host whose daemon is gone (store.runs.mark_stale_crashed)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from lvmd.errors import UserError
+
+WAIT_SECONDS = 10.0        # how long a command verb waits for the daemon by default
+START_SECONDS = 120.0      # how long start/resume wait for the daemon to report running
+TERM_WAIT_SECONDS = 10.0   # after the grace period and SIGTERM, how long stop still waits
+FORCE_WAIT_SECONDS = 5.0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("start", help="start a run as a detached daemon; prints the run id once it runs")
+    p.add_argument("config", nargs="?", help="TOML config (omit to use defaults + overrides)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
+    _db_arg(p)
+    p.add_argument("--timeout", type=float, default=START_SECONDS, help="seconds to wait for the daemon to run")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("serve", help="train an existing run row in this process (what start and resume spawn)")
+    p.add_argument("run", help="run id or name")
+    _db_arg(p)
+    p.add_argument("--resume", action="store_true", help="continue a stopped or crashed run from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("stop", help="stop a run: checkpoint, state stopped, exit")
+    p.add_argument("run", help="run id or name")
+    _db_arg(p)
+    p.add_argument("--grace", type=float, default=30.0, help="seconds to wait before SIGTERM (default 30)")
+    p.add_argument("--force", action="store_true", help="SIGKILL now (no checkpoint)")
+    p.add_argument("--no-wait", action="store_true", help="queue the stop and return")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("status", help="state, progress, speed, heartbeat and last gate verdict of runs")
+    p.add_argument("run", nargs="?", help="run id or name (default: every run)")
+    _db_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    # `lvmd eval CHECKPOINT` (lvmd.cli_eval) evaluates a checkpoint file; a live run's
+    # evaluate-now command is `lvmd eval-now RUN` (the command row's verb is `eval`).
+    for name, verb, text in (("pause", "pause", "pause a run at its next step boundary"),
+                             ("eval-now", "eval", "run 5CAT on a live run now, mid-epoch if need be"),
+                             ("checkpoint", "checkpoint", "write the run's last.pt now")):
+        p = sub.add_parser(name, help=text)
+        _command_args(p)
+        p.set_defaults(func=cmd_command, verb=verb)
+
+    p = sub.add_parser("resume", help="unpause a paused run, or restart a stopped/crashed run from its checkpoint")
+    _command_args(p)
+    p.add_argument("--foreground", action="store_true", help="restart in this process instead of detached")
+    p.add_argument("--quiet", action="store_true", help="no progress output (--foreground)")
+    p.set_defaults(func=cmd_resume, verb="resume")
+
+
+def _db_arg(p) -> None:
+    p.add_argument("--db", help="SQLite file (default $LVMD_DB or ./lvmd.db)")
+
+
+def _command_args(p) -> None:
+    p.add_argument("run", help="run id or name")
+    _db_arg(p)
+    p.add_argument("--timeout", type=float, default=WAIT_SECONDS, help="seconds to wait for the daemon (default 10)")
+    p.add_argument("--no-wait", action="store_true", help="queue the command and return")
+
+
+# -- shared ------------------------------------------------------------------------------
+def _db_path(args) -> Path:
+    from lvmd.cli import default_db
+
+    path = Path(args.db or default_db())
+    if not path.exists():
+        raise UserError(f"{path}: no such database")
+    return path.resolve()
+
+
+def _open(args):
+    """A connection with crashed runs already marked, and the database's path."""
+    from store.db import connect
+    from store.runs import mark_stale_crashed
+
+    db = _db_path(args)
+    conn = connect(db)
+    mark_stale_crashed(conn)
+    return conn, db
+
+
+def _enqueue(conn, run: dict, verb: str, args: dict | None = None) -> int:
+    from store.commands import CommandError, enqueue
+
+    try:
+        return enqueue(conn, run["id"], verb, args)
+    except CommandError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _await(conn, command_id: int, timeout: float) -> dict:
+    """The command row once done or failed, or as it stands when `timeout` runs out. A daemon
+    that dies meanwhile is noticed (its open commands fail with it)."""
+    from store.commands import get
+    from store.runs import mark_stale_crashed
+
+    deadline = time.monotonic() + timeout
+    next_crash_check = time.monotonic() + 1.0
+    while True:
+        cmd = get(conn, command_id)
+        if cmd["state"] in ("done", "failed") or time.monotonic() >= deadline:
+            return cmd
+        if time.monotonic() >= next_crash_check:
+            mark_stale_crashed(conn)
+            next_crash_check = time.monotonic() + 1.0
+        time.sleep(0.05)
+
+
+def _result(cmd: dict) -> dict:
+    return json.loads(cmd["result"]) if cmd.get("result") else {}
+
+
+# -- start / serve -----------------------------------------------------------------------------
+def cmd_start(args: argparse.Namespace) -> int:
+    from lvmd import daemon, runner
+    from lvmd.cli import default_db
+    from lvmd.cli_train import split_config_arg
+    from lvmd.config import load_config
+    from lvmd.sink import NullSink
+    from lvmd.trainer import load_train_data
+
+    config, overrides = split_config_arg(args.config, args.overrides)
+    cfg = load_config(config, overrides)
+    data = load_train_data(cfg)              # bad input fails here, before anything is written
+    runner.make_evaluator(cfg, data, NullSink())
+    db = Path(args.db or default_db()).resolve()
+    run_id, out_dir = runner.create(cfg, db, data)
+    spawned = daemon.spawn(db, {"id": run_id, "out_dir": str(out_dir)}, resume=False)
+    run = daemon.wait_started(db, run_id, spawned, timeout=args.timeout)
+    print(f"run {run_id} {run['state']} (pid {run['pid']}); log {spawned.log}", flush=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lvmd.cli_train import serve_foreground
+    from store.db import connect
+    from store.runs import resolve_run
+
+    db = _db_path(args)
+    conn = connect(db)
+    try:
+        run_id = resolve_run(conn, args.run)["id"]
+    finally:
+        conn.close()
+    return serve_foreground(str(db), run_id, resume=args.resume, quiet=args.quiet)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_command(args: argparse.Namespace) -> int:
+    from store.runs import resolve_run
+
+    conn, _ = _open(args)
+    try:
+        return _send(conn, resolve_run(conn, args.run), args)
+    finally:
+        conn.close()
+
+
+def _send(conn, run: dict, args: argparse.Namespace) -> int:
+    """Queue args.verb for the run, wait for the daemon, say what happened."""
+    verb, run_id = args.verb, run["id"]
+    command_id = _enqueue(conn, run, verb)
+    if args.no_wait:
+        print(f"run {run_id}: {verb} queued (command {command_id})")
+        return 0
+    cmd = _await(conn, command_id, args.timeout)
+    result = _result(cmd)
+    if cmd["state"] == "failed":
+        raise UserError(f"run {run_id}: {verb} failed: {result.get('error', 'unknown error')}")
+    if cmd["state"] == "pending":
+        raise UserError(f"run {run_id} has not taken the {verb} command (id {command_id}) within "
+                        f"{args.timeout:g} s; it stays queued")
+    if cmd["state"] == "acked":
+        print(f"run {run_id} took {verb} at step {cmd['acked_step']}; not done within {args.timeout:g} s "
+              f"(`lvmd status {run_id}` shows it)")
+        return 0
+    print(_done_line(run_id, verb, cmd, result))
+    return 0
+
+
+def _done_line(run_id: int, verb: str, cmd: dict, result: dict) -> str:
+    step = result.get("step", cmd["acked_step"])
+    if verb == "pause":
+        return f"run {run_id} {'was already paused' if result.get('note') else 'paused'} at step {step}"
+    if verb == "resume":
+        return f"run {run_id} resumed at step {step}" if result.get("was_paused") else \
+            f"run {run_id} was not paused (step {step})"
+    if verb == "checkpoint":
+        return f"run {run_id} checkpoint at step {step}: {result.get('path')}"
+    if verb == "eval":
+        gates = f"{result['gates_passed']}/{result['gates_total']} gates" if "gates_total" in result else "done"
+        return f"run {run_id} evaluated at step {cmd['acked_step']}: {gates} (eval {result.get('eval_id')})"
+    return f"run {run_id} {verb} done at step {step}"
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """A paused run with a live daemon takes a `resume` command; a stopped or crashed run (or
+    one whose daemon is gone) restarts from its last checkpoint under the same id."""
+    from lvmd import daemon
+    from lvmd.cli_train import serve_foreground
+    from store.runs import LIVE_STATES, daemon_alive, resolve_run
+
+    conn, db = _open(args)
+    try:
+        run = resolve_run(conn, args.run)
+        if run["state"] in LIVE_STATES and daemon_alive(run):
+            if args.foreground:
+                raise UserError(f"run {run['id']} is {run['state']} in pid {run['pid']}; "
+                                f"`lvmd resume {run['id']}` (no --foreground) unpauses it")
+            return _send(conn, run, args)
+        daemon.resumable_checkpoint(conn, run, locked=False)   # marks it crashed if its daemon is gone
+    finally:
+        conn.close()
+    if args.foreground:
+        return serve_foreground(str(db), run["id"], resume=True, quiet=args.quiet)
+    spawned = daemon.spawn(db, run, resume=True)
+    run = daemon.wait_started(db, run["id"], spawned, timeout=max(args.timeout, START_SECONDS))
+    print(f"run {run['id']} resumed from step {run['step']} ({run['state']}, pid {run['pid']}); log {spawned.log}",
+          flush=True)
+    return 0
+
+
+# -- stop --------------------------------------------------------------------------------------
+def cmd_stop(args: argparse.Namespace) -> int:
+    from store.runs import LIVE_STATES, resolve_run
+
+    conn, _ = _open(args)
+    try:
+        run = resolve_run(conn, args.run)
+        if run["state"] not in LIVE_STATES:
+            raise UserError(f"run {run['id']} is {run['state']}; there is nothing to stop")
+        if args.force:
+            return _kill(conn, run)
+        command_id = _enqueue(conn, run, "stop", {"grace": args.grace})
+        if args.no_wait:
+            print(f"run {run['id']}: stop queued (command {command_id})")
+            return 0
+        ended = _await_end(conn, run, args.grace)
+        if ended is None:
+            if _signal(run, signal.SIGTERM):
+                print(f"lvmd: run {run['id']} did not stop within {args.grace:g} s; sent SIGTERM", file=sys.stderr)
+            ended = _await_end(conn, run, TERM_WAIT_SECONDS)
+        if ended is None:
+            raise UserError(f"run {run['id']} is still running after stop and SIGTERM; "
+                            f"`lvmd stop {run['id']} --force` kills it")
+        checkpoint = _result(_get(conn, command_id)).get("checkpoint")
+        print(f"run {run['id']} {ended['state']} at step {ended['step']}"
+              + (f"; checkpoint {checkpoint}" if checkpoint else ""))
+        return 0
+    finally:
+        conn.close()
+
+
+def _get(conn, command_id: int) -> dict:
+    from store.commands import get
+
+    return get(conn, command_id)
+
+
+def _await_end(conn, run: dict, timeout: float) -> dict | None:
+    """The run row once it is in a final state and its process has exited (so a resume can
+    follow at once); None if that takes longer than `timeout`."""
+    from store.runs import TERMINAL_STATES, daemon_alive, get_run, pid_alive, record_state
+
+    here = run["host"] == socket.gethostname()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = get_run(conn, run["id"])
+        gone = not daemon_alive(row) and not (here and pid_alive(row["pid"]))
+        if row["state"] in TERMINAL_STATES and gone:
+            return row
+        if gone:   # died on the way out without recording it
+            record_state(conn, row["id"], "crashed", {"reason": "its daemon died while stopping"},
+                         expect=(row["state"],), error="crashed while stopping")
+            return get_run(conn, run["id"])
+        time.sleep(0.05)
+    return None
+
+
+def _signal(run: dict, sig: int) -> bool:
+    """Send `sig` to the run's daemon if it is alive on this host."""
+    from store.runs import daemon_alive, pid_alive
+
+    if run["host"] != socket.gethostname() or not daemon_alive(run) or not pid_alive(run["pid"]):
+        return False
+    try:
+        os.kill(run["pid"], sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill(conn, run: dict) -> int:
+    """--force: SIGKILL, then record the run stopped (it wrote no checkpoint for this stop;
+    resume continues from the last one and drops the rows after it)."""
+    from store.runs import daemon_alive, get_run, record_state
+
+    if run["host"] != socket.gethostname():
+        raise UserError(f"run {run['id']} runs on {run['host']}; --force works on that host only")
+    killed = _signal(run, signal.SIGKILL)
+    deadline = time.monotonic() + FORCE_WAIT_SECONDS
+    while daemon_alive(get_run(conn, run["id"])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if daemon_alive(get_run(conn, run["id"])):
+        raise UserError(f"run {run['id']}: pid {run['pid']} is still there after SIGKILL")
+    record_state(conn, run["id"], "stopped", {"forced": True, "signal": "SIGKILL" if killed else None,
+                                              "pid": run["pid"]})
+    row = get_run(conn, run["id"])
+    print(f"run {run['id']} {row['state']} (killed at about step {row['step']}); "
+          f"`lvmd resume {run['id']}` continues from its last checkpoint")
+    return 0
+
+
+# -- status ------------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    from store.runs import list_runs, resolve_run
+
+    conn, _ = _open(args)
+    try:
+        runs = list_runs(conn) if args.run is None else [resolve_run(conn, args.run)]
+        infos = [status_of(conn, run) for run in runs]
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(infos[0] if args.run is not None else infos, indent=2))
+    elif not infos:
+        print("no runs in this database yet")
+    elif args.run is not None:
+        print(_status_block(infos[0]))
+    else:
+        for info in infos:
+            print(_status_line(info))
+    return 0
+
+
+def status_of(conn, run: dict) -> dict:
+    """What `lvmd status` shows of one run, as plain data (the --json form)."""
+    from store.evals import latest_eval
+    from store.runs import LIVE_STATES, step_rate
+
+    live = run["state"] in LIVE_STATES
+    rate = step_rate(conn, run["id"]) if run["state"] == "running" else None
+    left = max((run["total_steps"] or 0) - (run["step"] or 0), 0)
+    ev = latest_eval(conn, run["id"])
+    return {
+        "id": run["id"], "name": run["name"], "state": run["state"], "preset": run["preset"],
+        "pid": run["pid"] if live else None, "host": run["host"],
+        "epoch": run["epoch"], "total_epochs": run["total_epochs"],      # epoch counted from 0, as stored
+        "step": run["step"], "total_steps": run["total_steps"],
+        "steps_per_s": rate, "eta_s": left / rate if rate else None,
+        "heartbeat_age_s": time.time() - run["heartbeat_at"] if live and run["heartbeat_at"] else None,
+        "last_eval": None if ev is None else {k: ev.get(k) for k in (
+            "id", "epoch", "step", "trigger", "gates_passed", "gates_total", "verdict_3of5", "error")},
+        "error": run["error"], "out_dir": run["out_dir"],
+    }
+
+
+def _status_line(s: dict) -> str:
+    parts = [f"run {s['id']:>3} {s['name']:<12} {s['state']:<10}",
+             f"step {s['step']}/{s['total_steps']}", f"epoch {_epoch(s)}"]
+    if s["steps_per_s"]:
+        parts.append(f"{s['steps_per_s']:.1f} steps/s ETA {_duration(s['eta_s'])}")
+    if s["heartbeat_age_s"] is not None:
+        parts.append(f"heartbeat {s['heartbeat_age_s']:.1f} s ago")
+    if s["last_eval"] and s["last_eval"]["gates_total"]:
+        parts.append(f"gates {s['last_eval']['gates_passed']}/{s['last_eval']['gates_total']}")
+    return "  ".join(parts)
+
+
+def _status_block(s: dict) -> str:
+    lines = [f"run {s['id']} ({s['name']}, preset {s['preset']}): {s['state']}"]
+    if s["pid"]:
+        lines.append(f"  pid        {s['pid']} on {s['host']}")
+    pct = 100 * s["step"] / s["total_steps"] if s["total_steps"] else 0.0
+    lines.append(f"  progress   epoch {_epoch(s)}, step {s['step']}/{s['total_steps']} ({pct:.1f} %)")
+    if s["steps_per_s"]:
+        lines.append(f"  speed      {s['steps_per_s']:.1f} steps/s, ETA {_duration(s['eta_s'])}")
+    if s["heartbeat_age_s"] is not None:
+        lines.append(f"  heartbeat  {s['heartbeat_age_s']:.1f} s ago")
+    ev = s["last_eval"]
+    if ev:
+        verdict = f"{ev['gates_passed']}/{ev['gates_total']} gates" if ev["gates_total"] else f"error: {ev['error']}"
+        lines.append(f"  last 5CAT  {verdict} (eval {ev['id']}, epoch {ev['epoch']}, step {ev['step']}, {ev['trigger']})")
+    if s["error"]:
+        lines.append(f"  error      {s['error']}")
+    if s["out_dir"]:
+        lines.append(f"  folder     {s['out_dir']}")
+    return "\n".join(lines)
+
+
+def _epoch(s: dict) -> str:
+    shown = min(s["epoch"] + 1, s["total_epochs"]) if s["total_epochs"] else s["epoch"] + 1
+    return f"{shown}/{s['total_epochs']}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, sec = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

@@ -1,0 +1,354 @@
+"""The process side of a run: one daemon per run (flock + pidfile), the command-claiming
+control, and starting a detached daemon.
+
+`serve` trains one run row in this process; `lvmd run`, `lvmd serve` (what `lvmd start` and
+`lvmd resume` spawn) and `lvmd resume --foreground` all go through it, so the TUI and the CLI
+can pause, evaluate and stop a foreground run as well. Importing this module loads no torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from lvmd.config import RunConfig, config_from_dict
+from lvmd.control import HEARTBEAT_SECONDS, Control, Request, ignore
+from lvmd.errors import UserError
+from store import commands
+from store.db import connect
+from store.runs import DAEMON_LOCK, LIVE_STATES, daemon_alive, get_run, record_state
+
+CHECK_SECONDS = 0.25        # while training, look for commands this often (one indexed read)
+PAUSED_WAKE_SECONDS = 1.0   # while paused, wake at least this often (heartbeat, signal flags)
+PID_FILE = "daemon.pid"
+LOG_FILE = "daemon.log"
+CHECKPOINT = "last.pt"
+
+
+# -- one daemon per run ----------------------------------------------------------------------
+class RunLock:
+    """An flock on <out_dir>/daemon.lock held for the daemon's whole life, and a pidfile beside
+    it. The kernel releases the flock when the process dies, so a lock left by a killed daemon
+    is simply free again; the lock file itself is never removed (that would race). The pidfile
+    is removed only by the process that wrote it (DESIGN rule 5)."""
+
+    def __init__(self, run: dict):
+        self.run_id = run["id"]
+        self.out_dir = Path(run["out_dir"])
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.out_dir / DAEMON_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        for attempt in range(5):           # a status probe holds a shared lock for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
+            os.close(fd)
+            holder = self._read_pid()
+            raise UserError(f"run {self.run_id} already has a daemon"
+                            f"{f' (pid {holder})' if holder else ''}; `lvmd stop {self.run_id}` stops it")
+        self.fd = fd
+        tmp = self.out_dir / f".{PID_FILE}.{os.getpid()}"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        os.replace(tmp, self.out_dir / PID_FILE)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        if self._read_pid() == os.getpid():
+            (self.out_dir / PID_FILE).unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int((self.out_dir / PID_FILE).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+# -- the control the daemon trains under -----------------------------------------------------
+class DaemonControl(Control):
+    """Control plus the command queue. At step boundaries it looks for pending commands every
+    CHECK_SECONDS (an index probe on its own read connection) and claims them through the
+    sink's writer thread (one writer per process). While paused it holds the loop and sleeps on
+    the database's -wal file, which every commit touches, waking at least every
+    PAUSED_WAKE_SECONDS to heartbeat and to see signal flags. Every command is acked at a named
+    step and completed done|failed, each with a 'command' event."""
+
+    def __init__(self, sink, db: str | Path, run_id: int, *, install_signals: bool = True):
+        super().__init__(sink, install_signals=install_signals)
+        self.run_id = run_id
+        self.wal = Path(f"{db}-wal")
+        self.reader = connect(db, readonly=True)
+        self._next_check = 0.0
+        self._waker: Iterator | None = None
+
+    def poll(self, step: int, epoch: int) -> list[Request]:
+        if self.paused:
+            self._sleep()
+        self.beat(step, epoch)
+        requests = self.signal_requests() + self.take_queued()
+        now = time.monotonic()
+        if not self._stopping and (self.paused or now >= self._next_check):
+            self._next_check = now + CHECK_SECONDS
+            if commands.has_pending(self.reader, self.run_id):
+                requests += self._claim()
+                self._next_check = 0.0           # more may wait: look again at the next boundary
+        return requests
+
+    # -- commands ---------------------------------------------------------------------------
+    def _claim(self) -> list[Request]:
+        """Take the oldest pending command; the Request the loop must act on, if any."""
+        step = self.step
+        cmd = self.sink.call(lambda conn: commands.claim_next(conn, self.run_id, step))
+        if cmd is None:
+            return []
+        self._command_event(cmd, "acked")
+        req = self._request_for(cmd)
+        return [] if req is None else [req]
+
+    def _request_for(self, cmd: dict) -> Request | None:
+        """What the loop must do for a claimed command; pause/resume bookkeeping happens here."""
+        verb = cmd["verb"]
+
+        def done(result: dict) -> None:
+            self._complete(cmd, True, result)
+
+        def failed(error: str) -> None:
+            self._complete(cmd, False, {"error": error})
+
+        if verb == "pause":
+            if self.paused:
+                done({"step": self.step, "note": "already paused"})
+                return None
+            return self.pause_request("command", done=done, failed=failed, command=cmd["id"])
+        if verb == "resume":
+            was_paused = self.paused
+            if was_paused:
+                self._unpause(command=cmd["id"])
+            done({"step": self.step, "was_paused": was_paused})
+            return None
+        if verb in ("eval", "checkpoint"):
+            return Request(verb, trigger="command", done=done, failed=failed)
+        if verb == "stop":
+            return self.stop_request("command", done=done, failed=failed, command=cmd["id"])
+        failed(f"unknown command {verb!r}")     # a row written by hand; the CLI refuses these
+        return None
+
+    def _complete(self, cmd: dict, ok: bool, result: dict) -> None:
+        self._command_event(cmd, "done" if ok else "failed", result.get("error"))
+        self.sink.call(lambda conn: commands.complete(conn, cmd["id"], ok=ok, result=result))
+
+    def _command_event(self, cmd: dict, state: str, error: str | None = None) -> None:
+        detail = {"id": cmd["id"], "verb": cmd["verb"], "state": state}
+        if error:
+            detail["error"] = error
+        self.sink.event("command", step=self.step, epoch=self.epoch, detail=detail)
+
+    # -- pausing ----------------------------------------------------------------------------
+    def pause_request(self, trigger: str, *, done: Callable[[dict], None] = ignore,
+                      failed: Callable[[str], None] = ignore, **detail) -> Request:
+        def hold(result: dict) -> None:      # the loop has flushed its telemetry: hold it here
+            if not self.paused:
+                self.paused = True
+                self.set_state("paused", trigger=trigger, **detail)
+            done(result)
+
+        return Request("pause", trigger=trigger, done=hold, failed=failed)
+
+    def _unpause(self, **detail) -> None:
+        self.paused = False
+        self._close_waker()
+        self.set_state("running", **detail)
+
+    def _sleep(self) -> None:
+        """One wait while paused: until the -wal file changes (a command, or our own heartbeat's
+        commit) or PAUSED_WAKE_SECONDS pass. Inotify underneath, so a paused daemon costs
+        almost no CPU; a slow timer if the watcher cannot run here."""
+        if self._waker is None:
+            self._waker = self._watch_wal()
+        try:
+            next(self._waker)
+        except Exception:                    # no inotify (limits, odd filesystems): the timer
+            self._waker = _timer(PAUSED_WAKE_SECONDS)
+
+    def _watch_wal(self) -> Iterator:
+        from watchfiles import watch
+
+        return watch(self.wal, watch_filter=None, debounce=200, step=50,
+                     rust_timeout=int(PAUSED_WAKE_SECONDS * 1000), yield_on_timeout=True, raise_interrupt=False)
+
+    def _close_waker(self) -> None:
+        waker, self._waker = self._waker, None
+        if waker is not None and hasattr(waker, "close"):
+            waker.close()
+
+    def stop_request(self, trigger: str, **kwargs) -> Request:
+        self._close_waker()
+        return super().stop_request(trigger, **kwargs)
+
+    # -- evaluating -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """State `evaluating` for the length of a 5CAT run, heartbeating from a thread (the loop
+        is busy), then back to where it was."""
+        back = "paused" if self.paused else "running"
+        self.set_state("evaluating")
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat_until, args=(stop,), name="lvmd-heartbeat", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            self.set_state(back)
+
+    def _beat_until(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            self.heartbeat(self.step, self.epoch)
+
+    def close(self) -> None:
+        self._close_waker()
+        self.reader.close()
+        super().close()
+
+
+def _timer(seconds: float) -> Iterator[None]:
+    while True:
+        time.sleep(seconds)
+        yield None
+
+
+# -- serving a run in this process -----------------------------------------------------------
+def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=None, resume: bool = False,
+          progress: Callable[[dict], None] | None = None) -> str:
+    """Train run `run_id` in this process under its lock: a fresh row made by runner.create, or
+    (resume) a stopped or crashed run from its last checkpoint. Returns the final state."""
+    from lvmd import runner
+    from lvmd.trainer import load_train_data
+
+    db = Path(db).resolve()
+    conn = connect(db)
+    try:
+        run = get_run(conn, run_id)
+        lock = RunLock(run)
+        lock.acquire()
+        try:
+            if resume:
+                checkpoint = resumable_checkpoint(conn, run, locked=True)
+            elif run["state"] != "starting":
+                raise UserError(f"run {run_id} is {run['state']}; `lvmd resume {run_id}` continues it")
+            else:
+                checkpoint = None
+        except BaseException:
+            lock.release()
+            raise
+    finally:
+        conn.close()
+    try:
+        cfg = cfg or config_from_dict(json.loads(run["config_json"]))
+        data = data or load_train_data(cfg)
+        return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint,
+                              progress=progress, control_factory=lambda sink: DaemonControl(sink, db, run_id))
+    finally:
+        lock.release()
+
+
+def resumable_checkpoint(conn, run: dict, *, locked: bool) -> Path:
+    """The checkpoint a resume of `run` starts from, after checking the run may be resumed. A
+    run still marked live whose daemon is gone is marked crashed first; `locked` says the
+    caller holds the run's lock, which proves that."""
+    run_id, state = run["id"], run["state"]
+    if state in LIVE_STATES:
+        if not locked and daemon_alive(run):
+            raise UserError(f"run {run_id} is {state} (pid {run['pid']}); it already has a daemon")
+        record_state(conn, run_id, "crashed", {"reason": "its daemon is gone (lock free)", "pid": run["pid"]},
+                     expect=(state,), error="crashed: its daemon is gone")
+    elif state not in ("stopped", "crashed"):
+        raise UserError(f"run {run_id} is {state}; only a stopped or crashed run can be resumed")
+    path = Path(run["out_dir"]) / CHECKPOINT
+    if not path.exists():
+        raise UserError(f"run {run_id} has no checkpoint to resume from ({path} is missing)")
+    return path
+
+
+# -- a detached daemon -----------------------------------------------------------------------
+@dataclass
+class Spawned:
+    """A daemon process just started, and where its output for this life begins in its log."""
+    proc: subprocess.Popen
+    log: Path
+    log_offset: int
+
+
+def spawn(db: Path, run: dict, *, resume: bool) -> Spawned:
+    """`lvmd serve` for the run, detached: its own session, stdin /dev/null, stdout and stderr
+    appended to <out_dir>/daemon.log (owner-only; a resumed run's daemon appends to it)."""
+    log = Path(run["out_dir"]) / LOG_FILE
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    argv = [sys.executable, "-m", "lvmd", "serve", "--db", str(db), str(run["id"])]
+    try:
+        offset = os.fstat(fd).st_size
+        proc = subprocess.Popen(argv + (["--resume"] if resume else []), stdin=subprocess.DEVNULL,
+                                stdout=fd, stderr=fd, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        os.close(fd)
+    return Spawned(proc, log, offset)
+
+
+def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> dict:
+    """Block until the spawned daemon records itself live (its pid, past `starting`) and return
+    the row; if it exits first, raise its own error (from the row, else from its log)."""
+    proc = daemon.proc
+    deadline = time.monotonic() + timeout
+    conn = connect(db)
+    try:
+        while True:
+            run = get_run(conn, run_id)
+            ours = run["pid"] == proc.pid
+            if ours and run["state"] in LIVE_STATES and run["state"] != "starting":
+                return run
+            if proc.poll() is not None:
+                run = get_run(conn, run_id)
+                if run["pid"] == proc.pid and run["state"] in ("finished", "stopped"):
+                    return run                      # a run so short it was over before we looked
+                error = ((run["pid"] == proc.pid and run["error"]) or last_error(daemon.log, daemon.log_offset)
+                         or f"exit status {proc.returncode}")
+                record_state(conn, run_id, "failed", {"error": error}, expect=("starting",), error=error)
+                raise UserError(f"run {run_id} did not start: {error} (log: {daemon.log})")
+            if time.monotonic() > deadline:
+                raise UserError(f"run {run_id} is still starting after {timeout:.0f} s; see {daemon.log}")
+            time.sleep(0.1)
+    finally:
+        conn.close()
+
+
+def last_error(log: Path, offset: int = 0) -> str:
+    """The daemon's own one-line error: its last `lvmd: error:` line in the log after `offset`
+    (this life's output), else its last line."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("lvmd: error:")]
+    line = (errors or lines or [""])[-1]
+    return line.removeprefix("lvmd: error:").strip()
