@@ -1,4 +1,5 @@
 """`lvmd eval CHECKPOINT ...`: 5CAT on an lvmd or original checkpoint; a table, optional JSON.
+`lvmd eval RUN` (a run id or name, no --val): ask that live run to evaluate now (= eval-now).
 
 Exit status: 0 when the 3-of-5 verdict passes, 2 when it does not, 1 on an error.
 """
@@ -20,10 +21,12 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="run 5CAT (five-category evaluation) on a checkpoint",
                        description="Run 5CAT on an lvmd checkpoint or the original's best_model.pt. "
                                    "Exit 0 when at least 3 of 5 gates pass, 2 when not, 1 on error.")
-    p.add_argument("checkpoint", help="lvmd checkpoint or the original's best_model.pt")
-    p.add_argument("--val", required=True, help="VAL sequence NPZ")
+    p.add_argument("checkpoint", metavar="CHECKPOINT|RUN",
+                   help="lvmd checkpoint or the original's best_model.pt; or a live run's id/name to "
+                        "make it evaluate now (then only --db/--timeout/--no-wait apply)")
+    p.add_argument("--val", help="VAL sequence NPZ (required for a checkpoint)")
     p.add_argument("--ood", help="OOD sequence NPZ (without it gate E fails and A-D judge VAL only)")
-    p.add_argument("--articles", required=True, help="articles NPZ holding the VAL (and OOD) target chunks")
+    p.add_argument("--articles", help="articles NPZ holding the VAL (and OOD) target chunks (required for a checkpoint)")
     p.add_argument("--ood-articles", help="articles NPZ of the OOD set when it lives in another file")
     p.add_argument("--compat", choices=("none", "lnsp"), default="none",
                    help="lnsp: reproduce the original script's numbers, defects included")
@@ -39,10 +42,20 @@ def register(sub) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a checkpoint that holds arbitrary Python objects (runs code from the file)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
+    p.add_argument("--db", help="with RUN: SQLite file (default $LVMD_DB or ./lvmd.db)")
+    p.add_argument("--timeout", type=float, default=10.0, help="with RUN: seconds to wait for the daemon")
+    p.add_argument("--no-wait", action="store_true", help="with RUN: queue the command and return")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.val is None and not Path(args.checkpoint).exists():
+        from lvmd.cli_daemon import cmd_command  # a run reference: the evaluate-now command
+
+        return cmd_command(argparse.Namespace(**{**vars(args), "run": args.checkpoint, "verb": "eval"}))
+    missing = [flag for flag, value in (("--val", args.val), ("--articles", args.articles)) if not value]
+    if missing:
+        raise UserError(f"eval {args.checkpoint}: {' and '.join(missing)} required to evaluate a checkpoint")
     from lvmd import data, fivecat, legacy
 
     device = _device(args.device)

@@ -258,6 +258,8 @@ class Trainer:
                 self.step += 1
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.telemetry.add((self.step, self.epoch, time.time(), lr, stage.frac, stage.m_gap), packed)
+                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                    self.save_checkpoint("last")                 # bounds the work a crash can lose
                 if self._at_boundary() == "stop":
                     self.control.heartbeat(self.step, self.epoch)
                     return "stopped"

@@ -145,7 +145,7 @@ def test_start_pause_resume_eval_stop_and_resume_continues(db, data):
     out = lvmd("resume", str(run_id), "--db", db, check=True).stdout
     assert out == f"run {run_id} resumed at step {paused_at}\n"
     wait_for(lambda: max_step(db, run_id) > paused_at + 20, 20, "training after resume")
-    out = lvmd("eval-now", str(run_id), "--db", db, "--timeout", "30", check=True).stdout
+    out = lvmd("eval", str(run_id), "--db", db, "--timeout", "30", check=True).stdout
     match = re.fullmatch(rf"run {run_id} evaluated at step (\d+): (\d)/5 gates \(eval (\d+)\)\n", out)
     assert match, out
     eval_step = int(match[1])

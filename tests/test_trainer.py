@@ -123,3 +123,11 @@ def test_bf16_and_every_architecture_train(tiny_data, tmp_path):
         sink = ListSink()
         assert Trainer(cfg, load_train_data(cfg), sink, out_dir=tmp_path / kind).run() == "finished"
         assert len(sink.steps) == 4
+
+
+def test_checkpoint_every_n_steps(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, "train.checkpoint_every=7", "train.epochs=1")
+    sink = ListSink()
+    Trainer(cfg, load_train_data(cfg), sink, out_dir=tmp_path).run()
+    steps = [e["step"] for e in sink.events if e["kind"] == "checkpoint"]
+    assert [s for s in steps if s % 7 == 0] == list(range(7, len(sink.steps) + 1, 7))
