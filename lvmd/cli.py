@@ -11,12 +11,24 @@ import sys
 # Order here is the order in `lvmd --help`.
 COMMAND_MODULES = [
     "lvmd.cli_train",
+    "lvmd.cli_daemon",
     "lvmd.cli_data",
+    "lvmd.cli_tui",
+    "lvmd.cli_databuild",
+    "lvmd.cli_eval",
+    "lvmd.cli_report",
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes end in one line (`lvmd: error: ...`) and exit 2, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lvmd", description=__doc__.split("\n")[0].strip("`"))
+    parser = OneLineParser(prog="lvmd", description=__doc__.split("\n")[0].strip("`"))
     from lvmd import __version__
 
     parser.add_argument("--version", action="version", version=f"lvmd {__version__}")

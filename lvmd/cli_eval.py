@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--sample", choices=("first", "seeded"), default="first", help="which rows: the first or a seeded draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw, the shuffle and cross-article picks")
     p.add_argument("--batch-size", type=int, default=1024, help="contexts per forward pass")
-    p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the result as JSON (docs/fivecat_json.md)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the result as JSON (lvmd/docs/fivecat_json.md)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read the original's pickled 'metadata' in sequence files (runs code from the file)")
     p.add_argument("--trust-checkpoint", action="store_true",

@@ -159,7 +159,7 @@ class FiveCatResult:
                 for split, values in self.metrics.items() for name, value in values.items()]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (docs/fivecat_json.md): NaN becomes None (null)."""
+        """JSON-ready (lvmd/docs/fivecat_json.md): NaN becomes None (null)."""
         return {
             "schema": "lvmd-5cat-1",
             **self.extra,

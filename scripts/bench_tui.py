@@ -1,8 +1,8 @@
-"""Benchmark the TUI on a long run, and draw docs/tui.svg from realistic data.
+"""Benchmark the TUI on a long run, and draw lvmd/docs/tui.svg from realistic data.
 
     .venv/bin/python scripts/bench_tui.py                  # 1,000,000 step rows: the table below
     .venv/bin/python scripts/bench_tui.py --steps 200000   # quicker
-    .venv/bin/python scripts/bench_tui.py --screenshot docs/tui.svg
+    .venv/bin/python scripts/bench_tui.py --screenshot lvmd/docs/tui.svg
 
 Measures, on a database written through store's writer:
   first paint   app start → the run screen's charts drawn: a long run's first picture is a

@@ -303,8 +303,8 @@ def test_profiles_hold_the_spec_numbers_and_files_can_add_more(tmp_path):
         fivecat.load_profile("nope")
     text = (ROOT / "lvmd" / "profiles.toml").read_text().replace("[gtr-t5", "[mine")
     (tmp_path / "p.toml").write_text(text.replace("mrr = 0.75", "mrr = 0.7"))
-    assert fivecat.load_profile(str(tmp_path / "p.toml")).thresholds["OOD"]["mrr"] == 0.7
-    (tmp_path / "bad.toml").write_text(text.replace("rollout = 0.42", ""))
+    assert fivecat.load_profile(f"{tmp_path / 'p.toml'}:mine").thresholds["OOD"]["mrr"] == 0.7
+    (tmp_path / "bad.toml").write_text(text.replace("rollout = 0.42\n", "\n"))
     with pytest.raises(UserError, match=r"\[mine.OOD\]: key 'rollout'"):
         fivecat.load_profile(f"{tmp_path / 'bad.toml'}:mine")
 

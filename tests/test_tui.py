@@ -326,7 +326,7 @@ def test_docs_list_every_key():
     for screen in (RunScreen, RunsScreen, LvmdTui):
         for binding in screen.BINDINGS:
             key = binding.key_display or app.get_key_display(binding)
-            assert f"`{key}`" in text, f"docs/tui.md does not mention {key}"
+            assert f"`{key}`" in text, f"lvmd/docs/tui.md does not mention {key}"
 
 
 def test_importing_tui_loads_no_torch():

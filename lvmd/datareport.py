@@ -1,0 +1,306 @@
+"""`lvmd data report DIR`: what the data itself says, before any model (SPEC §1, DATA.md).
+
+Per split, anchored at c_p = ctx[-1] of each window (p = t - 1 - gap):
+- equal distance: cos(c_p, c_{p+d}) vs cos(c_p, c_{p-d}) for d = 1, 2, 3 over the SAME windows
+  (those where both chunks exist); at equal distance there is no direction to speak of;
+- the original's unequal pair: cos(ctx[-1], target) vs cos(ctx[-1], ctx[-2]); on its P6 data
+  (gap 1) the target is 2 chunks away and ctx[-2] 1, so the gap measured distance, not
+  direction; the P6 pair is also shown from the articles whatever this data's gap;
+- levels: adjacent chunks, a random pair within one article, a random pair across articles;
+- baselines: cos(target) of copy-last and mean-of-context, and their 5CAT scores on VAL/OOD;
+- coherence (5CAT E): mean cos of adjacent context pairs, quantiles and the profile's bins.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lvmd import data, fivecat
+from lvmd.errors import UserError
+
+SPLITS = ("train", "val", "ood")
+DISTANCES = (1, 2, 3)
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+RANDOM_PAIRS = 20000
+
+
+def predict_copy_last(ctx: torch.Tensor) -> torch.Tensor:
+    return ctx[:, -1]
+
+
+def predict_mean(ctx: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(ctx.mean(dim=1), dim=-1)
+
+
+BASELINES = {"copy_last": predict_copy_last, "mean_context": predict_mean}
+
+
+def load_split(folder: Path, split: str, banks: dict) -> tuple[data.Sequences, data.Articles] | None:
+    """A split's sequences and the articles bank they were cut from: DIR/articles.npz (ood:
+    DIR/ood_articles.npz when there is one), else the path the sequence file recorded. `banks`
+    caches loaded banks by path (train and val share one)."""
+    path = folder / f"{split}.npz"
+    if not path.exists():
+        return None
+    seqs = _unit_rows(data.load_sequences(path))
+    if seqs.article_ids is None or seqs.target_indices is None:
+        raise UserError(f"{path}: no article_ids/target_indices; the report looks chunks up in the articles "
+                        "(import the original's files with lvmd data import-lnsp first)")
+    names = ["ood_articles.npz", "articles.npz"] if split == "ood" else ["articles.npz"]
+    local = [folder / n for n in names if (folder / n).exists()]
+    bank = local[0] if local else _recorded_articles(path)
+    if bank not in banks:
+        banks[bank] = data.load_articles(bank)
+        banks[bank].vectors = _unit(banks[bank].vectors)
+    return seqs, banks[bank]
+
+
+def _unit_rows(seqs: data.Sequences) -> data.Sequences:
+    """Renormalised: float16 files hold vectors 1e-3 off unit length, which would show in every cosine."""
+    seqs.contexts, seqs.targets = _unit(seqs.contexts), _unit(seqs.targets)
+    return seqs
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _recorded_articles(path: Path) -> Path:
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta_json"])) if "meta_json" in z.files else {}
+    recorded = Path(meta.get("articles", ""))
+    if not meta.get("articles") or not recorded.exists():
+        raise UserError(f"{path}: its articles file is not beside it and the recorded one "
+                        f"({meta.get('articles') or 'none'}) does not exist")
+    return recorded
+
+
+def infer_gap(seqs: data.Sequences, arts: data.Articles, max_gap: int = 3) -> int:
+    """The gap that puts ctx[-1] at chunk t-1-gap of the target's article (checked, not trusted)."""
+    probe = np.arange(min(len(seqs), 500))
+    for gap in range(max_gap + 1):
+        rows = arts.rows_of(seqs.article_ids[probe], seqs.target_indices[probe] - 1 - gap)
+        ok = rows >= 0
+        if ok.mean() > 0.9 and (_rowdot(arts.vectors[rows[ok]], seqs.contexts[probe[ok], -1]) > 0.999).mean() > 0.9:
+            return gap
+    raise UserError(f"{seqs.path}: ctx[-1] is not the chunk 1..{max_gap + 1} before the target in "
+                    f"{arts.path}; the files do not belong together")
+
+
+def split_stats(seqs: data.Sequences, arts: data.Articles, bins: tuple[float, float], seed: int = 0) -> dict:
+    gap = infer_gap(seqs, arts)
+    aid, p = seqs.article_ids, seqs.target_indices - 1 - gap      # anchor chunk of each window
+    anchor = arts.rows_of(aid, p)
+    out: dict = {"windows": len(seqs), "articles": int(len(np.unique(aid))), "gap": gap}
+
+    def vec(rows):
+        return arts.vectors[rows]
+
+    for d in DISTANCES:
+        fwd, bwd = arts.rows_of(aid, p + d), arts.rows_of(aid, p - d)
+        ok = (anchor >= 0) & (fwd >= 0) & (bwd >= 0)
+        f, b = _rowdot(vec(anchor[ok]), vec(fwd[ok])), _rowdot(vec(anchor[ok]), vec(bwd[ok]))
+        # se: standard error of the paired difference, to tell sampling noise from a real asymmetry
+        se = float(np.std(f - b, dtype=np.float64) / math.sqrt(ok.sum())) if ok.sum() > 1 else math.nan
+        out[f"d{d}"] = {"forward": _mean(f), "backward": _mean(b), "diff": _mean(f - b), "se": se, "n": int(ok.sum())}
+
+    last, prev, tgt = seqs.contexts[:, -1], seqs.contexts[:, -2], seqs.targets
+    out["unequal"] = {"cos_last_target": _mean(_rowdot(last, tgt)), "target_distance": 1 + gap,
+                      "cos_last_prev": _mean(_rowdot(last, prev)), "prev_distance": 1}
+    f2, b1 = arts.rows_of(aid, p + 2), arts.rows_of(aid, p - 1)
+    ok = (anchor >= 0) & (f2 >= 0) & (b1 >= 0)
+    out["p6_pair"] = {"cos_p_plus_2": _mean(_rowdot(vec(anchor[ok]), vec(f2[ok]))),
+                      "cos_p_minus_1": _mean(_rowdot(vec(anchor[ok]), vec(b1[ok]))), "n": int(ok.sum())}
+
+    out["levels"] = levels(arts, np.unique(aid), seed)
+    mean_ctx = seqs.contexts.mean(axis=1)
+    mean_ctx /= np.linalg.norm(mean_ctx, axis=1, keepdims=True)
+    out["baselines"] = {"copy_last": out["unequal"]["cos_last_target"], "mean_context": _mean(_rowdot(mean_ctx, tgt))}
+
+    coh = fivecat.coherence(seqs.contexts)
+    low, high = bins
+    out["coherence"] = {"mean": _mean(coh), **{f"q{int(q * 100):02d}": float(np.quantile(coh, q)) for q in QUANTILES},
+                        "bins": [low, high], "low": _mean(coh < low), "normal": _mean((coh >= low) & (coh <= high)),
+                        "high": _mean(coh > high)}
+    return out
+
+
+def levels(arts: data.Articles, article_ids: np.ndarray, seed: int) -> dict:
+    """Mean cos of adjacent chunks, and of seeded random pairs within / across these articles."""
+    rows = np.flatnonzero(np.isin(arts.article_ids, article_ids))
+    a, v = arts.article_ids[rows], arts.vectors[rows]
+    adj = (a[1:] == a[:-1])
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(rows), (2, RANDOM_PAIRS))
+    other = a[i] != a[j]
+    # the partner within the same article is drawn from that article's rows; neighbours excluded
+    start = np.searchsorted(a, a[i], "left")
+    k = start + (rng.random(RANDOM_PAIRS) * (np.searchsorted(a, a[i], "right") - start)).astype(np.int64)
+    within = np.abs(k - i) > 1
+    return {"adjacent": _mean(_rowdot(v[:-1][adj], v[1:][adj])),
+            "same_article_random": _mean(_rowdot(v[i[within]], v[k[within]])),
+            "other_article_random": _mean(_rowdot(v[i[other]], v[j[other]]))}
+
+
+def report(folder: Path, *, profile: str | None = None, max_samples: int = 5000, seed: int = 0) -> dict:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"data report: {folder}: no such folder")
+    build = _read_build(folder)
+    name = profile or default_profile(build.get("options", {}).get("embedder"))
+    prof = fivecat.load_profile(name)
+    banks: dict = {}
+    loaded = {s: load_split(folder, s, banks) for s in SPLITS}
+    loaded = {s: v for s, v in loaded.items() if v is not None}
+    if "val" not in loaded:
+        raise UserError(f"data report: {folder} has no val.npz (build one with lvmd data build or windows)")
+    out = {"dir": str(folder), "profile": name, "build": {k: build[k] for k in ("command", "options") if k in build},
+           "splits": {s: split_stats(seqs, arts, (prof.bin_low, prof.bin_high), seed) for s, (seqs, arts) in loaded.items()}}
+    val, val_arts = loaded["val"]
+    ood, ood_arts = loaded.get("ood", (None, None))
+    out["fivecat"] = {}
+    for label, fn in BASELINES.items():
+        res = fivecat.evaluate(fn, val, ood, val_arts, ood_articles=ood_arts, profile=prof,
+                               max_samples=max_samples, seed=seed)
+        out["fivecat"][label] = res.to_dict()
+    return out
+
+
+# -- calibration (lvmd/docs/calibration.md) -------------------------------------------------------
+GTR_ADJACENT = 0.4569  # cos(ctx[-1], ctx[-2]), adjacent chunks, on the original's GTR-T5 Wikipedia data (SPEC §1)
+HEADROOM = 0.03        # a level gate sits this far above mean-of-context: the low end of the seed's hoped margin
+LEVEL_GATES = {"m0": "m_0", "rollout": "rollout"}
+RANK_GATES = ("r_at_1", "r_at_5", "mrr")
+
+
+def calibrate(rep: dict, name: str, reference: str = "gtr-t5") -> tuple[str, dict]:
+    """A threshold profile for this data's embedder, derived from `reference` (TOML text + numbers):
+    cosine thresholds scale by k = adjacent cos here / adjacent cos on GTR-T5; rank thresholds
+    stay; a level gate (m0, rollout) never sits below mean-of-context's score + HEADROOM."""
+    ref = fivecat.load_profile(reference)
+    split = rep["splits"].get("train") or rep["splits"]["val"]
+    adjacent = (split["d1"]["forward"] + split["d1"]["backward"]) / 2
+    k = adjacent / GTR_ADJACENT
+    base = rep["fivecat"]["mean_context"]["metrics"]
+    r3 = (lambda x: round(float(x), 3))
+    prof = {"bin_low": r3(ref.bin_low * k), "bin_high": r3(ref.bin_high * k), "e_max_delta": r3(ref.e_max_delta * k)}
+    floors = {}
+    for sp in ("VAL", "OOD"):
+        table = {}
+        for key, thr in ref.thresholds[sp].items():
+            if key in RANK_GATES:
+                table[key] = thr
+            elif key in LEVEL_GATES and sp in base:
+                floors[f"{sp}.{key}"] = base[sp][LEVEL_GATES[key]] + HEADROOM
+                table[key] = r3(max(thr * k, floors[f"{sp}.{key}"]))
+            else:
+                table[key] = r3(thr * k)
+        prof[sp] = table
+    head = (f"# calibrated from {rep['dir']} by `lvmd data report --calibrate {name}` (lvmd/docs/calibration.md):\n"
+            f"# k = adjacent cos {adjacent:.4f} / GTR-T5's {GTR_ADJACENT} = {k:.4f} scales the [{reference}] cosine\n"
+            f"# thresholds; rank gates unchanged; m0 and rollout >= mean-of-context + {HEADROOM}")
+    lines = [head, f"[{name}]"] + [f"{key} = {prof[key]}" for key in ("bin_low", "bin_high", "e_max_delta")]
+    for sp in ("VAL", "OOD"):
+        lines += ["", f"[{name}.{sp}]"] + [f"{key} = {v}" for key, v in prof[sp].items()]
+    return "\n".join(lines) + "\n", {"adjacent": adjacent, "k": k, "floors": floors, "profile": prof}
+
+
+def default_profile(embedder: str | None) -> str:
+    names = fivecat.profile_names()
+    return embedder if embedder in names else "gtr-t5"
+
+
+def _read_build(folder: Path) -> dict:
+    path = folder / "build.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("nd,nd->n", a, b)
+
+
+def _mean(x) -> float:
+    x = np.asarray(x, np.float64)
+    return float(x.mean()) if x.size else math.nan
+
+
+# -- text ------------------------------------------------------------------------------------
+def format_report(rep: dict) -> str:
+    splits = list(rep["splits"])
+    s = rep["splits"]
+    lines = [f"data report: {rep['dir']}   (5CAT profile {rep['profile']})"]
+    if rep["build"].get("command"):
+        lines.append(f"built by: {rep['build']['command']}")
+
+    def row(label, get, fmt="{:.4f}"):
+        cells = []
+        for sp in splits:
+            try:
+                v = get(s[sp])
+                cells.append(fmt.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-")
+            except KeyError:
+                cells.append("-")
+        lines.append(f"{label:<44}" + "".join(f"{c:>10}" for c in cells))
+
+    lines.append(f"{'':<44}" + "".join(f"{sp:>10}" for sp in splits))
+    row("windows", lambda x: x["windows"], "{:d}")
+    row("articles", lambda x: x["articles"], "{:d}")
+    row("gap (target = ctx[-1] + 1 + gap)", lambda x: x["gap"], "{:d}")
+    lines.append("equal distance, same windows, c_p = ctx[-1]:")
+    for d in DISTANCES:
+        row(f"  d={d}  cos(c_p, c_p+{d})  forward", lambda x, d=d: x[f"d{d}"]["forward"])
+        row(f"       cos(c_p, c_p-{d})  backward", lambda x, d=d: x[f"d{d}"]["backward"])
+        row("       forward - backward", lambda x, d=d: x[f"d{d}"]["diff"], "{:+.4f}")
+        row("       standard error of that difference", lambda x, d=d: x[f"d{d}"]["se"])
+    lines.append("the original's unequal pair (distances differ):")
+    row("  cos(ctx[-1], target)   [1+gap chunks]", lambda x: x["unequal"]["cos_last_target"])
+    row("  cos(ctx[-1], ctx[-2])  [1 chunk]", lambda x: x["unequal"]["cos_last_prev"])
+    row("  P6 pair: cos(c_p, c_p+2) [2 chunks]", lambda x: x["p6_pair"]["cos_p_plus_2"])
+    row("           cos(c_p, c_p-1) [1 chunk]", lambda x: x["p6_pair"]["cos_p_minus_1"])
+    lines.append("levels:")
+    row("  adjacent chunks", lambda x: x["levels"]["adjacent"])
+    row("  random pair, same article", lambda x: x["levels"]["same_article_random"])
+    row("  random pair, other article", lambda x: x["levels"]["other_article_random"])
+    row("  copy-last: cos(ctx[-1], target)", lambda x: x["baselines"]["copy_last"])
+    row("  mean-of-context: cos(mean ctx, target)", lambda x: x["baselines"]["mean_context"])
+    first = s[splits[0]]["coherence"]
+    lines.append(f"coherence (mean cos of adjacent context pairs; bins low < {first['bins'][0]} <= normal "
+                 f"<= {first['bins'][1]} < high):")
+    for q in QUANTILES:
+        key = f"q{int(q * 100):02d}"
+        row(f"  quantile {q:.2f}", lambda x, key=key: x["coherence"][key])
+    for b in ("low", "normal", "high"):
+        row(f"  share {b}", lambda x, b=b: x["coherence"][b], "{:.1%}")
+    lines.append(f"5CAT of baseline predictors (profile {rep['profile']}):")
+    for label, res in rep["fivecat"].items():
+        m = res["metrics"]
+        gates = " ".join(g for g, ok in res["gates"].items() if ok) or "none"
+        lines.append(f"  {label}: {res['gates_passed']}/{res['gates_total']} gates ({gates})")
+        for sp in ("VAL", "OOD"):
+            if sp in m:
+                v = m[sp]
+                lines.append(f"    {sp:<3} m0 {_f(v.get('m_0'))} margin {_f(v.get('margin'), '+')} "
+                             f"R@1 {_f(v.get('r_at_1'))} R@5 {_f(v.get('r_at_5'))} MRR {_f(v.get('mrr'))} "
+                             f"rollout {_f(v.get('rollout'))} shuffled {_f(v.get('delta_shuffled'), '+')} "
+                             f"normal-bin cos {_f(v.get('bin_normal_mean'))}")
+    worst = max((abs(x[f"d{d}"]["diff"]) / x[f"d{d}"]["se"], sp, d) for sp, x in s.items() for d in DISTANCES
+                if x[f"d{d}"]["se"] > 0)
+    if worst[0] <= 3:
+        lines.append("At equal distance forward and backward agree within 3 standard errors on every split: "
+                     "no direction in the data. The original's 'backward bias' compared a target 2 chunks "
+                     "away (gap 1) with a context chunk 1 away: similarity decaying with distance.")
+    else:
+        lines.append(f"At d={worst[2]} on {worst[1]} forward and backward differ by {worst[0]:.1f} standard errors: "
+                     f"check how the windows were built (chunk order, straddling windows).")
+    return "\n".join(lines)
+
+
+def _f(v, sign: str = "") -> str:
+    return "   -  " if v is None else f"{v:{sign}.3f}"
