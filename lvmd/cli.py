@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     from store.runs import UnknownRun
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `lvmd run cfg.toml --db x.db train.epochs=3`: overrides may follow options too
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except (UserError, StoreError, UnknownRun) as exc:
