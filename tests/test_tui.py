@@ -320,13 +320,14 @@ async def test_fits_80x24_in_16_colours_and_help_lists_the_keys(db):
         assert {"Pause the run at the next step boundary", "Stop the run"} <= titles
 
 
-def test_docs_list_every_key():
-    text = (ROOT / "docs" / "tui.md").read_text()
+@pytest.mark.parametrize("doc", ["README.md", "lvmd/docs/tui.md"])
+def test_docs_list_every_key(doc):
+    text = (ROOT / doc).read_text()
     app = LvmdTui("unused.db")
     for screen in (RunScreen, RunsScreen, LvmdTui):
         for binding in screen.BINDINGS:
             key = binding.key_display or app.get_key_display(binding)
-            assert f"`{key}`" in text, f"lvmd/docs/tui.md does not mention {key}"
+            assert f"`{key}`" in text, f"{doc} does not mention {key}"
 
 
 def test_importing_tui_loads_no_torch():
