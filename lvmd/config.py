@@ -132,7 +132,7 @@ class WatchConfig:
 class RunConfig:
     name: str = "run"
     compat: str = "none"        # none | lnsp (reproduce the original, defects included)
-    out_dir: str = ""           # checkpoints and logs; default <db dir>/runs/<run id>
+    out_dir: str = ""           # checkpoints and logs; default <db dir>/<db name>-runs/<run id>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

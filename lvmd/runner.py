@@ -43,7 +43,9 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
         run_id = create_run(conn, name=cfg.name, preset=cfg.loss.preset, compat=cfg.compat,
                             config=config_to_dict(cfg), data=data_manifest(cfg),
                             total_epochs=cfg.train.epochs, total_steps=total, lvmd_version=__version__)
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else Path(db).resolve().parent / "runs" / str(run_id)
+        # beside the database and named after it, so two databases in one folder never share a run folder
+        db_path = Path(db).resolve()
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else db_path.parent / f"{db_path.stem}-runs" / str(run_id)
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         update_run(conn, run_id, out_dir=str(out_dir))
     finally:

@@ -35,7 +35,7 @@ def test_run_writes_one_complete_row_per_optimizer_step(finished_run, tiny_data)
     assert db.execute(f"SELECT count(*) FROM steps WHERE {nulls}").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM epochs").fetchone()[0] == 2
     assert json.loads(config)["train"]["epochs"] == 2
-    assert (work / "runs" / "1" / "last.pt").exists() and (work / "runs" / "1" / "best.pt").exists()
+    assert (work / "t-runs" / "1" / "last.pt").exists() and (work / "t-runs" / "1" / "best.pt").exists()
     kinds = {r[0] for r in db.execute("SELECT DISTINCT kind FROM events")}
     assert {"state", "checkpoint"} <= kinds
 
