@@ -4,6 +4,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
@@ -82,7 +83,9 @@ class RunScreen(Screen):
 
     # -- drawing -----------------------------------------------------------------------------
     def show_update(self, update: TailUpdate) -> None:
-        if update.view.run_id != self.run_id:
+        # The tail thread can deliver before compose() has built the widgets (or after they are
+        # gone at exit); the next update redraws everything anyway.
+        if update.view.run_id != self.run_id or not self.is_mounted:
             return
         if update.run is None:
             self.query_one(StatusBar).missing = f"no run {self.run_id} in this database"
@@ -90,7 +93,10 @@ class RunScreen(Screen):
             return
         self.snapshot = update.run
         self.baseline = update.baseline if self.show_baseline else None
-        self.redraw()
+        try:
+            self.redraw()
+        except NoMatches:  # widgets being torn down at exit
+            return
 
     def redraw(self) -> None:
         run, baseline = self.snapshot, self.baseline
