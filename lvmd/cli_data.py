@@ -5,7 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
 from lvmd import data
 from lvmd.errors import UserError

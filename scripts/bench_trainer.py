@@ -10,7 +10,6 @@ in machine load hits both. Prints a table; target: throughput ratio ≥ 0.97.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time

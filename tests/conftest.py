@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,12 @@ def tiny_data(tmp_path_factory) -> Path:
 def data_overrides(d: Path, *, articles: bool = False) -> list[str]:
     extra = [f"data.articles={d / 'articles.npz'}", f"data.ood={d / 'ood.npz'}"] if articles else []
     return [f"data.train={d / 'train.npz'}", f"data.val={d / 'val.npz'}", *extra]
+
+
+def query(db, sql: str, *params) -> list[tuple]:
+    """Rows of one query on a fresh connection (what another process would see)."""
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL, lvmd
+from conftest import TINY_MODEL, lvmd, query
 from store.runs import pid_alive
 
 # Epochs of ~200 steps (a few per second) that never end on their own within a test; max_steps
@@ -42,14 +42,6 @@ def db(tmp_path):
         for (pid,) in query(path, "SELECT pid FROM runs WHERE state NOT IN ('stopped', 'finished', 'failed')"):
             if pid_alive(pid) and pid != os.getpid():
                 os.kill(pid, signal.SIGKILL)
-
-
-def query(db, sql: str, *params) -> list[tuple]:
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def run_row(db, run_id: int) -> dict:

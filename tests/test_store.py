@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-import store
 from store.db import StoreError, connect
 from store.runs import create_run, get_run, resolve_run, truncate_after, UnknownRun
 from store.schema import MIGRATIONS, STEP_COLUMNS

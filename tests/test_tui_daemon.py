@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import TINY_MODEL, data_overrides, lvmd
+from conftest import TINY_MODEL, data_overrides, lvmd, query
 from store.runs import pid_alive
 from tui.app import LvmdTui
 from tui.run_screen import RunScreen
@@ -24,14 +24,6 @@ RUN = [*TINY_MODEL, "train.batch_size=16", "train.epochs=200", "train.max_steps=
        "eval.fivecat_every=0", "eval.max_samples=200", "eval.check_samples=100",
        "watch.action=warn"]          # the tiny model trips collapse warnings: only the TUI may pause it
 TIMEOUT = 20.0
-
-
-def query(db, sql: str, *params) -> list[tuple]:
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def max_step(db, run_id: int) -> int:
