@@ -240,10 +240,9 @@ class Trainer:
         return torch.randperm(len(self.train_split), generator=gen).to(self.device)
 
     # -- the run --------------------------------------------------------------------------
-    def run(self, resume_from: str | Path | None = None) -> str:
-        """Train to the end (→ "finished") or until asked to stop (→ "stopped")."""
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
+    def run(self) -> str:
+        """Train to the end (→ "finished") or until asked to stop (→ "stopped"); to resume,
+        load_checkpoint() first."""
         cfg, split = self.cfg, self.train_split
         bs = cfg.train.batch_size
         self.model.train()
@@ -322,9 +321,10 @@ class Trainer:
         finished_epoch = self.epoch
         self.epoch, self.batch = self.epoch + 1, 0
         improved = self._is_best(val)
-        self.save_checkpoint("last")
+        last = self.save_checkpoint("last")
         if improved:
-            self.save_checkpoint("best")
+            best = checkpoint.copy(last, self.checkpoint_path("best"))
+            self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": "best", "path": str(best)})
         if run_full:
             self.run_fivecat(trigger="epoch", epoch=finished_epoch)
 

@@ -55,3 +55,15 @@ def query(db, sql: str, *params) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def new_run(path, *, state: str = "running"):
+    """A run row in a fresh database at `path` and the trainer's real writer for it."""
+    from store.db import connect
+    from store.runs import create_run
+    from store.writer import SqliteSink
+
+    conn = connect(path)
+    run_id = create_run(conn, name="r", preset="v2.1", compat="none", config={}, data={}, state=state)
+    conn.close()
+    return run_id, SqliteSink(path, run_id, flush_seconds=0.0)

@@ -10,7 +10,7 @@ from store import reader
 from store.db import connect
 from store.runs import create_run, truncate_after, update_run
 from store.schema import STEP_METRICS
-from store.writer import SqliteSink
+from conftest import new_run
 
 
 def step_row(step: int, *, epoch: int = 0, t: float | None = None, skip: int = 0, **metrics) -> tuple:
@@ -22,17 +22,14 @@ def step_row(step: int, *, epoch: int = 0, t: float | None = None, skip: int = 0
 @pytest.fixture()
 def db(tmp_path):
     path = tmp_path / "lvmd.db"
-    conn = connect(path)
-    run_id = create_run(conn, name="r", preset="v2.1", compat="none", config={}, data={}, state="running")
-    conn.close()
-    sink = SqliteSink(path, run_id, flush_seconds=0.0)
+    run_id, sink = new_run(path)
     read = connect(path, readonly=True)
     yield path, run_id, sink, read
     read.close()
     sink.close()
 
 
-def write(sink: SqliteSink, rows) -> None:
+def write(sink, rows) -> None:
     sink.log_steps(list(rows))
     sink.flush()
 

@@ -83,7 +83,9 @@ def test_resumed_run_reproduces_the_uninterrupted_telemetry(tiny_data, tmp_path)
     first = ListSink()
     Trainer(_cfg(tiny_data, "train.max_steps=17"), data, first, out_dir=tmp_path / "part").run()
     rest = ListSink()
-    Trainer(cfg, data, rest, out_dir=tmp_path / "part").run(resume_from=tmp_path / "part" / "last.pt")
+    resumed = Trainer(cfg, data, rest, out_dir=tmp_path / "part")
+    resumed.load_checkpoint(tmp_path / "part" / "last.pt")
+    resumed.run()
     metrics = [STEP_COLUMNS.index(c) - 1 for c in STEP_METRICS]     # everything but the wall time
     strip = (lambda rows: [(r[0], r[1], r[3], *[r[i] for i in metrics]) for r in rows])
     assert [r[0] for r in first.steps + rest.steps] == [r[0] for r in full.steps]

@@ -8,9 +8,8 @@ import time
 import pytest
 
 from store.db import connect
-from store.runs import create_run
 from store.schema import STEP_METRICS
-from store.writer import SqliteSink
+from conftest import new_run
 from tui.tail import DbTail, TailUpdate, TailView
 
 
@@ -21,10 +20,7 @@ def rows(steps, epoch=0):
 @pytest.fixture()
 def run_db(tmp_path):
     path = tmp_path / "lvmd.db"
-    conn = connect(path)
-    run_id = create_run(conn, name="r", preset="v2.1", compat="none", config={}, data={}, state="running")
-    conn.close()
-    sink = SqliteSink(path, run_id, flush_seconds=0.0)
+    run_id, sink = new_run(path)
     sink.log_steps(rows(range(100)))
     sink.flush()
     yield path, run_id, sink
