@@ -74,7 +74,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = fivecat.evaluate(predict, val, ood, articles, ood_articles=ood_articles, compat=args.compat,
                               profile=args.profile, max_samples=args.max_samples, sample=args.sample,
-                              seed=args.seed, batch_size=args.batch_size)
+                              seed=args.seed, batch_size=args.batch_size, device=device)
     result.extra = {"checkpoint": str(args.checkpoint), "checkpoint_format": info["format"],
                     "model_kind": info["kind"], "dim": info["dim"],
                     "files": {"val": args.val, "ood": args.ood, "articles": args.articles,

@@ -1,8 +1,8 @@
 """The trainer's side of 5CAT: a cheap retrieval check every epoch and the full evaluation,
 written through the sink (evals + gates + eval_metrics). Errors are raised: the trainer decides.
 
-`predict` is the trainer's closure (model in eval mode under no_grad) taking a CPU float32
-tensor (B, T, D) and returning (B, D); see lvmd.fivecat.
+`predict` is the trainer's closure (model in eval mode under no_grad) taking a float32 tensor
+(B, T, D) on `device` (the model's) and returning (B, D) there; see lvmd.fivecat.
 """
 from __future__ import annotations
 
@@ -30,15 +30,16 @@ class Evaluator:
             if ood is not None:
                 fivecat.check_inputs(ood, self.ood_articles)
 
-    def epoch_check(self, predict: fivecat.Predict) -> dict[str, float]:
+    def epoch_check(self, predict: fivecat.Predict, *, device: Any = "cpu") -> dict[str, float]:
         """r_at_1, r_at_5, mrr of up to eval.check_samples seeded VAL rows, each ranked against all
         chunks of its own article (the same rows every epoch); {} without an articles file."""
         if self.articles is None:
             return {}
         return fivecat.retrieval_check(predict, self.val, self.articles, max_samples=self.cfg.eval.check_samples,
-                                       seed=self.cfg.train.seed, batch_size=EVAL_BATCH)
+                                       seed=self.cfg.train.seed, batch_size=EVAL_BATCH, device=device)
 
-    def full(self, predict: fivecat.Predict, *, trigger: str, epoch: int, step: int) -> dict[str, Any]:
+    def full(self, predict: fivecat.Predict, *, trigger: str, epoch: int, step: int,
+             device: Any = "cpu") -> dict[str, Any]:
         """Run 5CAT, write it through the sink, return a summary:
         {eval_id, gates_passed, gates_total, verdict_3of5, verdict_all5, gates: {A..E: bool},
          margin: {VAL, OOD}, r_at_5: {VAL, OOD}} (margin is the one gate A judges: compat's +1)."""
@@ -48,7 +49,7 @@ class Evaluator:
         result = fivecat.evaluate(predict, self.val, self.ood, self.articles, ood_articles=self.ood_articles,
                                   compat=self.cfg.compat, profile=self.profile,
                                   max_samples=self.cfg.eval.max_samples, seed=self.cfg.train.seed,
-                                  batch_size=EVAL_BATCH)
+                                  batch_size=EVAL_BATCH, device=device)
         finished = time.time()
         eval_id = self.sink.write_eval(eval_row(result, trigger=trigger, epoch=epoch, step=step,
                                                 started_at=started, finished_at=finished),

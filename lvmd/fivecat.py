@@ -6,8 +6,12 @@ and retrieval ranks from one matrix product per article. A gate that has no samp
 and fails. The verdict is reported under both rules: 3 of 5 gates (the seed's) and all 5 (the
 original code's).
 
-`predict` maps a CPU float32 tensor (B, T, D) to (B, D) (a model's `(raw, unit)` tuple is also
-accepted: its last element is used); move the batch to the model's device inside it.
+`predict` maps a float32 tensor (B, T, D) on `device` to (B, D) (a model's `(raw, unit)` tuple
+is also accepted: its last element is used). The model-heavy part lives on that device: each
+split's contexts are copied there once, the 9 ablated contexts per sample (C) are gathered there
+and the rollout window (D) slides there; what comes back to the host is one (n, D) array of
+predictions per split and the (n,) cosines of C and D, never a tensor per batch. Ranks (B),
+offsets (A) and bins (E) are index arithmetic on (n, D) arrays and stay in numpy.
 """
 from __future__ import annotations
 
@@ -185,7 +189,7 @@ def offset_name(k: int) -> str:
 def evaluate(predict: Predict, val: Sequences, ood: Sequences | None, articles: Articles, *,
              ood_articles: Articles | None = None, compat: str = "none", profile: str | Profile = "gtr-t5",
              max_samples: int = 5000, sample: str = "first", seed: int = 0, batch_size: int = 1024,
-             horizon: int = HORIZON) -> FiveCatResult:
+             horizon: int = HORIZON, device: str | torch.device = "cpu") -> FiveCatResult:
     """Run the five tests on VAL (and OOD), judge the gates; see the module docstring."""
     if compat not in ("none", "lnsp"):
         raise UserError(f"compat: {compat!r} is not allowed; choose none or lnsp")
@@ -205,7 +209,7 @@ def evaluate(predict: Predict, val: Sequences, ood: Sequences | None, articles: 
     lnsp = compat == "lnsp"
     bins = COMPAT_BINS if lnsp else (prof.bin_low, prof.bin_high)
     started = time.perf_counter()
-    run = _Batched(predict, batch_size, val.dim)
+    run = _Batched(predict, batch_size, val.dim, device)
     metrics = {name: _evaluate_split(run, seqs, Bank(bank), lnsp=lnsp, max_samples=max_samples,
                                      sample=sample, seed=seed, horizon=horizon, bins=bins)
                for name, seqs, bank in splits}
@@ -216,7 +220,7 @@ def evaluate(predict: Predict, val: Sequences, ood: Sequences | None, articles: 
 
 
 def retrieval_check(predict: Predict, seqs: Sequences, articles: Articles, *, max_samples: int,
-                    seed: int = 0, batch_size: int = 1024) -> dict[str, float]:
+                    seed: int = 0, batch_size: int = 1024, device: str | torch.device = "cpu") -> dict[str, float]:
     """The cheap per-epoch check: R@1, R@5 and MRR of up to `max_samples` seeded rows, each
     ranked against every chunk of its own article (SPEC §4 B; never a 6-candidate R@5)."""
     check_inputs(seqs, articles)
@@ -224,7 +228,8 @@ def retrieval_check(predict: Predict, seqs: Sequences, articles: Articles, *, ma
     rows = np.sort(_order(len(seqs), "seeded", seed)[:max_samples])
     aid, tgt_rows = seqs.article_ids[rows], bank.rows(seqs.article_ids[rows], seqs.target_indices[rows])
     ok = _retrievable(bank, aid, tgt_rows)
-    yhat = _Batched(predict, batch_size, seqs.dim)(seqs.contexts[rows[ok]])
+    run = _Batched(predict, batch_size, seqs.dim, device)
+    yhat = run(run.upload(seqs.contexts[rows[ok]])).cpu().numpy()
     m = _retrieval(yhat, aid[ok], tgt_rows[ok], bank, lnsp=False)
     return {"r_at_1": m["r_at_1"], "r_at_5": m["r_at_5"], "mrr": m["mrr"]}
 
@@ -306,16 +311,19 @@ def _evaluate_split(run: "_Batched", seqs: Sequences, bank: "Bank", *, lnsp: boo
     if lnsp:
         ctx = _unit(ctx)  # the original normalised contexts before the model saw them
     tgt = _unit(seqs.targets[union])
-    yhat = run(ctx)                                                           # (u, D)
+    ctx_dev = run.upload(ctx)
+    yhat_dev = run(ctx_dev)                                                   # (u, D) on the device
+    yhat = yhat_dev.cpu().numpy()
     at = {g: np.searchsorted(union, cand[p]) for g, p in pos.items()}         # positions in `union`
 
     out: dict[str, float] = {"samples": float(len(union))}
     out |= _offset_sweep(_take(yhat, at["A"]), off_rows[pos["A"]], bank, lnsp=lnsp)
     out |= _retrieval(_take(yhat, at["B"]), aid[pos["B"]], tgt_rows[pos["B"]], bank, lnsp=lnsp)
-    c_ctx, c_tgt, c_yhat = (_take(x, at["C"]) for x in (ctx, tgt, yhat))
-    plan = ablation_plan(c_ctx, aid[pos["C"]], bank, lnsp=lnsp, seed=seed)
-    out |= _ablations(run, c_ctx, c_tgt, c_yhat, plan)
-    out |= _rollout(run, _take(ctx, at["D"]), _take(yhat, at["D"]), future[pos["D"]], bank)
+    c = at["C"]
+    plan = ablation_plan(_take(ctx, c), aid[pos["C"]], bank, lnsp=lnsp, seed=seed)
+    out |= _ablations(run, _take(ctx_dev, c), _take(tgt, c), _take(yhat, c), plan)
+    d = at["D"]
+    out |= _rollout(run, _take(ctx_dev, d), _take(yhat_dev, d), future[pos["D"]], bank)
     e = at["E"]
     out |= _bins(_take(ctx, e), _rowdot(_take(yhat, e), _take(tgt, e)), bins)
     return out
@@ -405,29 +413,41 @@ def _variant_names(t: int) -> list[str]:
     return ["shuffled", "reversed", "repeat_pad", "cross_article"] + [f"loo_{i}" for i in range(t)]
 
 
-def _fill_variants(buf: np.ndarray, ctx: np.ndarray, perms: np.ndarray, cross: np.ndarray) -> None:
-    """Write each ablated context into buf (V, b, T, D), in _variant_names order, no temporaries."""
-    b, t = ctx.shape[:2]
-    buf[0] = ctx[np.arange(b)[:, None], perms]                  # shuffled
-    buf[1] = ctx[:, ::-1]                                       # reversed
-    buf[2] = ctx[:, -1:]                                        # repeat-pad: ctx[-1] x T
-    buf[3, :, :-1], buf[3, :, -1] = ctx[:, :-1], cross          # cross-article
-    for i in range(t):  # leave-one-out: drop slot i, pad by repeating ctx[-1] (SPEC; the original's too)
-        buf[4 + i, :, :i], buf[4 + i, :, i:-1], buf[4 + i, :, -1] = ctx[:, :i], ctx[:, i + 1:], ctx[:, -1]
+def _variant_slots(perms: np.ndarray) -> np.ndarray:
+    """(V, n, T): which slot of [ctx_0 .. ctx_{T-1}, cross] fills each position of each ablated
+    context, in _variant_names order. Every ablation is then one gather, on any device."""
+    n, t = perms.shape
+    last, cross = t - 1, t
+    fixed = [list(range(t))[::-1],                                   # reversed
+             [last] * t,                                             # repeat-pad: ctx[-1] x T
+             list(range(t - 1)) + [cross]]                           # cross-article replaces ctx[-1]
+    # leave-one-out: drop slot i, pad by repeating ctx[-1] (SPEC; the original's too)
+    fixed += [[j for j in range(t) if j != i] + [last] for i in range(t)]
+    slots = np.empty((1 + len(fixed), n, t), np.int64)
+    slots[0] = perms                                                 # shuffled
+    slots[1:] = np.asarray(fixed, np.int64)[:, None, :]
+    return slots
 
 
-def _ablations(run: "_Batched", ctx: np.ndarray, tgt: np.ndarray, yhat: np.ndarray, plan: Plan) -> dict[str, float]:
+def _ablations(run: "_Batched", ctx: torch.Tensor, tgt: np.ndarray, yhat: np.ndarray, plan: Plan) -> dict[str, float]:
+    """ctx on the device; the ablated contexts are gathered there in chunks of ~batch_size."""
     n, t, d = ctx.shape
     names = _variant_names(t)
-    cos = np.empty((len(names), n), np.float32)
-    step = max(1, run.batch_size // len(names))  # ~batch_size contexts per forward pass
-    buf = np.empty((len(names), min(step, n), t, d), np.float32)  # reused: stays in cache
+    v = len(names)
+    slots = torch.from_numpy(_variant_slots(plan.perms)).to(run.device)
+    cross, tgt_dev = run.upload(plan.cross), run.upload(tgt)
+    cos = torch.empty((v, n), dtype=torch.float32, device=run.device)
+    step = max(1, run.batch_size // v)  # ~batch_size contexts per forward pass
+    buf = torch.empty((v * min(step, n) * t, d), dtype=torch.float32, device=run.device)  # reused
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        part = buf[:, : hi - lo]
-        _fill_variants(part, ctx[lo:hi], plan.perms[lo:hi], plan.cross[lo:hi])
-        preds = run(part.reshape(-1, t, d)).reshape(len(names), hi - lo, d)
-        cos[:, lo:hi] = np.einsum("vnd,nd->vn", preds, tgt[lo:hi])
+        b = hi - lo
+        ext = torch.cat([ctx[lo:hi], cross[lo:hi, None]], dim=1).reshape(b * (t + 1), d)  # T+1 slots per sample
+        flat = (slots[:, lo:hi] + (t + 1) * torch.arange(b, device=run.device)[None, :, None]).reshape(-1)
+        part = torch.index_select(ext, 0, flat, out=buf[: v * b * t])
+        preds = run(part.view(v * b, t, d)).view(v, b, d)
+        cos[:, lo:hi] = torch.einsum("vnd,nd->vn", preds, tgt_dev[lo:hi])
+    cos = cos.cpu().numpy()
     by = dict(zip(names, cos))
     base = _rowdot(yhat, tgt)
     loo = cos[4:].mean(axis=0)  # per sample, the mean over the T leave-one-out contexts
@@ -441,14 +461,16 @@ def _ablations(run: "_Batched", ctx: np.ndarray, tgt: np.ndarray, yhat: np.ndarr
 
 
 # -- D: rollout --------------------------------------------------------------------------------
-def _rollout(run: "_Batched", ctx: np.ndarray, first: np.ndarray, future: np.ndarray,
+def _rollout(run: "_Batched", ctx: torch.Tensor, first: torch.Tensor, future: np.ndarray,
              bank: "Bank") -> dict[str, float]:
     """Predict, append the prediction, slide; step h is scored against future[:, h-1]
-    (chunk t+h-1; compat: t+h). Rows go in batches through all steps, in one window buffer."""
+    (chunk t+h-1; compat: t+h). Rows go in batches through all steps, in one window buffer on
+    the device (ctx and first, the step-1 predictions, are there too)."""
     n, t, d = ctx.shape
     steps = future.shape[1]
-    cos = np.empty((steps, n), np.float32)
-    window = np.empty((min(run.batch_size, n), t + steps - 1, d), np.float32)  # context + predictions
+    chunks = run.upload(bank.unit(future))    # (n, H, D) unit; one copy: a pageable copy per batch would sync
+    cos = torch.empty((steps, n), dtype=torch.float32, device=run.device)
+    window = torch.empty((min(run.batch_size, n), t + steps - 1, d), dtype=torch.float32, device=run.device)
     for lo in range(0, n, run.batch_size):
         hi = min(n, lo + run.batch_size)
         w = window[: hi - lo]
@@ -457,10 +479,10 @@ def _rollout(run: "_Batched", ctx: np.ndarray, first: np.ndarray, future: np.nda
         for h in range(steps):
             if h:
                 pred = run(w[:, h:h + t])
-            cos[h, lo:hi] = bank.cos(pred, future[lo:hi, h])
+            cos[h, lo:hi] = (pred * chunks[lo:hi, h]).sum(-1)
             if h + 1 < steps:
                 w[:, t + h] = pred
-    per_step = [_mean(c) for c in cos]
+    per_step = [_mean(c) for c in cos.cpu().numpy()]
     out = {"d_n": float(n), "rollout": float(np.mean(per_step))}
     return out | {f"rollout_h{h + 1}": v for h, v in enumerate(per_step)}
 
@@ -486,26 +508,30 @@ def _bins(ctx: np.ndarray, cos: np.ndarray, bins: tuple[float, float]) -> dict[s
 
 # -- helpers -----------------------------------------------------------------------------------
 class _Batched:
-    """Calls `predict` on batches of at most batch_size contexts; returns unit float32 rows."""
+    """Calls `predict` on batches of at most batch_size contexts on `device`; returns unit
+    float32 rows there (F.normalize: the same clamp at 1e-12 as _unit)."""
 
-    def __init__(self, predict: Predict, batch_size: int, dim: int):
+    def __init__(self, predict: Predict, batch_size: int, dim: int, device: str | torch.device):
         self.predict, self.batch_size, self.dim = predict, batch_size, dim
+        self.device = torch.device(device)
         self.calls = 0
 
-    def __call__(self, ctx: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ctx), self.dim), np.float32)
+    def upload(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+
+    def __call__(self, ctx: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((len(ctx), self.dim), dtype=torch.float32, device=self.device)
         with torch.no_grad():
             for lo in range(0, len(ctx), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(ctx[lo:lo + self.batch_size], dtype=np.float32))
+                batch = ctx[lo:lo + self.batch_size].contiguous()
                 y = self.predict(batch)
                 y = y[-1] if isinstance(y, (tuple, list)) else y  # a model's (raw, unit)
-                y = y.detach().to("cpu", torch.float32).numpy()
-                if y.shape != (len(batch), self.dim):
+                if tuple(y.shape) != (len(batch), self.dim):
                     raise UserError(f"the model returned shape {tuple(y.shape)} for contexts of shape "
                                     f"{tuple(batch.shape)}; expected ({len(batch)}, {self.dim})")
-                out[lo:lo + len(batch)] = y
+                out[lo:lo + len(batch)] = y.detach()  # casts and moves: a predictor may answer on the CPU
                 self.calls += 1
-        return _unit(out)
+        return torch.nn.functional.normalize(out, dim=-1)
 
 
 class Bank:
@@ -554,11 +580,12 @@ class Bank:
         return np.where(self.art.article_ids[rows] == aid, -1, rows)
 
 
-def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """x[idx], as a view (no copy of a large context array) when idx is a run of rows."""
+def _take(x, idx: np.ndarray):
+    """x[idx] for a numpy array or a tensor, as a view (no copy of a large context array) when
+    idx is a run of rows."""
     if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and (np.diff(idx) == 1).all():
         return x[idx[0]: idx[-1] + 1]
-    return x[idx]
+    return x[torch.from_numpy(idx).to(x.device)] if isinstance(x, torch.Tensor) else x[idx]
 
 
 def _norms(x: np.ndarray) -> np.ndarray:

@@ -311,7 +311,7 @@ class Trainer:
         row = {"epoch": self.epoch, "step": self.step, "t": time.time(), "duration_s": duration,
                **self.telemetry.stats.row(), **val, "lr": self.optimizer.param_groups[0]["lr"]}
         if self.evaluator is not None:
-            row.update(self.evaluator.epoch_check(self.predict))
+            row.update(self.evaluator.epoch_check(self.predict, device=self.device))
         self.sink.epoch(row)
         if self.watch is not None:
             self.watch.epoch(row)
@@ -339,7 +339,7 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, ctx: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) float on any device → (B, D) unit predictions on the CPU; eval mode."""
+        """(B, T, D) float on any device → (B, D) float32 unit predictions on the model's device; eval mode."""
         was_training = self.model.training
         self.model.eval()
         try:
@@ -347,8 +347,8 @@ class Trainer:
             for chunk in ctx.split(VAL_BATCH):
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
-                    outs.append(self.model(chunk.to(self.device))[1].float().cpu())
-            return torch.cat(outs) if outs else torch.zeros(0, self.data.train.dim)
+                    outs.append(self.model(chunk.to(self.device))[1].float())
+            return torch.cat(outs) if outs else torch.zeros(0, self.data.train.dim, device=self.device)
         finally:
             self.model.train(was_training)
 
@@ -356,7 +356,7 @@ class Trainer:
     def validate(self) -> dict:
         """Val loss (MSE of the unit prediction, as the original's evaluate), val cos, margin."""
         s = self.val_split
-        unit = self.predict(s.contexts).to(self.device)
+        unit = self.predict(s.contexts)
         pos = (unit * F.normalize(s.targets, dim=-1)).sum(-1)
         neg = (unit * F.normalize(s.prev, dim=-1)).sum(-1)
         vals = torch.stack([(unit - s.targets).pow(2).mean(), pos.mean(), neg.mean()]).tolist()
@@ -367,7 +367,7 @@ class Trainer:
             raise RuntimeError("no 5CAT evaluator: set data.articles (and data.val) to evaluate")
         self.telemetry.flush()
         with self.control.evaluating():
-            return self.evaluator.full(self.predict, trigger=trigger,
+            return self.evaluator.full(self.predict, trigger=trigger, device=self.device,
                                        epoch=self.epoch if epoch is None else epoch, step=self.step)
 
     def _on_rows(self, metrics: list[dict]) -> None:

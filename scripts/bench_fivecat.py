@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: lvmd's vectorised 5CAT against a naive one-sample-per-forward loop, same run.
 
-    .venv/bin/python scripts/bench_fivecat.py [--samples 5000] [--dim 768] [--model mean|amn] [--repeat 3]
+    .venv/bin/python scripts/bench_fivecat.py [--samples 5000] [--dim 768] [--model mean|amn|transformer]
+                                              [--device cpu|cuda] [--threads 1] [--repeat 3]
 
 Synthetic articles (lvmd.data.synth_articles), VAL and OOD from two banks, each split
 evaluated on --samples rows. Prints both times, the speedup and the largest difference
@@ -23,10 +24,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lvmd import data, fivecat  # noqa: E402
 from lvmd.config import ModelConfig  # noqa: E402
 from lvmd.models import build_model  # noqa: E402
+from benchlib import count_host_syncs  # noqa: E402
 
 
 # -- the naive reference ---------------------------------------------------------------------
@@ -167,16 +170,16 @@ def naive_split(predict_one, seqs: data.Sequences, art: data.Articles, *, compat
     return out
 
 
-def one_at_a_time(predict):
+def one_at_a_time(predict, device="cpu"):
     """A predict for (T, D) numpy contexts: one forward per call, as a per-sample loop does."""
     calls = [0]
 
     def predict_one(ctx: np.ndarray) -> np.ndarray:
         calls[0] += 1
         with torch.no_grad():
-            y = predict(torch.from_numpy(np.ascontiguousarray(ctx, dtype=np.float32))[None])
+            y = predict(torch.from_numpy(np.ascontiguousarray(ctx, dtype=np.float32))[None].to(device))
         y = y[-1] if isinstance(y, tuple) else y
-        return y[0].numpy()
+        return y[0].float().cpu().numpy()
 
     return predict_one, calls
 
@@ -196,8 +199,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     ap.add_argument("--samples", type=int, default=5000, help="rows per split (VAL and OOD)")
     ap.add_argument("--dim", type=int, default=768)
-    ap.add_argument("--model", choices=("mean", "amn"), default="mean",
-                    help="mean: mean of the context (isolates 5CAT's own cost); amn: a random-init AMN")
+    ap.add_argument("--model", choices=("mean", "amn", "transformer"), default="mean",
+                    help="mean: mean of the context (isolates 5CAT's own cost); amn, transformer: random-init "
+                         "lvmd models of the default size")
+    ap.add_argument("--device", default="cpu", help="where the model runs, for both implementations (cpu, cuda)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both (default 1: a fair, quiet box)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="batched runs to take the median of")
@@ -206,21 +211,25 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     val_arts, val, ood_arts, ood = make_data(args.samples, args.dim, args.seed)
-    if args.model == "amn":
-        model = build_model(ModelConfig(kind="amn"), args.dim).eval()
-        predict = lambda x: model(x)[1]  # noqa: E731
-    else:
+    device = torch.device(args.device)
+    if args.model == "mean":
         predict = lambda x: x.mean(dim=1)  # noqa: E731
+    else:
+        model = build_model(ModelConfig(kind=args.model), args.dim).to(device).eval()
+        predict = lambda x: model(x)[1]  # noqa: E731
 
     times = []
     for _ in range(args.repeat):  # the batched run is short: the median of a few damps a busy box's noise
         t0 = time.perf_counter()
         fast = fivecat.evaluate(predict, val, ood, val_arts, ood_articles=ood_arts, max_samples=args.samples,
-                                seed=args.seed)
+                                seed=args.seed, device=device)
         times.append(time.perf_counter() - t0)
     t_fast = float(np.median(times))
+    syncs = count_host_syncs(lambda: fivecat.evaluate(predict, val, ood, val_arts, ood_articles=ood_arts,
+                                                      max_samples=args.samples, seed=args.seed, device=device),
+                             device)
 
-    predict_one, calls = one_at_a_time(predict)
+    predict_one, calls = one_at_a_time(predict, device)
     t0 = time.perf_counter()
     slow = {"VAL": naive_split(predict_one, val, val_arts, max_samples=args.samples, seed=args.seed),
             "OOD": naive_split(predict_one, ood, ood_arts, max_samples=args.samples, seed=args.seed)}
@@ -234,12 +243,14 @@ def main(argv=None) -> int:
              "batches of 1024", f"{t_slow / t_fast:.1f}x"),
             ("naive loop, one sample per forward", f"{t_slow:.2f}", f"{1e3 * t_slow / n:.3f}", f"{calls[0]}", "1x")]
     print(f"5CAT bench: {args.samples} VAL + {args.samples} OOD samples, D={args.dim}, model={args.model}, "
-          f"torch threads={args.threads}")
+          f"device={device}, torch threads={args.threads}")
     print("| " + " | ".join(rows[0]) + " |")
     print("|" + "---|" * len(rows[0]))
     for r in rows[1:]:
         print("| " + " | ".join(r) + " |")
     print(f"largest |difference| between the two implementations' metrics: {diff:.2e}")
+    if syncs is not None:  # a constant count (per split, not per batch) is the design
+        print(f"host syncs in one batched evaluation (torch.cuda sync debug mode): {syncs}")
     return 0
 
 

@@ -2,7 +2,8 @@
 """Time the full lvmd training step (guardrail telemetry packed on the device, block copies to
 the host, the SQLite writer thread, the control poll) against a bare loop of the same model
 and loss without telemetry. Both run interleaved in one process on the same model, so drift
-in machine load hits both. Prints a table; target: throughput ratio ≥ 0.97.
+in machine load hits both. Prints a table; target: throughput ratio ≥ 0.97. On CUDA it also
+counts the host syncs of 2 telemetry blocks of lvmd steps (torch's sync debug mode).
 
     .venv/bin/python scripts/bench_trainer.py                 # default transformer and a tiny one
     .venv/bin/python scripts/bench_trainer.py --precision bf16 --rounds 8
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
@@ -27,6 +29,7 @@ from lvmd.trainer import TrainData, Trainer  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.runs import create_run  # noqa: E402
 from store.writer import SqliteSink  # noqa: E402
+from benchlib import count_host_syncs  # noqa: E402
 
 MODELS = {
     "default": [],  # the SPEC transformer: 17.87M parameters at D=768
@@ -89,12 +92,17 @@ def bench(name: str, overrides: list[str], args, data: TrainData, db: Path) -> d
                 fn(t, *batch())
             sync(t.device)
             times[kind] += time.perf_counter() - start
+    # Host syncs over two telemetry blocks of lvmd steps: the design is one per block (the
+    # device→host copy of the packed telemetry), none per step.
+    sync_steps = 2 * cfg.train.telemetry_block
+    syncs = count_host_syncs(lambda: [full_step(t, *batch()) for _ in range(sync_steps)], t.device)
     t.telemetry.flush()
     sink.close()
     n = args.rounds * args.steps
     params = sum(p.numel() for p in t.model.parameters())
     return {"model": name, "params": params, "bare_ms": 1e3 * times["bare"] / n, "full_ms": 1e3 * times["full"] / n,
-            "ratio": times["bare"] / times["full"]}
+            "ratio": times["bare"] / times["full"],
+            "syncs": "-" if syncs is None else f"{syncs}/{sync_steps}"}
 
 
 def main() -> int:
@@ -118,10 +126,12 @@ def main() -> int:
             rows.append(bench(name, MODELS[name], args, data, Path(tmp) / "bench.db"))
     print(f"\nbatch {args.batch}, D={args.dim}, {args.precision}, {args.rounds}×{args.steps} interleaved steps "
           f"per kind, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':<9}{'params':>12}{'bare ms/step':>14}{'lvmd ms/step':>14}{'ratio':>8}  target ≥ 0.97")
+    print(f"{'model':<9}{'params':>12}{'bare ms/step':>14}{'lvmd ms/step':>14}{'ratio':>8}{'host syncs':>12}"
+          "  target ≥ 0.97")
     for r in rows:
         ok = "ok" if r["ratio"] >= 0.97 else "BELOW"
-        print(f"{r['model']:<9}{r['params']:>12,}{r['bare_ms']:>14.2f}{r['full_ms']:>14.2f}{r['ratio']:>8.3f}  {ok}")
+        print(f"{r['model']:<9}{r['params']:>12,}{r['bare_ms']:>14.2f}{r['full_ms']:>14.2f}{r['ratio']:>8.3f}"
+              f"{r['syncs']:>12}  {ok}")
     return 0
 
 
