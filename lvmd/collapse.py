@@ -4,7 +4,8 @@ Pure checks over the newest step rows and the epoch history, and CollapseWatch, 
 trainer feeds at its telemetry flushes and epoch ends (never per step, never device tensors).
 A symptom that appears raises one `collapse_warning` event with its evidence and asks the
 control for the configured action (watch.action: warn | pause | stop). A symptom that holds on
-stays quiet until it has cleared once, so a resumed run is not paused again at once.
+stays quiet until it has cleared once, so a resumed run is not paused again at once; a run
+resumed in a new process restores the watch's history from its SQLite rows (restore).
 """
 from __future__ import annotations
 
@@ -93,6 +94,16 @@ class CollapseWatch:
         self.history: list[dict] = []
         self.active: dict[str, set[str]] = {"steps": set(), "epoch": set()}
         self.warnings = 0
+
+    def restore(self, epoch_rows: Sequence[dict], step_rows: Sequence[dict] = ()) -> None:
+        """On resume in a new process: the epoch history and the newest step window of the run so
+        far (oldest first), so "fallen from its best" still measures from the run's best epoch.
+        Symptoms already present count as raised: quiet until they clear once, as in one process."""
+        self.history = [{k: r.get(k) for k in self.EPOCH_KEYS} for r in epoch_rows]
+        self.window.clear()
+        self.window.extend({k: r[k] for k in self.STEP_KEYS} for r in step_rows)
+        self.active = {"steps": {s.name for s in step_symptoms(list(self.window), self.cfg)},
+                       "epoch": {s.name for s in epoch_symptoms(self.history, self.cfg)}}
 
     def steps(self, rows: Sequence[dict]) -> None:
         self.window.extend({k: r[k] for k in self.STEP_KEYS} for r in rows)

@@ -17,6 +17,7 @@ from lvmd.control import Control
 from lvmd.data import file_sha256
 from lvmd.trainer import Trainer, TrainData
 from store.db import connect
+from store.reader import epochs_of, latest_steps
 from store.commands import fail_open
 from store.runs import create_run, get_run, insert_event, truncate_after, update_run
 from store.writer import SqliteSink
@@ -77,12 +78,14 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
     try:
         sink.update_run(pid=os.getpid(), host=socket.gethostname(), started_at=time.time(), ended_at=None, error=None)
         control.set_state("starting", pid=os.getpid(), resume_from=str(resume_from) if resume_from else None)
+        watch = CollapseWatch(cfg, sink, act=control.request)
         trainer = Trainer(cfg, data, sink, out_dir=out_dir, control=control,
-                          evaluator=make_evaluator(cfg, data, sink), progress=progress,
-                          watch=CollapseWatch(cfg, sink, act=control.request))
+                          evaluator=make_evaluator(cfg, data, sink), progress=progress, watch=watch)
         if resume_from is not None:
             trainer.load_checkpoint(resume_from)
             removed = sink.call(lambda conn: truncate_after(conn, run_id, trainer.step, trainer.epoch))
+            watch.restore(*sink.call(lambda conn: (epochs_of(conn, run_id),
+                                                   latest_steps(conn, run_id, cfg.watch.skip_window)[::-1])))
             sink.event("resume", step=trainer.step, epoch=trainer.epoch,
                        detail={"checkpoint": str(resume_from), "removed": removed})
         control.beat(trainer.step, trainer.epoch)

@@ -88,6 +88,25 @@ def test_the_watch_warns_once_per_onset_and_asks_for_the_action():
     assert sink.events[-1]["detail"]["symptoms"][0]["symptom"] == "val_cos_floor" and len(asked) == 3
 
 
+def test_restore_measures_the_drop_from_the_best_epoch_before_the_resume():
+    c = cfg("watch.val_cos_drop=0.15", "watch.skip_window=10", "watch.action=stop")
+    sink, asked = ListSink(), []
+    watch = CollapseWatch(c, sink, act=lambda action, **kw: asked.append(action))
+    before = [{"epoch": 0, "step": 10, "val_cos": 0.47, "r_at_5": None},
+              {"epoch": 1, "step": 20, "val_cos": 0.40, "r_at_5": None}]
+    watch.restore(before, steps(10, rho_pre=5.0, start=11))   # the run so far, oldest first
+    assert sink.events == [] and asked == []                  # restoring raises nothing
+    watch.steps(steps(5, rho_pre=5.0, start=21))              # still over its cap: already raised
+    assert sink.events == []
+    watch.epoch({"epoch": 2, "step": 30, "val_cos": 0.30})
+    (drop,) = sink.events[0]["detail"]["symptoms"]            # 0.47 → 0.30, not 0.30 → 0.30
+    assert drop["symptom"] == "val_cos_drop" and drop["best"] == 0.47 and drop["best_epoch"] == 0
+    assert asked == ["stop"]
+    fresh = CollapseWatch(c, ListSink())
+    fresh.epoch({"epoch": 2, "step": 30, "val_cos": 0.30})
+    assert fresh.sink.events == []                            # what a resume without restore missed
+
+
 def test_warn_only_asks_for_nothing():
     sink, asked = ListSink(), []
     watch = CollapseWatch(cfg("watch.action=warn"), sink, act=lambda *a, **k: asked.append(a))

@@ -234,8 +234,19 @@ def test_collapse_with_action_pause_pauses_the_daemon(db, data):
 
 
 def test_collapse_with_action_stop_stops_a_foreground_run(db, data):
-    proc = lvmd("run", *data, *RUN, *COLLAPSE, "watch.action=stop", "--quiet", "--db", db, check=True)
+    epoch_checks_off = ["watch.val_cos_floor=-1", "watch.r_at_5_floor=0"]  # only the step symptom below
+    proc = lvmd("run", *data, *RUN, *COLLAPSE, *epoch_checks_off, "watch.action=stop", "--quiet", "--db", db,
+                check=True)
     assert proc.stdout.splitlines()[-1] == "run 1 stopped"
     assert query(db, "SELECT count(*) FROM events WHERE kind = 'collapse_warning'") == [(1,)]
     assert run_row(db, 1)["state"] == "stopped" and Path(run_row(db, 1)["out_dir"], "last.pt").exists()
     assert state_events(db, 1)[-2:] == ["stopping", "stopped"]
+    # Resumed in a new process, the watch restores its window from the steps table: the symptom
+    # that stopped the run still holds, so it stays quiet (as after a pause) instead of
+    # stopping the run again as soon as a fresh window fills.
+    stopped_at = max_step(db, 1)
+    lvmd("resume", "1", "--db", db, check=True)
+    wait_for(lambda: max_step(db, 1) > stopped_at + 5 * 16, 20, "several watch windows after the resume")
+    assert run_row(db, 1)["state"] == "running"
+    assert query(db, "SELECT count(*) FROM events WHERE kind = 'collapse_warning'") == [(1,)]
+    lvmd("stop", "1", "--db", db, check=True)
