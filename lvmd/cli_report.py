@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_ITERATE} when the verdict is iterate")
     p.add_argument("--bins", type=int, default=60, help="width of the curves in characters (default 60)")
-    p.add_argument("--rho-cap", type=float, help="ρ limit (default: the run's loss.rho_cap, or 0.25)")
+    p.add_argument("--rho-cap", type=float, help="ρ limit for every step (default: the cap in force at each step: "
+                        "the ramp stage's, else loss.rho_cap, else 0.25)")
     p.add_argument("--skip-max", type=float, default=defaults.skip_share_max,
                    help=f"skips must stay under this share of batches (default {defaults.skip_share_max})")
     p.add_argument("--pos-floor", type=float, default=defaults.pos_floor,

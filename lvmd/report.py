@@ -19,7 +19,8 @@ RHO_TOLERANCE = 1e-6
 @dataclass(frozen=True)
 class Thresholds:
     """The seed's success criteria (SPEC §5); each is a parameter of `lvmd report`."""
-    rho_cap: float | None = None   # None: the run's loss.rho_cap (the seed's 0.25 when it has none)
+    rho_cap: float | None = None   # None: the cap in force at each step (the ramp stage's, as v2.2
+                                   # has, else loss.rho_cap, else the seed's 0.25)
     skip_share_max: float = 0.01   # skips must stay under this share of batches
     pos_floor: float = 0.0         # pos̄ must never go below this
     margin_min: float = 0.0        # the last epoch's val margin must exceed this
@@ -62,17 +63,22 @@ class Report:
 # -- the questions -------------------------------------------------------------------------
 def guardrail_checks(g: dict, th: Thresholds) -> list[Check]:
     """The handoff's post-run questions over v_guardrail_checks' numbers."""
-    cap = th.rho_cap if th.rho_cap is not None else g["rho_cap"]
     if not g["steps"]:
         return [Check(k, q, None, "no steps recorded") for k, q in (
             ("rho", "did ρ ever exceed the cap?"), ("skips", "how many skips?"),
             ("pos", "did pos̄ ever go negative?"), ("ratio", "did ratio climb to positive?"))] + [_collapse(g)]
-    over = g["rho_max"] > cap + RHO_TOLERANCE
-    counted = cap == g["rho_cap"]          # the view's step counts are against the run's own cap
-    steps_over = f" in {g['rho_over_cap_steps']} steps" if over and counted else ""
-    pre = (f"; before the cap ρ went over it in {g['rho_pre_over_cap_steps']} steps (attenuated)"
+    counted = th.rho_cap is None           # the view's step counts are against the caps in force
+    if counted:
+        lo, hi = g["rho_cap_min"], g["rho_cap_max"]
+        cap_text = f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g} by ramp stage"
+        over = g["rho_over_cap_steps"] > 0
+    else:
+        cap_text = f"{th.rho_cap:g}"
+        over = g["rho_max"] > th.rho_cap + RHO_TOLERANCE
+    steps_over = f" in {_steps(g['rho_over_cap_steps'])}" if over and counted else ""
+    pre = (f"; before the cap ρ went over it in {_steps(g['rho_pre_over_cap_steps'])} (attenuated)"
            if g["rho_pre_over_cap_steps"] and counted else "")
-    rho = Check("rho", f"did ρ ever exceed the cap ({cap:g})?", not over,
+    rho = Check("rho", f"did ρ ever exceed the cap ({cap_text})?", not over,
                 (f"yes: max ρ {g['rho_max']:.3f}{steps_over}" if over else f"no: max ρ {g['rho_max']:.3f}") + pre,
                 g["rho_max"])
     share = g["skips"] / g["steps"]
@@ -90,6 +96,10 @@ def guardrail_checks(g: dict, th: Thresholds) -> list[Check]:
              else f"only one epoch (mean {last:+.3f}): no climb to see")
     ratio = Check("ratio", "did ratio climb to positive?", climbed, ("yes: " if climbed else "no: ") + trend, last)
     return [rho, skips, pos, ratio, _collapse(g)]
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def _collapse(g: dict) -> Check:
@@ -179,7 +189,9 @@ def build_report(data: dict, th: Thresholds = Thresholds()) -> Report:
     info = {"id": run["id"], "name": run["name"], "preset": run["preset"], "compat": run["compat"],
             "state": run["state"], "epochs_done": summary["epochs_done"], "total_epochs": run["total_epochs"],
             "steps": summary["steps"], "best_margin": summary["best_margin"]}
-    resolved = asdict(th) | {"rho_cap": th.rho_cap if th.rho_cap is not None else g["rho_cap"]}
+    # the highest cap in force stands for the run's caps in the JSON and the ρ curve's scale
+    own_cap = g["rho_cap_max"] if g["rho_cap_max"] is not None else g["rho_cap"]
+    resolved = asdict(th) | {"rho_cap": th.rho_cap if th.rho_cap is not None else own_cap}
     return Report(info, resolved, guardrails, criteria, margin_by_epoch(data["epochs"]),
                   (data["eval"] or {}).get("gates", []), verdict, reasons, notes)
 

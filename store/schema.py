@@ -104,9 +104,17 @@ def _m002_report_views(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_V1)
 
 
+def _m003_staged_rho_caps(db: sqlite_utils.Database) -> None:
+    """v_guardrail_checks holds ρ to the cap in force at each step (store/views.py VIEWS_V2)."""
+    from store.views import VIEWS_V2, create_views
+
+    create_views(db.conn, VIEWS_V2)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
+    _m003_staged_rho_caps,
 ]
 
 

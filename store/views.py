@@ -113,6 +113,77 @@ VIEWS_V1: dict[str, str] = {
         FROM flags""",
 }
 
+# v2: ρ is held to the cap in force at each step, as the trainer, the collapse watch and the TUI
+# hold it: the ramp stage's own cap (v2.2: .35/.45/.50/.50 by stage) where it has one, else
+# loss.rho_cap, else the seed's 0.25. v1 compared every step with loss.rho_cap, which flagged
+# v2.2 runs as over their cap in every step above 0.25.
+VIEWS_V2: dict[str, str] = VIEWS_V1 | {
+    # `stages`: each ramp stage's epochs [from_epoch, until_epoch) and its cap (the last stage
+    # runs on; a run without a ramp has one stage), materialised once: it has a window function.
+    "v_guardrail_checks": f"""
+        WITH caps AS (
+            SELECT id AS run_id, name, config_json,
+                   COALESCE(NULLIF(json_extract(config_json, '$.loss.rho_cap'), 0), {SEED_RHO_CAP}) AS rho_cap
+            FROM runs
+        ), stages AS (
+            SELECT c.run_id,
+                   COALESCE(LAG(json_extract(j.value, '$.until')) OVER w, 0) AS from_epoch,
+                   CASE WHEN LEAD(j.key) OVER w IS NULL THEN 9e18
+                        ELSE json_extract(j.value, '$.until') END AS until_epoch,
+                   COALESCE(NULLIF(json_extract(j.value, '$.rho_cap'), 0), c.rho_cap) AS cap
+            FROM caps c, json_each(c.config_json, '$.loss.ramp') j
+            WINDOW w AS (PARTITION BY c.run_id ORDER BY j.key)
+            UNION ALL
+            SELECT run_id, 0, 9e18, rho_cap FROM caps
+            WHERE COALESCE(json_array_length(config_json, '$.loss.ramp'), 0) = 0
+        ), stats AS (
+            SELECT DISTINCT c.run_id, c.name, c.rho_cap,
+                   -- epochs grow with steps: the run's first and last epoch are two index lookups
+                   (SELECT s.epoch FROM steps s WHERE s.run_id = c.run_id ORDER BY s.step LIMIT 1) AS first_epoch,
+                   (SELECT s.epoch FROM steps s WHERE s.run_id = c.run_id ORDER BY s.step DESC LIMIT 1) AS last_epoch,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id) AS steps,
+                   (SELECT MAX(s.rho) FROM steps s WHERE s.run_id = c.run_id) AS rho_max,
+                   (SELECT MAX(s.rho_pre) FROM steps s WHERE s.run_id = c.run_id) AS rho_pre_max,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.rho > {RHO_CAP_TOLERANCE} + (
+                        SELECT g.cap FROM stages g WHERE g.run_id = s.run_id
+                                                     AND s.epoch >= g.from_epoch AND s.epoch < g.until_epoch)
+                   ) AS rho_over_cap_steps,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.rho_pre > {RHO_CAP_TOLERANCE} + (
+                        SELECT g.cap FROM stages g WHERE g.run_id = s.run_id
+                                                     AND s.epoch >= g.from_epoch AND s.epoch < g.until_epoch)
+                   ) AS rho_pre_over_cap_steps,
+                   (SELECT CAST(TOTAL(s.skip) AS INTEGER) FROM steps s WHERE s.run_id = c.run_id) AS skips,
+                   (SELECT MIN(s.pos) FROM steps s WHERE s.run_id = c.run_id) AS pos_min,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.pos < 0) AS pos_negative_steps,
+                   (SELECT COUNT(DISTINCT s.epoch) FROM steps s WHERE s.run_id = c.run_id) AS epochs_with_steps,
+                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
+                    GROUP BY s.epoch ORDER BY s.epoch LIMIT 1) AS ratio_first_epoch,
+                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
+                    GROUP BY s.epoch ORDER BY s.epoch DESC LIMIT 1) AS ratio_last_epoch,
+                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
+                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
+            FROM caps c
+        ), flags AS (
+            SELECT *,
+                   -- the lowest and highest cap in force over the epochs that have steps
+                   (SELECT MIN(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
+                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_min,
+                   (SELECT MAX(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
+                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_max,
+                   1.0 * skips / NULLIF(steps, 0) AS skip_share,
+                   CASE WHEN steps > 0 THEN rho_over_cap_steps = 0 END AS rho_held,
+                   CASE WHEN steps > 0 THEN 1.0 * skips / steps < {SEED_SKIP_SHARE_MAX} END AS skips_ok,
+                   CASE WHEN steps > 0 THEN pos_min >= 0 END AS pos_held,
+                   -- "climbed": the last epoch's mean ratio is positive and above the first epoch's
+                   CASE WHEN steps > 0 THEN epochs_with_steps > 1 AND ratio_last_epoch > 0
+                                            AND ratio_last_epoch > ratio_first_epoch END AS ratio_climbed,
+                   collapse_warnings = 0 AS no_collapse_warning
+            FROM stats st
+        )
+        SELECT *, rho_held AND skips_ok AND pos_held AND ratio_climbed AND no_collapse_warning AS all_held
+        FROM flags""",
+}
+
 
 def create_views(conn: sqlite3.Connection, views: Mapping[str, str]) -> None:
     """(Re)create each view, in order: later ones may select from earlier ones."""

@@ -132,6 +132,23 @@ def test_thresholds_are_parameters(good_db):
     assert failed(judge(good_db, Thresholds(skip_share_max=0.05, val_cos_min=0.6, gates_min=5))) == {"val_cos", "gates"}
 
 
+def test_rho_is_held_to_the_cap_of_each_ramp_stage(good_db):
+    """v2.2's caps rise by stage (.35, then .50): ρ .40 in epoch 1 is within its cap; the same
+    ρ in epoch 0 is not. A --rho-cap given by hand applies to every step."""
+    staged = {"rho_cap": 0.25, "ramp": [{"until": 1, "m_gap": 0.02, "frac": 0.15, "rho_cap": 0.35},
+                                        {"until": 10**9, "m_gap": 0.04, "frac": 0.25, "rho_cap": 0.50}]}
+    sql(good_db, "UPDATE runs SET config_json = ?", json.dumps({"loss": staged}))
+    sql(good_db, "UPDATE steps SET rho = 0.40 WHERE step = 150")             # epoch 1: cap .50
+    report = judge(good_db)
+    rho = report.guardrails[0]
+    assert report.verdict == PROMOTE and rho.passed and rho.question == "did ρ ever exceed the cap (0.35–0.5 by ramp stage)?"
+    assert report.thresholds["rho_cap"] == 0.5
+    assert failed(judge(good_db, Thresholds(rho_cap=0.25))) == {"rho"}       # the seed's 0.25 for every step
+    sql(good_db, "UPDATE steps SET rho = 0.40 WHERE step = 50")              # epoch 0: cap .35
+    rho = judge(good_db).guardrails[0]
+    assert not rho.passed and rho.answer == "yes: max ρ 0.400 in 1 step"
+
+
 def test_a_failed_run_is_not_promoted(good_db):
     sql(good_db, "UPDATE runs SET state = 'crashed'")
     report = judge(good_db)

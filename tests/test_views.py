@@ -27,6 +27,21 @@ def real_db(tiny_data, tmp_path_factory):
     return db
 
 
+# v2.2's shape: a cap per ramp stage; the last stage has none of its own (0: loss.rho_cap holds)
+STAGED = [{"until": 1, "m_gap": 0.02, "frac": 0.15, "rho_cap": 0.35},
+          {"until": 2, "m_gap": 0.04, "frac": 0.25, "rho_cap": 0.50},
+          {"until": 10**9, "m_gap": 0.07, "frac": 0.35, "rho_cap": 0.0}]
+
+
+def cap_in_force(config: dict, epoch: int) -> float:
+    """The trainer's rule, written out: the stage's own cap, else loss.rho_cap, else 0.25."""
+    loss = config.get("loss", {})
+    base = loss.get("rho_cap") or 0.25
+    stages = loss.get("ramp") or []
+    stage = next((st for st in stages if epoch < st["until"]), stages[-1] if stages else {})
+    return stage.get("rho_cap") or base
+
+
 def _step(run_id, step, epoch, **values):
     metrics = {m: 0.1 for m in STEP_METRICS} | {"skip": 0.0, "attenuate": 0.0} | values
     return (run_id, step, epoch, 1.0 * step, 1e-3, *(metrics[m] for m in STEP_METRICS))
@@ -43,6 +58,8 @@ def edge_db(tmp_path_factory):
     b = create_run(conn, name="b", preset="v1", compat="none", config={"loss": {"rho_cap": 0.0}}, data={})
     create_run(conn, name="c", preset="v2.1", compat="none", config={"loss": {"rho_cap": 0.25}}, data={})
     d = create_run(conn, name="d", preset="v2.1", compat="none", config={"loss": {"rho_cap": 0.25}}, data={})
+    e = create_run(conn, name="e", preset="v2.2", compat="none", config={"loss": {"rho_cap": 0.25, "ramp": STAGED}},
+                   data={})
     rows = []
     for step in range(1, 31):
         epoch = (step - 1) // 10
@@ -52,6 +69,9 @@ def edge_db(tmp_path_factory):
     rows.append(_step(a, 31, 2, rho=0.25 + 1e-8, rho_pre=0.26))        # at the cap (float32 noise): not over
     rows += [_step(b, s, 0, rho=0.3 * s / 8, rho_pre=0.3 * s / 8, pos=0.2) for s in range(1, 9)]
     rows += [_step(d, s, s // 3, ratio=0.2 - 0.1 * (s // 3)) for s in range(1, 6)]
+    # e: caps .35 (epoch 0), .50 (epoch 1), then loss.rho_cap .25: one step over in epochs 1 and 2
+    rows += [_step(e, s, (s - 1) // 4, rho=r, rho_pre=r) for s, r in
+             enumerate((0.30, 0.35, 0.34, 0.33, 0.45, 0.55, 0.50, 0.40, 0.25, 0.24, 0.30, 0.20), start=1)]
     conn.executemany(f"INSERT INTO steps ({', '.join(STEP_COLUMNS)}) VALUES ({', '.join('?' * len(STEP_COLUMNS))})",
                      rows)
     for epoch, margin in enumerate((-0.04, 0.01, -0.005)):
@@ -163,7 +183,8 @@ def test_guardrail_checks_match_the_steps(conn):
     by_run = _steps_by(conn, lambda s: s["run_id"])
     for run in _rows(conn, "SELECT * FROM runs ORDER BY id"):
         v = _rows(conn, "SELECT * FROM v_guardrail_checks WHERE run_id = ?", run["id"])[0]
-        cap = json.loads(run["config_json"]).get("loss", {}).get("rho_cap") or 0.25
+        config = json.loads(run["config_json"])
+        cap = config.get("loss", {}).get("rho_cap") or 0.25
         warnings = conn.execute("SELECT COUNT(*) FROM events WHERE run_id = ? AND kind = 'collapse_warning'",
                                 (run["id"],)).fetchone()[0]
         assert v["rho_cap"] == cap
@@ -174,14 +195,16 @@ def test_guardrail_checks_match_the_steps(conn):
             assert (v["rho_held"], v["skips_ok"], v["pos_held"], v["ratio_climbed"]) == (None,) * 4
             continue
         skips = sum(s["skip"] for s in steps)
-        over = sum(s["rho"] > cap + 1e-6 for s in steps)
+        caps = [cap_in_force(config, s["epoch"]) for s in steps]
+        assert (v["rho_cap_min"], v["rho_cap_max"]) == (min(caps), max(caps))
+        over = sum(s["rho"] > c + 1e-6 for s, c in zip(steps, caps))
         epochs = sorted({s["epoch"] for s in steps})
         first = _mean([s["ratio"] for s in steps if s["epoch"] == epochs[0]])
         last = _mean([s["ratio"] for s in steps if s["epoch"] == epochs[-1]])
         assert v["rho_max"] == max(s["rho"] for s in steps)
         assert v["rho_pre_max"] == max(s["rho_pre"] for s in steps)
         assert v["rho_over_cap_steps"] == over
-        assert v["rho_pre_over_cap_steps"] == sum(s["rho_pre"] > cap + 1e-6 for s in steps)
+        assert v["rho_pre_over_cap_steps"] == sum(s["rho_pre"] > c + 1e-6 for s, c in zip(steps, caps))
         assert (v["skips"], v["skip_share"]) == (skips, pytest.approx(skips / len(steps)))
         assert v["pos_min"] == min(s["pos"] for s in steps)
         assert v["pos_negative_steps"] == sum(s["pos"] < 0 for s in steps)
@@ -199,6 +222,8 @@ def test_edge_cases_are_what_they_claim(edge_db):
     assert g["a"]["rho_over_cap_steps"] == 0 and g["a"]["rho_pre_over_cap_steps"] > 0     # capped, and attenuated
     assert g["b"]["rho_cap"] == 0.25 and g["b"]["rho_over_cap_steps"] > 0                 # v1: no cap, seed's 0.25
     assert g["a"]["collapse_warnings"] == 1 and g["c"]["steps"] == 0
+    assert (g["e"]["rho_cap_min"], g["e"]["rho_cap_max"]) == (0.25, 0.5)                  # staged caps, v2.2
+    assert g["e"]["rho_over_cap_steps"] == 2 and g["e"]["rho_held"] == 0                  # .55 (cap .5), .30 (.25)
     assert g["a"]["ratio_climbed"] == 1 and g["d"]["ratio_last_epoch"] > 0 and g["d"]["ratio_climbed"] == 0
     summary = {r["name"]: r for r in _rows(conn, "SELECT * FROM v_run_summary")}
     assert summary["a"]["last_gates_passed"] == 1               # the failed later eval has no count: skipped
@@ -224,4 +249,6 @@ def test_an_old_database_gets_the_views_when_opened_for_reading(tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
     assert set(VIEWS) <= names
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(v_guardrail_checks)")}
+    assert {"rho_cap_min", "rho_cap_max"} <= columns                 # migration 3's caps in force
     conn.close()
