@@ -72,6 +72,21 @@ def test_equal_distance_forward_and_backward_differ_by_under_001_on_all_of_wikip
     assert stats["p6_pair"]["cos_p_minus_1"] - stats["p6_pair"]["cos_p_plus_2"] > 0.03
 
 
+def test_the_demo_watch_floor_sits_between_chance_and_the_mean_of_context_baseline():
+    """lvmd/demo/demo.toml lowers watch.r_at_5_floor from SPEC's .50 (which every epoch of the demo
+    would cross) to chance: check both claims of its comment on the committed articles."""
+    from lvmd import fivecat
+    from lvmd.config import load_config
+
+    cfg = load_config(ROOT / "lvmd" / "demo" / "demo.toml", [])
+    assert Path(cfg.data.articles) == DEMO and DEMO.exists()
+    arts = data.load_articles(DEMO)
+    chance = 5 * len(np.unique(arts.article_ids)) / len(arts)     # 5 / article length, over all targets
+    windows = data.build_windows(arts)
+    mean_context = fivecat.retrieval_check(lambda x: x.mean(dim=1), windows, arts, max_samples=3000)["r_at_5"]
+    assert chance <= cfg.watch.r_at_5_floor < mean_context < 0.5
+
+
 def test_report_numbers_on_the_fixture(report):
     assert report["profile"] == "minilm"
     s = report["splits"]
