@@ -12,6 +12,8 @@ Measures, on a database written through store's writer:
                 (p50 / p95 over --commits rows, spaced 0.25–0.45 s apart)
   idle CPU      process CPU time / wall time over --idle-s seconds with no commits (the app,
                 its tail thread and the file watcher together), as % of one core
+  zoom          `z` pressed → the charts drawn for the newest quarter of the steps; then `z` × 3
+                → the whole run drawn again (its bins were kept, so only new rows are read)
 The app runs headless (App.run_test), so terminal output costs are not included.
 """
 from __future__ import annotations
@@ -172,6 +174,7 @@ async def measure(db: Path, run_id: int, *, commits: int, idle_s: float) -> dict
             painted.setdefault("first", time.perf_counter())
             if not self.plot.x_label.startswith("≈"):
                 painted.setdefault("exact", time.perf_counter())
+            painted.setdefault("zoomed" if self.plot.x_label.startswith("steps") else "whole", time.perf_counter())
         return out
 
     def status_render(self):
@@ -220,12 +223,21 @@ async def measure(db: Path, run_id: int, *, commits: int, idle_s: float) -> dict
             cpu0, wall0 = time.process_time(), time.perf_counter()
             await asyncio.sleep(idle_s)
             idle_cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+
+            zoom = {}
+            for label, presses in (("zoomed", 1), ("whole", 3)):
+                painted.pop(label, None)
+                pressed = time.perf_counter()
+                await pilot.press(*["z"] * presses)
+                while label not in painted and time.perf_counter() - pressed < 60:
+                    await asyncio.sleep(0.002)
+                zoom[label] = painted.get(label, math.inf) - pressed
     finally:
         Chart.render, StatusBar.render = original_chart, original_status
     latencies.sort()
     return {"first_paint_s": first_paint, "full_paint_s": full_paint, "latency_p50_s": statistics.median(latencies),
             "latency_p95_s": latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)],
-            "idle_cpu": idle_cpu}
+            "idle_cpu": idle_cpu, "zoom_in_s": zoom["zoomed"], "zoom_out_s": zoom["whole"]}
 
 
 async def screenshot(db: Path, run_id: int, baseline_id: int, out: Path) -> None:
@@ -278,6 +290,8 @@ def main() -> int:
     print(f"| commit → screen p50 | {r['latency_p50_s'] * 1000:.0f} ms | ≤ 500 ms |")
     print(f"| commit → screen p95 | {r['latency_p95_s'] * 1000:.0f} ms | ≤ 500 ms |")
     print(f"| idle CPU | {100 * r['idle_cpu']:.1f} % of a core | ≤ 5 % |")
+    print(f"| zoom in (z: newest 1/4) → drawn | {r['zoom_in_s']:.2f} s | – |")
+    print(f"| zoom out (z z z: whole run) → drawn | {r['zoom_out_s']:.2f} s | – |")
     return 0
 
 

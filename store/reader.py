@@ -142,6 +142,12 @@ def latest_steps(conn: sqlite3.Connection, run_id: int, limit: int, step_limit: 
         (run_id, step_limit, limit))]
 
 
+def last_step(conn: sqlite3.Connection, run_id: int, step_limit: int = NO_LIMIT) -> int | None:
+    """The run's newest step at or below step_limit (one index lookup)."""
+    row = conn.execute("SELECT MAX(step) FROM steps WHERE run_id = ? AND step <= ?", (run_id, step_limit)).fetchone()
+    return None if row[0] is None else int(row[0])
+
+
 def epoch_end_step(conn: sqlite3.Connection, run_id: int, epoch: int) -> int | None:
     """The last step of `epoch`: the epochs row's step, else the steps themselves (a scan)."""
     row = conn.execute("SELECT step FROM epochs WHERE run_id = ? AND epoch = ?", (run_id, epoch)).fetchone()
@@ -182,6 +188,10 @@ class StepSeries:
     land in the right bins. If the row under the cursor vanished or changed (rows deleted, or
     their rowids reused), the summary is rebuilt from scratch. When the run outgrows
     `target_bins` the width doubles and neighbouring bins merge exactly: no edge ever moves.
+
+    set_window(step_from, span) zooms: only bins from step_from on are kept, and the width is
+    the one that fits `span` steps (not the run) in target_bins, so a window sliding with the
+    newest step drops bins on the left and never re-reads or changes width.
     """
 
     # `+run_id` keeps SQLite on the rowid range: the (run_id, step) index would visit every row of the run
@@ -194,6 +204,9 @@ class StepSeries:
         self.columns = columns
         self.target_bins = max(2, int(target_bins))
         self.step_limit = NO_LIMIT if step_limit is None else int(step_limit)
+        self.step_from = 0                # window start (0 and span None: the whole run)
+        self.span: int | None = None      # steps the window is binned for
+        self._reread_window = False       # the window grew to the left: read its new bins
         self.width = 1
         self.last_step: int | None = None
         self._bins: dict[int, SeriesBin] = {}
@@ -213,7 +226,18 @@ class StepSeries:
     def snapshot(self) -> "SeriesSnapshot":
         """An immutable copy to hand to another thread."""
         return SeriesSnapshot(self.columns, self.width, self.last_step,
-                              tuple(self._bins[k] for k in sorted(self._bins)))
+                              tuple(self._bins[k] for k in sorted(self._bins)),
+                              step_from=self.step_from // self.width * self.width)
+
+    def set_window(self, step_from: int = 0, span: int | None = None) -> None:
+        """Keep only steps from step_from on (whole bins: the first one may start a little
+        earlier), binned to fit `span` steps in target_bins; (0, None): the whole run."""
+        step_from, span = max(0, int(step_from)), (None if not span else max(1, int(span)))
+        if (step_from, span) == (self.step_from, self.span):
+            return
+        self._reread_window = self._reread_window or step_from < self.step_from
+        self.step_from, self.span = step_from, span
+        self._needs_fit = True
 
     def refresh(self, conn: sqlite3.Connection) -> bool:
         """Fold in what changed since the last call; True if the summary changed."""
@@ -238,7 +262,7 @@ class StepSeries:
     def preview(self, conn: sqlite3.Connection) -> "SeriesSnapshot | None":
         """Before the first refresh() of a long run: its bins from a sample of steps (marked by
         sample_stride > 1; min/max may miss spikes). None when refresh() alone is quick."""
-        if self.started:
+        if self.started or self.step_from:  # a window is quick to read: it spans few bins of steps
             return None
         first, last = conn.execute("SELECT MIN(step), MAX(step) FROM steps WHERE run_id = ? AND step <= ?",
                                    (self.run_id, self.step_limit)).fetchone()
@@ -281,21 +305,20 @@ class StepSeries:
         self.last_step = None
 
     def _fit_width(self, conn: sqlite3.Connection) -> int | None:
-        """Take the smallest power-of-two width that fits the run in target_bins. Coarser bins
-        are merged from the ones held; finer ones must be read again: returns the bin to re-read
-        from (0), else None."""
+        """Take the smallest power-of-two width that fits the run (or the window) in target_bins.
+        Coarser bins are merged from the ones held; finer ones, and bins a window newly covers,
+        must be read again: returns the bin to re-read from (0: the window's first), else None."""
         self._needs_fit = False
-        row = conn.execute("SELECT MAX(step) FROM steps WHERE run_id = ? AND step <= ?",
-                           (self.run_id, self.step_limit)).fetchone()
-        self.last_step = None if row[0] is None else int(row[0])
+        self.last_step = last_step(conn, self.run_id, self.step_limit)
         if self.last_step is None:
             self._bins.clear()
             return None
         width = self._width_for(self.last_step)
+        reread = None
         if width < self.width:
             self._bins.clear()
             self.width = width
-            return 0
+            reread = 0
         while self.width < width:
             merged: dict[int, SeriesBin] = {}
             for k in sorted(self._bins):
@@ -303,12 +326,24 @@ class StepSeries:
                 merged[half] = merged[half].merged(b, half) if half in merged else replace(b, index=half)
             self._bins = merged
             self.width *= 2
-        return None
+        first = self.step_from // self.width
+        for k in [k for k in self._bins if k < first]:  # slid out of the window
+            del self._bins[k]
+        if self._reread_window:
+            self._reread_window = False
+            reread = 0
+        return reread
 
     def _width_for(self, last_step: int) -> int:
+        """The smallest power of two that fits the run (or the window's span, with a bin to
+        spare for where the window starts inside its first bin) in target_bins."""
         width = 1
-        while last_step // width + 1 > self.target_bins:
-            width *= 2
+        if self.span is None:
+            while last_step // width + 1 > self.target_bins:
+                width *= 2
+        else:
+            while self.span // width + 2 > self.target_bins:
+                width *= 2
         return width
 
     def _aggregate_from(self, conn: sqlite3.Connection, start_bin: int) -> None:
@@ -317,7 +352,7 @@ class StepSeries:
             del self._bins[k]
         if self.last_step is None:
             return
-        for k in range(start_bin, self.last_step // self.width + 1):
+        for k in range(max(start_bin, self.step_from // self.width), self.last_step // self.width + 1):
             row = conn.execute(self._bin_sql, (self.run_id, k * self.width, (k + 1) * self.width,
                                                self.step_limit)).fetchone()
             if row[0]:
@@ -337,6 +372,7 @@ class SeriesSnapshot:
     last_step: int | None
     bins: tuple[SeriesBin, ...]
     sample_stride: int = 1  # > 1: a preview from every sample_stride-th step, not every row
+    step_from: int = 0      # the first step the bins cover (> 0: a zoomed window)
 
     def span(self, b: SeriesBin) -> tuple[int, int]:
         """First and last step a bin can hold, clipped to the newest step."""

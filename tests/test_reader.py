@@ -141,6 +141,35 @@ def test_step_limit_cuts_the_series_and_retarget_merges_or_rebuilds(db):
     assert [b.epoch for b in live.snapshot().bins][:26:25] == [0, 1]
 
 
+def test_a_zoom_window_bins_its_span_slides_without_rereading_and_zooms_out(db):
+    path, run_id, sink, read = db
+    rng = random.Random(4)
+    write(sink, [step_row(s, rho=rng.random()) for s in range(1000)])
+    series = reader.StepSeries(run_id, target_bins=16)
+    refreshed(read, series)
+    assert series.width == 64
+    series.set_window(750, 250)          # the newest quarter: finer bins, read again
+    assert refreshed(read, series) and series.width == 32   # 250 // 32 + 2 bins fit in 16
+    snap = series.snapshot()
+    assert snap.step_from == 736 and [b.index for b in snap.bins] == list(range(23, 32))
+    want = brute_bins(read, run_id, 32, "rho")
+    assert_same(series_bins(series, "rho"), {k: v for k, v in want.items() if k >= 23})
+
+    bin_reads = []
+    read.set_trace_callback(lambda sql: bin_reads.append(sql) if "TOTAL(skip)" in sql else None)
+    write(sink, [step_row(s, rho=rng.random()) for s in range(1000, 1100)])
+    series.set_window(850, 250)          # the window slides with the newest step
+    assert refreshed(read, series) and series.width == 32
+    assert len(bin_reads) == 1099 // 32 - 999 // 32 + 1     # only the bins the new rows touch
+    read.set_trace_callback(None)
+    want = brute_bins(read, run_id, 32, "rho")
+    assert_same(series_bins(series, "rho"), {k: v for k, v in want.items() if k >= 850 // 32})
+
+    series.set_window(0, None)           # back to the whole run: the left part is read again
+    assert refreshed(read, series) and series.width == 128 and series.snapshot().step_from == 0
+    assert_same(series_bins(series, "rho"), brute_bins(read, run_id, 128, "rho"))
+
+
 def test_new_rows_are_found_through_the_rowid_range_not_a_scan(db):
     """The cheap path the tail takes on every wake-up must stay cheap on a million rows."""
     path, run_id, sink, read = db

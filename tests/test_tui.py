@@ -261,6 +261,33 @@ async def test_replay_steps_through_epochs(db):
         assert "REPLAY" not in plain(screen.query_one(StatusBar))
 
 
+async def test_zoom_shows_the_newest_steps_of_run_and_baseline_then_all(db):
+    base = make_run(db, name="base", steps=3000, state="finished", epochs=0, rho=0.1)
+    run_id = make_run(db, name="new", steps=2000, skips=(100, 1900), epochs=0)
+    app = LvmdTui(db, run_id=run_id, baseline_id=base)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await run_screen(app, pilot)
+        await wait_for(pilot, lambda: screen.baseline is not None, "the baseline")
+        chart = screen.query_one("#chart-rho", Chart)
+        assert chart.plot.x_range == (0.0, 2999.0) and chart.plot.x_label == "step 2999"
+        await pilot.press("z")                                   # the newest quarter of the run's 2,000 steps
+        await wait_for(pilot, lambda: screen.snapshot.series.step_from > 0, "the zoomed series")
+        run, baseline = screen.snapshot.series, screen.baseline.series
+        assert 1500 - run.width < run.step_from <= 1500 and run.bins[0].index * run.width == run.step_from
+        assert baseline.step_from == run.step_from               # cut to the run's steps: one x axis
+        x0, x1 = chart.plot.x_range
+        assert (x0, x1) == (run.step_from, 2999.0) and chart.plot.x_label == f"steps {x0:.0f}–2999"
+        assert [m[0] for m in chart.plot.markers] == [1900 // run.width * run.width]  # step 100 is out of view
+        assert "ZOOM newest 1/4" in plain(screen.query_one(StatusBar))
+        await pilot.press("z", "z")                              # 1/16, 1/64 = 31 steps: widened to target_bins steps
+        bins = app.tail.view.target_bins
+        await wait_for(pilot, lambda: screen.snapshot.series.step_from >= 2000 - bins - 2, "1/64")
+        assert screen.zoom == 3 and screen.snapshot.series.width <= 2
+        await pilot.press("z")                                   # and back to the whole run
+        await wait_for(pilot, lambda: screen.snapshot.series.step_from == 0, "the whole run")
+        assert "ZOOM" not in plain(screen.query_one(StatusBar))
+
+
 async def test_baseline_overlay_and_toggle(db):
     base = make_run(db, name="base", steps=300, state="finished", rho=0.1)
     run_id = make_run(db, name="new", steps=200)

@@ -66,12 +66,12 @@ class LvmdTui(App):
         self.notify(failure.error, title="database", severity="error", timeout=10)
 
     def open_run(self, run_id: int) -> None:
-        self.follow(run_id=run_id, replay_epoch=None,
+        self.follow(run_id=run_id, replay_epoch=None, zoom=0,
                     baseline_id=self.baseline_id if self.baseline_id != run_id else None)
         self.push_screen(RunScreen(run_id))
 
     def close_run(self) -> None:
-        self.follow(run_id=None, replay_epoch=None)
+        self.follow(run_id=None, replay_epoch=None, zoom=0)
         self.pop_screen()
 
     # -- the one write -----------------------------------------------------------------------

@@ -70,14 +70,15 @@ def run_config(run: dict) -> dict:
 
 def step_range(run: RunSnapshot, baseline: RunSnapshot | None) -> tuple[float, float]:
     last = max([s.series.last_step or 0 for s in (run, baseline) if s is not None] + [1])
-    return 0.0, float(last)
+    return float(run.series.step_from), float(last)
 
 
 def event_markers(run: RunSnapshot) -> list[tuple[int, str]]:
     """Marker positions, one per (series bin, kind): a flood of 10^5 attenuate events becomes
     a few hundred marks, drawn at the start of their bin (less than one dot off)."""
-    w = run.series.width
-    return sorted({(e["step"] // w * w, e["kind"]) for e in run.events if e["kind"] in MARKERS and e["step"] is not None})
+    w, first = run.series.width, run.series.step_from
+    return sorted({(e["step"] // w * w, e["kind"]) for e in run.events
+                   if e["kind"] in MARKERS and e["step"] is not None and e["step"] >= first})
 
 
 def step_plot(chart: StepChart, run: RunSnapshot, baseline: RunSnapshot | None,
@@ -96,8 +97,9 @@ def step_plot(chart: StepChart, run: RunSnapshot, baseline: RunSnapshot | None,
     if chart.zero:
         refs.append(RefLine("", [(x0, x1, 0.0)], "bright_black"))
     sampled = "≈ " if run.series.sample_stride > 1 else ""  # a long run's first, sampled picture
+    steps = f"steps {fmt_step(x0)}–{fmt_step(x1)}" if x0 > 0 else f"step {fmt_step(x1)}"  # zoomed: the window
     return Plot(chart.title, traces, (x0, x1), refs=refs, log_y=chart.log_y, markers=markers,
-                x_label=f"{sampled}step {fmt_step(x1)}")
+                x_label=f"{sampled}{steps}")
 
 
 def cap_segments(config: dict, series: SeriesSnapshot) -> list[tuple[float, float, float]]:

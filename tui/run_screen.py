@@ -18,6 +18,9 @@ from tui.widgets.gates import GateTable
 from tui.widgets.status import StatusBar, command_status
 
 
+MAX_ZOOM = 3  # 1/4, 1/16, 1/64 of the steps; one more press shows the whole run again
+
+
 class RunScreen(Screen):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     BINDINGS = [
@@ -30,6 +33,7 @@ class RunScreen(Screen):
         Binding("right_square_bracket", "replay(1)", "Ep▶", tooltip="replay: next epoch (past the last: live)"),
         Binding("l", "live", "Live", tooltip="leave replay, follow the run live"),
         Binding("b", "toggle_baseline", "Base", tooltip="overlay the baseline run's curves (grey)"),
+        Binding("z", "zoom", "Zoom", tooltip="step charts: the newest 1/4, 1/16, 1/64 of the steps, then all"),
         Binding("comma", "pick_eval(-1)", "◀Eval", show=False, tooltip="gate table: previous eval"),
         Binding("full_stop", "pick_eval(1)", "Eval▶", show=False, tooltip="gate table: next eval"),
         Binding("1", "tab('train')", "Train", show=False, tooltip="tab: guardrail charts"),
@@ -46,6 +50,7 @@ class RunScreen(Screen):
         self.replay_epoch: int | None = None
         self.show_baseline = True
         self.picked_eval_id: int | None = None  # None: the newest eval in view
+        self.zoom = 0                           # step charts: the newest 4^-zoom of the steps
         self.announced: set[str] = set()
 
     def compose(self) -> ComposeResult:
@@ -123,6 +128,8 @@ class RunScreen(Screen):
             last = self.snapshot.last_epoch
             notes.append((f"REPLAY e{shown_epoch(self.replay_epoch)}/{shown_epoch(last) if last is not None else '?'}"
                           " ([ ] step, l live)", "bold reverse"))
+        if self.zoom:
+            notes.append((f"ZOOM newest 1/{4 ** self.zoom} (z)", "bold"))
         if self.baseline is not None:
             notes.append((f"vs run {self.baseline.run_id} (grey)", "bright_black"))
         if self.app.readonly:
@@ -179,6 +186,10 @@ class RunScreen(Screen):
         self.replay_epoch = epoch
         self.picked_eval_id = None
         self.app.follow(replay_epoch=epoch)
+
+    def action_zoom(self) -> None:
+        self.zoom = (self.zoom + 1) % (MAX_ZOOM + 1)
+        self.app.follow(zoom=self.zoom)
 
     def action_toggle_baseline(self) -> None:
         if self.app.baseline_id is None or self.app.baseline_id == self.run_id:

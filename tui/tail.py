@@ -35,6 +35,7 @@ class TailView:
     baseline_id: int | None = None
     replay_epoch: int | None = None  # show the run as it was at the end of this epoch
     target_bins: int = 128           # series bins: about the chart's width in braille dots
+    zoom: int = 0                    # step charts show the newest 4^-zoom of the run's steps
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class DbTail:
         self._fallback_s = fallback_s
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._trackers: dict[tuple[int, int | None], _RunTracker] = {}
+        self._trackers: dict[tuple[int, int | None, int], _RunTracker] = {}  # (run, replay limit, zoom)
         self._last: tuple[int, TailView] | None = None  # data_version and view last posted
         self._last_error: str | None = None
         self.polls = 0       # wake-ups that found a commit and read the database
@@ -209,22 +210,36 @@ class DbTail:
         if view.run_id is not None:
             limit = None if view.replay_epoch is None else reader.epoch_end_step(conn, view.run_id, view.replay_epoch)
             wanted = {view.run_id, view.baseline_id} - {None}
-            # keep the live trackers while replaying: going back to live is then incremental
-            self._trackers = {k: t for k, t in self._trackers.items() if k[0] in wanted and k[1] in (None, limit)}
-            run = self._tracker(view.run_id, limit, view.target_bins).read(conn, view.replay_epoch, preview=preview)
+            # keep the live, unzoomed trackers while replaying or zoomed: going back is then incremental
+            self._trackers = {k: t for k, t in self._trackers.items()
+                              if k[0] in wanted and k[1] in (None, limit) and k[2] in (0, view.zoom)}
+            window = zoom_window(reader.last_step(conn, view.run_id, reader.NO_LIMIT if limit is None else limit),
+                                 view)
+            run = self._tracker(view.run_id, limit, view, window).read(conn, view.replay_epoch, preview=preview)
             if view.baseline_id is not None and view.baseline_id != view.run_id and run is not None:
-                baseline = self._tracker(view.baseline_id, limit, view.target_bins).read(
+                # the baseline is cut to the run's window, so the two share the x axis
+                baseline = self._tracker(view.baseline_id, limit, view, window).read(
                     conn, view.replay_epoch, preview=preview)
         if preview and run is None:
             return None
         return TailUpdate(view, runs, run, baseline)
 
-    def _tracker(self, run_id: int, limit: int | None, target_bins: int) -> _RunTracker:
-        key = (run_id, limit)
+    def _tracker(self, run_id: int, limit: int | None, view: TailView, window: tuple[int, int | None]) -> _RunTracker:
+        key = (run_id, limit, view.zoom)
         if key not in self._trackers:
-            self._trackers[key] = _RunTracker(run_id, reader.StepSeries(run_id, target_bins=target_bins,
+            self._trackers[key] = _RunTracker(run_id, reader.StepSeries(run_id, target_bins=view.target_bins,
                                                                         step_limit=limit))
         tracker = self._trackers[key]
-        tracker.series.retarget(target_bins)
+        tracker.series.retarget(view.target_bins)
+        tracker.series.set_window(*window)
         return tracker
+
+
+def zoom_window(last_step: int | None, view: TailView) -> tuple[int, int | None]:
+    """(first step, span) of the step charts: the newest 4^-zoom of the run's steps, never
+    fewer than one step per bin; (0, None) is the whole run."""
+    if not view.zoom or not last_step:
+        return 0, None
+    span = max(view.target_bins, -(-(last_step + 1) // 4 ** view.zoom))
+    return max(0, last_step + 1 - span), span
 
