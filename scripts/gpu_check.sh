@@ -17,6 +17,10 @@ print('torch', torch.__version__, 'on', torch.cuda.get_device_name(), '| bf16:',
 
 "$py" scripts/bench_fivecat.py --device cuda --model transformer --dim 768 | tee "$out/bench_fivecat_transformer.txt"
 "$py" scripts/bench_fivecat.py --device cuda --model amn --dim 384 | tee "$out/bench_fivecat_amn.txt"
+# the rest writes SQLite through lvmd's store: it needs the full install, not only torch and numpy
+"$py" -c "import sqlite_utils, watchfiles" 2>/dev/null || {
+  echo "gpu_check: the trainer checks need lvmd's dependencies (sqlite-utils, watchfiles): pip install -e ." >&2
+  exit 1; }
 "$py" scripts/bench_trainer.py --device cuda --precision bf16 | tee "$out/bench_trainer_bf16.txt"
 
 [ -f lvmd/demo/wiki-minilm/train.npz ] || "$py" -m lvmd data sequences lvmd/demo/wiki-minilm >/dev/null
