@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -20,12 +20,26 @@ FORMAT = "lvmd-checkpoint-1"
 
 def save(path: str | Path, state: dict[str, Any]) -> Path:
     """Write atomically: a reader (or a crash) never sees a half-written file. Owner-only."""
+    return _write_atomically(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
+
+
+def copy(src: str | Path, dst: str | Path) -> Path:
+    """Atomic copy of a written checkpoint (best.pt from last.pt, without serialising twice)."""
+    def fill(fh) -> None:
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, fh, 1 << 20)
+
+    return _write_atomically(dst, fill)
+
+
+def _write_atomically(path: str | Path, fill: Callable[[BinaryIO], None]) -> Path:
+    """fill() writes a temp file beside `path`; fsync, owner-only, then one rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, **state}, fh)
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
@@ -34,23 +48,6 @@ def save(path: str | Path, state: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def copy(src: str | Path, dst: str | Path) -> Path:
-    """Atomic copy of a written checkpoint (best.pt from last.pt, without serialising twice)."""
-    src, dst = Path(src), Path(dst)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

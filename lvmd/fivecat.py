@@ -514,7 +514,6 @@ class _Batched:
     def __init__(self, predict: Predict, batch_size: int, dim: int, device: str | torch.device):
         self.predict, self.batch_size, self.dim = predict, batch_size, dim
         self.device = torch.device(device)
-        self.calls = 0
 
     def upload(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
@@ -530,7 +529,6 @@ class _Batched:
                     raise UserError(f"the model returned shape {tuple(y.shape)} for contexts of shape "
                                     f"{tuple(batch.shape)}; expected ({len(batch)}, {self.dim})")
                 out[lo:lo + len(batch)] = y.detach()  # casts and moves: a predictor may answer on the CPU
-                self.calls += 1
         return torch.nn.functional.normalize(out, dim=-1)
 
 

@@ -19,6 +19,39 @@ RHO_CAP_TOLERANCE = 1e-6
 SEED_RHO_CAP = 0.25
 SEED_SKIP_SHARE_MAX = 0.01
 
+# Pieces of v_guardrail_checks that its versions share, exactly as the shipped sets spelled them.
+_RUN_CAP = f"COALESCE(NULLIF(json_extract(config_json, '$.loss.rho_cap'), 0), {SEED_RHO_CAP}) AS rho_cap"
+# per run, in `stats`: the numbers that do not depend on the cap
+_STEP_STATS = """\
+                   (SELECT CAST(TOTAL(s.skip) AS INTEGER) FROM steps s WHERE s.run_id = c.run_id) AS skips,
+                   (SELECT MIN(s.pos) FROM steps s WHERE s.run_id = c.run_id) AS pos_min,
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.pos < 0) AS pos_negative_steps,
+                   (SELECT COUNT(DISTINCT s.epoch) FROM steps s WHERE s.run_id = c.run_id) AS epochs_with_steps,
+                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
+                    GROUP BY s.epoch ORDER BY s.epoch LIMIT 1) AS ratio_first_epoch,
+                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
+                    GROUP BY s.epoch ORDER BY s.epoch DESC LIMIT 1) AS ratio_last_epoch,
+                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
+                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
+            FROM caps c"""
+# in `flags`: the seed's 0/1 answers, then the one that sums them up
+_FLAGS = f"""\
+                   1.0 * skips / NULLIF(steps, 0) AS skip_share,
+                   CASE WHEN steps > 0 THEN rho_over_cap_steps = 0 END AS rho_held,
+                   CASE WHEN steps > 0 THEN 1.0 * skips / steps < {SEED_SKIP_SHARE_MAX} END AS skips_ok,
+                   CASE WHEN steps > 0 THEN pos_min >= 0 END AS pos_held,
+                   -- "climbed": the last epoch's mean ratio is positive and above the first epoch's
+                   CASE WHEN steps > 0 THEN epochs_with_steps > 1 AND ratio_last_epoch > 0
+                                            AND ratio_last_epoch > ratio_first_epoch END AS ratio_climbed,
+                   collapse_warnings = 0 AS no_collapse_warning"""
+_ALL_HELD = """\
+        SELECT *, rho_held AND skips_ok AND pos_held AND ratio_climbed AND no_collapse_warning AS all_held
+        FROM flags"""
+# v2: the cap in force at step s's epoch, from the `stages` table
+_CAP_IN_FORCE = """(
+                        SELECT g.cap FROM stages g WHERE g.run_id = s.run_id
+                                                     AND s.epoch >= g.from_epoch AND s.epoch < g.until_epoch)"""
+
 VIEWS_V1: dict[str, str] = {
     # Step aggregates per run and epoch; the base of the per-epoch views below.
     "v_epoch_steps": """
@@ -75,7 +108,7 @@ VIEWS_V1: dict[str, str] = {
     "v_guardrail_checks": f"""
         WITH caps AS (
             SELECT id AS run_id, name,
-                   COALESCE(NULLIF(json_extract(config_json, '$.loss.rho_cap'), 0), {SEED_RHO_CAP}) AS rho_cap
+                   {_RUN_CAP}
             FROM runs
         ), stats AS (
             SELECT DISTINCT c.run_id, c.name, c.rho_cap,
@@ -86,31 +119,13 @@ VIEWS_V1: dict[str, str] = {
                                                    AND s.rho > c.rho_cap + {RHO_CAP_TOLERANCE}) AS rho_over_cap_steps,
                    (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id
                                                    AND s.rho_pre > c.rho_cap + {RHO_CAP_TOLERANCE}) AS rho_pre_over_cap_steps,
-                   (SELECT CAST(TOTAL(s.skip) AS INTEGER) FROM steps s WHERE s.run_id = c.run_id) AS skips,
-                   (SELECT MIN(s.pos) FROM steps s WHERE s.run_id = c.run_id) AS pos_min,
-                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.pos < 0) AS pos_negative_steps,
-                   (SELECT COUNT(DISTINCT s.epoch) FROM steps s WHERE s.run_id = c.run_id) AS epochs_with_steps,
-                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
-                    GROUP BY s.epoch ORDER BY s.epoch LIMIT 1) AS ratio_first_epoch,
-                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
-                    GROUP BY s.epoch ORDER BY s.epoch DESC LIMIT 1) AS ratio_last_epoch,
-                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
-                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
-            FROM caps c
+{_STEP_STATS}
         ), flags AS (
             SELECT *,
-                   1.0 * skips / NULLIF(steps, 0) AS skip_share,
-                   CASE WHEN steps > 0 THEN rho_over_cap_steps = 0 END AS rho_held,
-                   CASE WHEN steps > 0 THEN 1.0 * skips / steps < {SEED_SKIP_SHARE_MAX} END AS skips_ok,
-                   CASE WHEN steps > 0 THEN pos_min >= 0 END AS pos_held,
-                   -- "climbed": the last epoch's mean ratio is positive and above the first epoch's
-                   CASE WHEN steps > 0 THEN epochs_with_steps > 1 AND ratio_last_epoch > 0
-                                            AND ratio_last_epoch > ratio_first_epoch END AS ratio_climbed,
-                   collapse_warnings = 0 AS no_collapse_warning
+{_FLAGS}
             FROM stats
         )
-        SELECT *, rho_held AND skips_ok AND pos_held AND ratio_climbed AND no_collapse_warning AS all_held
-        FROM flags""",
+{_ALL_HELD}""",
 }
 
 # v2: ρ is held to the cap in force at each step, as the trainer, the collapse watch and the TUI
@@ -123,7 +138,7 @@ VIEWS_V2: dict[str, str] = VIEWS_V1 | {
     "v_guardrail_checks": f"""
         WITH caps AS (
             SELECT id AS run_id, name, config_json,
-                   COALESCE(NULLIF(json_extract(config_json, '$.loss.rho_cap'), 0), {SEED_RHO_CAP}) AS rho_cap
+                   {_RUN_CAP}
             FROM runs
         ), stages AS (
             SELECT c.run_id,
@@ -144,25 +159,11 @@ VIEWS_V2: dict[str, str] = VIEWS_V1 | {
                    (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id) AS steps,
                    (SELECT MAX(s.rho) FROM steps s WHERE s.run_id = c.run_id) AS rho_max,
                    (SELECT MAX(s.rho_pre) FROM steps s WHERE s.run_id = c.run_id) AS rho_pre_max,
-                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.rho > {RHO_CAP_TOLERANCE} + (
-                        SELECT g.cap FROM stages g WHERE g.run_id = s.run_id
-                                                     AND s.epoch >= g.from_epoch AND s.epoch < g.until_epoch)
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.rho > {RHO_CAP_TOLERANCE} + {_CAP_IN_FORCE}
                    ) AS rho_over_cap_steps,
-                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.rho_pre > {RHO_CAP_TOLERANCE} + (
-                        SELECT g.cap FROM stages g WHERE g.run_id = s.run_id
-                                                     AND s.epoch >= g.from_epoch AND s.epoch < g.until_epoch)
+                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.rho_pre > {RHO_CAP_TOLERANCE} + {_CAP_IN_FORCE}
                    ) AS rho_pre_over_cap_steps,
-                   (SELECT CAST(TOTAL(s.skip) AS INTEGER) FROM steps s WHERE s.run_id = c.run_id) AS skips,
-                   (SELECT MIN(s.pos) FROM steps s WHERE s.run_id = c.run_id) AS pos_min,
-                   (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.pos < 0) AS pos_negative_steps,
-                   (SELECT COUNT(DISTINCT s.epoch) FROM steps s WHERE s.run_id = c.run_id) AS epochs_with_steps,
-                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
-                    GROUP BY s.epoch ORDER BY s.epoch LIMIT 1) AS ratio_first_epoch,
-                   (SELECT AVG(s.ratio) FROM steps s WHERE s.run_id = c.run_id
-                    GROUP BY s.epoch ORDER BY s.epoch DESC LIMIT 1) AS ratio_last_epoch,
-                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
-                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
-            FROM caps c
+{_STEP_STATS}
         ), flags AS (
             SELECT *,
                    -- the lowest and highest cap in force over the epochs that have steps
@@ -170,18 +171,10 @@ VIEWS_V2: dict[str, str] = VIEWS_V1 | {
                                                       AND g.until_epoch > st.first_epoch) AS rho_cap_min,
                    (SELECT MAX(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
                                                       AND g.until_epoch > st.first_epoch) AS rho_cap_max,
-                   1.0 * skips / NULLIF(steps, 0) AS skip_share,
-                   CASE WHEN steps > 0 THEN rho_over_cap_steps = 0 END AS rho_held,
-                   CASE WHEN steps > 0 THEN 1.0 * skips / steps < {SEED_SKIP_SHARE_MAX} END AS skips_ok,
-                   CASE WHEN steps > 0 THEN pos_min >= 0 END AS pos_held,
-                   -- "climbed": the last epoch's mean ratio is positive and above the first epoch's
-                   CASE WHEN steps > 0 THEN epochs_with_steps > 1 AND ratio_last_epoch > 0
-                                            AND ratio_last_epoch > ratio_first_epoch END AS ratio_climbed,
-                   collapse_warnings = 0 AS no_collapse_warning
+{_FLAGS}
             FROM stats st
         )
-        SELECT *, rho_held AND skips_ok AND pos_held AND ratio_climbed AND no_collapse_warning AS all_held
-        FROM flags""",
+{_ALL_HELD}""",
 }
 
 

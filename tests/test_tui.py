@@ -77,6 +77,14 @@ def db(tmp_path) -> Path:
     return tmp_path / "lvmd.db"
 
 
+@pytest.fixture()
+def conn(db):
+    """The CLI's side of the database: where the tests read the commands the TUI sends."""
+    c = connect(db)
+    yield c
+    c.close()
+
+
 async def wait_for(pilot, predicate, what: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -170,59 +178,47 @@ async def test_gate_cells_are_green_when_passed_and_red_when_not(db):
         assert value_style("A:m_0", "VAL") == FAIL_STYLE and "[1/2]" in plain(screen.query_one("#eval-header"))
 
 
-async def test_pause_key_sends_a_pause_and_shows_the_ack(db):
+async def test_pause_key_sends_a_pause_and_shows_the_ack(db, conn):
     run_id = make_run(db)
     app = LvmdTui(db, run_id=run_id)
-    conn = connect(db)
-    try:
-        async with app.run_test(size=(80, 24)) as pilot:
-            screen = await run_screen(app, pilot)
-            await pilot.press("p")
-            await wait_for(pilot, lambda: pending(conn, run_id), "the pause command")
-            [cmd] = pending(conn, run_id)
-            assert (cmd["verb"], cmd["issued_by"]) == ("pause", "tui")
-            await wait_for(pilot, lambda: "pause: sent" in plain(screen.query_one(StatusBar)), "pending shown")
-            ack(conn, cmd["id"], 1234)  # what the daemon does at its next step boundary
-            await wait_for(pilot, lambda: "paused at step 1234" in plain(screen.query_one(StatusBar)), "the ack")
-    finally:
-        conn.close()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await run_screen(app, pilot)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: pending(conn, run_id), "the pause command")
+        [cmd] = pending(conn, run_id)
+        assert (cmd["verb"], cmd["issued_by"]) == ("pause", "tui")
+        await wait_for(pilot, lambda: "pause: sent" in plain(screen.query_one(StatusBar)), "pending shown")
+        ack(conn, cmd["id"], 1234)  # what the daemon does at its next step boundary
+        await wait_for(pilot, lambda: "paused at step 1234" in plain(screen.query_one(StatusBar)), "the ack")
 
 
-async def test_readonly_refuses_commands(db):
+async def test_readonly_refuses_commands(db, conn):
     run_id = make_run(db)
     app = LvmdTui(db, run_id=run_id, readonly=True)
-    conn = connect(db)
-    try:
-        async with app.run_test(size=(80, 24)) as pilot:
-            await run_screen(app, pilot)
-            await pilot.press("p", "e", "s")
-            await pilot.pause(0.3)
-            assert pending(conn, run_id) == [] and not isinstance(app.screen, ConfirmScreen)
-            assert any("read-only" in n.message for n in app._notifications)
-    finally:
-        conn.close()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await run_screen(app, pilot)
+        await pilot.press("p", "e", "s")
+        await pilot.pause(0.3)
+        assert pending(conn, run_id) == [] and not isinstance(app.screen, ConfirmScreen)
+        assert any("read-only" in n.message for n in app._notifications)
 
 
-async def test_stop_asks_first(db):
+async def test_stop_asks_first(db, conn):
     run_id = make_run(db)
     app = LvmdTui(db, run_id=run_id)
-    conn = connect(db)
-    try:
-        async with app.run_test(size=(80, 24)) as pilot:
-            await run_screen(app, pilot)
-            await pilot.press("s")
-            await pilot.pause()
-            assert isinstance(app.screen, ConfirmScreen)
-            await pilot.press("n")
-            await pilot.pause(0.3)
-            assert isinstance(app.screen, RunScreen) and pending(conn, run_id) == []
-            await pilot.press("s")
-            await pilot.pause()
-            await pilot.press("y")
-            await wait_for(pilot, lambda: pending(conn, run_id), "the stop command")
-            assert [c["verb"] for c in pending(conn, run_id)] == ["stop"]
-    finally:
-        conn.close()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await run_screen(app, pilot)
+        await pilot.press("s")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, RunScreen) and pending(conn, run_id) == []
+        await pilot.press("s")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: pending(conn, run_id), "the stop command")
+        assert [c["verb"] for c in pending(conn, run_id)] == ["stop"]
 
 
 async def test_alerts_for_cap_negative_pos_skips_and_collapse(db):

@@ -213,8 +213,7 @@ class DbTail:
             # keep the live, unzoomed trackers while replaying or zoomed: going back is then incremental
             self._trackers = {k: t for k, t in self._trackers.items()
                               if k[0] in wanted and k[1] in (None, limit) and k[2] in (0, view.zoom)}
-            window = zoom_window(reader.last_step(conn, view.run_id, reader.NO_LIMIT if limit is None else limit),
-                                 view)
+            window = zoom_window(conn, view, limit)
             run = self._tracker(view.run_id, limit, view, window).read(conn, view.replay_epoch, preview=preview)
             if view.baseline_id is not None and view.baseline_id != view.run_id and run is not None:
                 # the baseline is cut to the run's window, so the two share the x axis
@@ -235,10 +234,13 @@ class DbTail:
         return tracker
 
 
-def zoom_window(last_step: int | None, view: TailView) -> tuple[int, int | None]:
-    """(first step, span) of the step charts: the newest 4^-zoom of the run's steps, never
-    fewer than one step per bin; (0, None) is the whole run."""
-    if not view.zoom or not last_step:
+def zoom_window(conn: sqlite3.Connection, view: TailView, limit: int | None) -> tuple[int, int | None]:
+    """(first step, span) of the step charts: the newest 4^-zoom of the run's steps (at or
+    below the replay limit), never fewer than one step per bin; (0, None) is the whole run."""
+    if not view.zoom:
+        return 0, None
+    last_step = reader.last_step(conn, view.run_id, reader.NO_LIMIT if limit is None else limit)
+    if not last_step:
         return 0, None
     span = max(view.target_bins, -(-(last_step + 1) // 4 ** view.zoom))
     return max(0, last_step + 1 - span), span
