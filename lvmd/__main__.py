@@ -1,5 +1,5 @@
 import sys
 
-from lvmd.cli import main
+from lvmd.cli.main import main
 
 sys.exit(main())

@@ -4,11 +4,11 @@
     .venv/bin/python scripts/bench_fivecat.py [--samples 5000] [--dim 768] [--model mean|amn|transformer]
                                               [--device cpu|cuda] [--threads 1] [--repeat 3]
 
-Synthetic articles (lvmd.data.synth_articles), VAL and OOD from two banks, each split
+Synthetic articles (lvmd.data.formats.synth_articles), VAL and OOD from two banks, each split
 evaluated on --samples rows. Prints both times, the speedup and the largest difference
 between the two implementations' numbers (they must agree).
 
-`naive_split` is also the reference the tests compare lvmd.fivecat against: per sample, dict
+`naive_split` is also the reference the tests compare lvmd.eval.fivecat against: per sample, dict
 lookups, one forward per context, written for clarity, not speed. Its compat branch follows
 the structure of the original script (a loop per test taking the first N usable samples).
 """
@@ -26,9 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lvmd import data, fivecat  # noqa: E402
+from lvmd.data import formats as data  # noqa: E402
+
+from lvmd.eval import fivecat
 from lvmd.config import ModelConfig  # noqa: E402
-from lvmd.models import build_model  # noqa: E402
+from lvmd.train.models import build_model  # noqa: E402
 from benchlib import count_host_syncs  # noqa: E402
 
 

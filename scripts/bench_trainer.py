@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from lvmd.config import load_config, stage_for_epoch  # noqa: E402
-from lvmd.control import Control  # noqa: E402
-from lvmd.data import build_windows, synth_articles  # noqa: E402
-from lvmd.guardrails import guarded_loss  # noqa: E402
-from lvmd.trainer import TrainData, Trainer  # noqa: E402
+from lvmd.train.control import Control  # noqa: E402
+from lvmd.data.formats import build_windows, synth_articles  # noqa: E402
+from lvmd.train.guardrails import guarded_loss  # noqa: E402
+from lvmd.train.trainer import TrainData, Trainer  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.runs import create_run  # noqa: E402
 from store.writer import SqliteSink  # noqa: E402

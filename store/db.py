@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:  # sqlite_utils costs ~0.2 s to import; a current file never needs it
+    import sqlite_utils
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -75,4 +77,6 @@ def _check_version(conn: sqlite3.Connection, path: Path) -> None:
 
 def open_db(path: str | os.PathLike, *, readonly: bool = False) -> sqlite_utils.Database:
     """sqlite_utils.Database over `connect()`, for the query-friendly side of the store."""
+    import sqlite_utils
+
     return sqlite_utils.Database(connect(path, readonly=readonly))

@@ -1,7 +1,7 @@
 """Every read `lvmd report / runs / compare / export` needs, over the post-run views.
 
 Plain functions over a connection that return dicts and lists; no verdicts here (those are
-lvmd/report.py's), only numbers.
+lvmd/eval/verdict.py's), only numbers.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ EXPORT_QUERIES = {
              " g.value, g.threshold, g.op, g.passed"
              " FROM gates g JOIN evals e ON e.id = g.eval_id WHERE e.run_id = ? ORDER BY g.eval_id, g.rowid",
 }
-# Names the 5CAT writer (lvmd/fivecat.py) gives the retrieval metric and the validation split.
+# Names the 5CAT writer (lvmd/eval/fivecat.py) gives the retrieval metric and the validation split.
 R_AT_5_METRIC = "r_at_5"
 VAL_SPLIT = "VAL"
 

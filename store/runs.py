@@ -18,7 +18,7 @@ LIVE_STATES = tuple(s for s in RUN_STATES if s not in TERMINAL_STATES)
 # daemon beats every <= 2 s, and the margin covers the moment between `lvmd start` creating the
 # row and the daemon recording its own pid.
 STALE_SECONDS = 10.0
-# The flock a run's daemon holds for its whole life, in the run's folder (lvmd.daemon.RunLock).
+# The flock a run's daemon holds for its whole life, in the run's folder (lvmd.run.daemon.RunLock).
 DAEMON_LOCK = "daemon.lock"
 
 

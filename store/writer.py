@@ -24,7 +24,7 @@ _STEP_INSERT = f"INSERT INTO steps ({', '.join(STEP_COLUMNS)}) VALUES ({', '.joi
 
 
 class SqliteSink:
-    """Implements the trainer's Sink protocol (lvmd/sink.py) on an SQLite file."""
+    """Implements the trainer's Sink protocol (lvmd/train/sink.py) on an SQLite file."""
 
     def __init__(self, path: str | Path, run_id: int, *, flush_seconds: float = 0.5):
         self.path = Path(path)

@@ -32,13 +32,12 @@ def lvmd(*args: str, cwd: str | Path | None = None, check: bool = False, timeout
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """articles.npz + train/val/ood.npz from 30 synthetic articles, D=16."""
-    from lvmd import data
-    from lvmd.cli_data import write_splits
+    from lvmd.data import formats as data
 
     out = tmp_path_factory.mktemp("tiny_data")
     arts = data.synth_articles(n_articles=30, min_chunks=12, max_chunks=24, dim=16, seed=1)
     data.save_articles(out / "articles.npz", arts)
-    write_splits(data.load_articles(out / "articles.npz"), out, context=5, gap=0, val=0.2, ood=0.2, seed=0,
+    data.write_splits(data.load_articles(out / "articles.npz"), out, context=5, gap=0, val=0.2, ood=0.2, seed=0,
                  source=str(out / "articles.npz"))
     return out
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import lvmd
-from lvmd import checkpoint
-from lvmd import cli_eval
+from lvmd.train import checkpoint
+from lvmd.cli import eval as cli_eval
 from lvmd.errors import UserError
 from lvmd.config import ModelConfig, config_from_dict, config_to_json
-from lvmd.models import build_model
+from lvmd.train.models import build_model
 
 D = 16  # conftest's tiny_data
 AMN = {"kind": "amn", "amn_d": 8, "hidden": 16}

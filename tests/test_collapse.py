@@ -6,10 +6,10 @@ import json
 import pytest
 
 from conftest import TINY_MODEL, data_overrides
-from lvmd.collapse import UNCAPPED_RHO_LIMIT, CollapseWatch, epoch_symptoms, rho_limit, step_symptoms
+from lvmd.train.collapse import UNCAPPED_RHO_LIMIT, CollapseWatch, epoch_symptoms, rho_limit, step_symptoms
 from lvmd.config import load_config
-from lvmd.control import Control
-from lvmd.sink import ListSink
+from lvmd.train.control import Control
+from lvmd.train.sink import ListSink
 
 
 def cfg(*overrides: str):
@@ -115,7 +115,7 @@ def test_warn_only_asks_for_nothing():
 
 
 def test_an_injected_collapse_stops_the_trainer_at_the_next_boundary(tiny_data, tmp_path):
-    from lvmd.trainer import Trainer, load_train_data
+    from lvmd.train.trainer import Trainer, load_train_data
 
     c = load_config(None, [*data_overrides(tiny_data), *TINY_MODEL, "train.epochs=50", "loss.lam_min=10",
                            "loss.lam_max=10", "loss.rho_cap=0", "watch.skip_window=4", "watch.warmup_steps=0",

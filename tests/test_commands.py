@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lvmd.daemon import PID_FILE, RunLock
+from lvmd.run.daemon import PID_FILE, RunLock
 from lvmd.errors import UserError
 from store import commands
 from store.db import connect

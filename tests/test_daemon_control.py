@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lvmd.daemon import CHECK_SECONDS, PAUSED_WAKE_SECONDS, DaemonControl
+from lvmd.run.daemon import CHECK_SECONDS, PAUSED_WAKE_SECONDS, DaemonControl
 from store import commands
 from store.db import connect
 from store.runs import create_run, get_run
@@ -124,7 +124,7 @@ def test_signal_flags_become_one_stop_and_a_second_sigint_means_now(setup):
 
 
 def test_the_cli_side_of_the_daemon_loads_no_torch():
-    code = ("import argparse, sys, lvmd.cli_daemon, lvmd.daemon\n"
-            "lvmd.cli_daemon.register(argparse.ArgumentParser().add_subparsers())\n"
+    code = ("import argparse, sys, lvmd.cli.daemon, lvmd.run.daemon\n"
+            "lvmd.cli.daemon.register(argparse.ArgumentParser().add_subparsers())\n"
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

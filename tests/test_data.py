@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from lvmd import data
-from lvmd.data import DataError
+from lvmd.data import formats as data
+from lvmd.data.formats import DataError
 
 
 @pytest.fixture

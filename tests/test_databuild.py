@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, lvmd
-from lvmd import data, databuild, embed, textsources
+from lvmd.data import formats as data
+from lvmd.data import build as databuild
+from lvmd.data import embed
+from lvmd.data import textsources
 
 MINILM = embed.MODELS["minilm"]
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import lvmd
-from lvmd import data, databuild
+from lvmd.data import formats as data
+from lvmd.data import build as databuild
 from lvmd.errors import UserError
 
 T, D = 5, 16

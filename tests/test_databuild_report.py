@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, lvmd
-from lvmd import data, databuild, datareport
+from lvmd.data import formats as data
+from lvmd.data import build as databuild
+from lvmd.eval import datareport
 
 FIXTURE = ROOT / "tests" / "fixtures" / "wiki-minilm"
 
@@ -75,7 +77,7 @@ def test_equal_distance_forward_and_backward_differ_by_under_001_on_all_of_wikip
 def test_the_demo_watch_floor_sits_between_chance_and_the_mean_of_context_baseline():
     """lvmd/demo/demo.toml lowers watch.r_at_5_floor from SPEC's .50 (which every epoch of the demo
     would cross) to chance: check both claims of its comment on the committed articles."""
-    from lvmd import fivecat
+    from lvmd.eval import fivecat
     from lvmd.config import load_config
 
     cfg = load_config(ROOT / "lvmd" / "demo" / "demo.toml", [])

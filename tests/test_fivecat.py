@@ -1,4 +1,4 @@
-"""5CAT (lvmd/fivecat.py): known predictors give known numbers, the vectorised code agrees with
+"""5CAT (lvmd/eval/fivecat/): known predictors give known numbers, the vectorised code agrees with
 a per-sample reference in both modes, gates and NaN handling, bad inputs fail in one line."""
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-from lvmd import data, fivecat
+from lvmd.data import formats as data
+from lvmd.eval import fivecat
+from lvmd.eval.fivecat.arrays import unit
 from lvmd.config import ModelConfig
 from lvmd.errors import UserError
-from lvmd.models import build_model
+from lvmd.train.models import build_model
 
 D = 32
 
@@ -193,12 +195,12 @@ def test_compat_ranks_differ_from_correct_ranks_only_by_the_target_itself(bank, 
     val, _ = splits
     lookup = fivecat.Bank(bank)
     rows = lookup.rows(val.article_ids, val.target_indices)
-    yhat = fivecat._unit(val.targets + 0.5 * val.contexts[:, -1])  # near the target, never a tie
-    right = fivecat._ranks(yhat, val.article_ids, rows, lookup, lnsp=False)
-    lnsp = fivecat._ranks(yhat, val.article_ids, rows, lookup, lnsp=True)
+    yhat = unit(val.targets + 0.5 * val.contexts[:, -1])  # near the target, never a tie
+    right = fivecat.article_ranks(yhat, val.article_ids, rows, lookup, lnsp=False)
+    lnsp = fivecat.article_ranks(yhat, val.article_ids, rows, lookup, lnsp=True)
     assert set(np.unique(lnsp - right)) <= {0, 1}
-    exact = fivecat._unit(val.targets)
-    assert (fivecat._ranks(exact, val.article_ids, rows, lookup, lnsp=False) == 1).all()
+    exact = unit(val.targets)
+    assert (fivecat.article_ranks(exact, val.article_ids, rows, lookup, lnsp=False) == 1).all()
 
 
 def test_batch_size_does_not_change_the_numbers(bank, splits):
@@ -299,9 +301,9 @@ def test_profiles_hold_the_spec_numbers_and_files_can_add_more(tmp_path):
                                       "repeat_pad": .05, "cross_article": .05, "rollout": .45}
     assert prof.thresholds["OOD"] == {**prof.thresholds["VAL"], "m0": .48, "margin": .10, "r_at_1": .55,
                                       "r_at_5": .92, "mrr": .75, "rollout": .42}
-    with pytest.raises(UserError, match="'nope' is not in lvmd/profiles.toml"):
+    with pytest.raises(UserError, match="'nope' is not in lvmd/eval/fivecat/profiles.toml"):
         fivecat.load_profile("nope")
-    text = (ROOT / "lvmd" / "profiles.toml").read_text().replace("[gtr-t5", "[mine")
+    text = (ROOT / "lvmd" / "eval" / "fivecat" / "profiles.toml").read_text().replace("[gtr-t5", "[mine")
     (tmp_path / "p.toml").write_text(text.replace("mrr = 0.75", "mrr = 0.7"))
     assert fivecat.load_profile(f"{tmp_path / 'p.toml'}:mine").thresholds["OOD"]["mrr"] == 0.7
     (tmp_path / "bad.toml").write_text(text.replace("rollout = 0.42\n", "\n"))

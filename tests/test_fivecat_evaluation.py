@@ -1,4 +1,4 @@
-"""The trainer's 5CAT glue (lvmd/evaluation.py) and the SQL side (store/evals.py)."""
+"""The trainer's 5CAT glue (lvmd/eval/evaluator.py) and the SQL side (store/evals.py)."""
 from __future__ import annotations
 
 import math
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-from lvmd import data
+from lvmd.data import formats as data
 from lvmd.config import config_from_dict
 from lvmd.errors import UserError
-from lvmd.evaluation import Evaluator
-from lvmd.sink import ListSink
+from lvmd.eval.evaluator import Evaluator
+from lvmd.train.sink import ListSink
 from store.db import connect
 from store.evals import eval_metrics, evals_for_run, gates_for_eval, insert_eval, latest_eval
 from store.runs import create_run
@@ -140,7 +140,3 @@ def test_insert_eval_is_all_or_nothing_and_checks_columns(tmp_path):
     conn.close()
 
 
-def test_store_evals_imports_neither_torch_nor_textual():
-    code = "import sys, store.evals; print(sorted(m for m in ('torch', 'textual') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

@@ -5,9 +5,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from lvmd import losses
+from lvmd.train import losses
 from lvmd.config import PRESETS, V21_RAMP, LossConfig, RampStage, config_from_dict, stage_for_epoch
-from lvmd.guardrails import adaptive_lambda, guarded_loss, skip_batch
+from lvmd.train.guardrails import adaptive_lambda, guarded_loss, skip_batch
 
 cos_values = st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=64)
 paired = st.integers(1, 32).flatmap(lambda n: st.tuples(

@@ -1,4 +1,4 @@
-"""Loading checkpoints for evaluation (lvmd/legacy.py): lvmd's own and the original's."""
+"""Loading checkpoints for evaluation (lvmd/eval/legacy.py): lvmd's own and the original's."""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from lvmd import checkpoint, data, fivecat
+from lvmd.train import checkpoint
+
+from lvmd.data import formats as data
+
+from lvmd.eval import fivecat
 from lvmd.config import ModelConfig, config_from_dict, config_to_json
 from lvmd.errors import UserError
-from lvmd.legacy import load_predictor
-from lvmd.models import build_model
+from lvmd.eval.legacy import load_predictor
+from lvmd.train.models import build_model
 
 D = 16
 TINY = {"transformer": dict(d_model=16, nhead=2, num_layers=2, ff=32),

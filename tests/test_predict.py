@@ -10,11 +10,15 @@ import pytest
 import torch
 from conftest import lvmd
 
-from lvmd import checkpoint, data, predict
-from lvmd.cli import main
+from lvmd.train import checkpoint
+
+from lvmd.data import formats as data
+
+from lvmd.eval import predict
+from lvmd.cli.main import main
 from lvmd.config import config_from_dict, config_to_dict
 from lvmd.errors import UserError
-from lvmd.models import build_model
+from lvmd.train.models import build_model
 from store.db import connect
 from store.runs import create_run, update_run
 

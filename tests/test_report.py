@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import TINY_MODEL, data_overrides, lvmd
 
-from lvmd.cli import main
-from lvmd.report import (ITERATE, PROMOTE, Thresholds, build_report, expected_band, signed_bar,
+from lvmd.cli.main import main
+from lvmd.eval.verdict import (ITERATE, PROMOTE, Thresholds, build_report, expected_band, signed_bar,
                          sparkline)
 from store.db import connect
 from store.evals import insert_eval

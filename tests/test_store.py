@@ -16,13 +16,6 @@ def _row(step, epoch=0):
     return (step, epoch, time.time(), 1e-3) + tuple(float(i) for i in range(len(STEP_COLUMNS) - 5))
 
 
-def test_store_imports_neither_torch_nor_textual():
-    code = "import sys, store, store.writer, store.runs, store.commands; " \
-           "print(any(m.split('.')[0] in ('torch', 'textual') for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
 def test_new_db_is_owner_only_wal_and_migrated(tmp_path):
     conn = connect(tmp_path / "x.db")
     assert oct(os.stat(tmp_path / "x.db").st_mode & 0o777) == "0o600"

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lvmd.config import load_config, stage_for_epoch
-from lvmd.sink import ListSink
-from lvmd.trainer import Trainer, load_train_data
+from lvmd.train.sink import ListSink
+from lvmd.train.trainer import Trainer, load_train_data
 from store.schema import STEP_COLUMNS, STEP_METRICS
 from tests.conftest import TINY_MODEL, data_overrides, lvmd
 

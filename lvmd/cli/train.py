@@ -5,8 +5,13 @@ import argparse
 import sys
 import time
 
+from lvmd.cli.main import default_db
 from lvmd.config import load_config
 from lvmd.errors import UserError
+from lvmd.run import daemon
+
+# Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
+# commands that need them, so `lvmd --help` and the light verbs start without them.
 
 
 def register(sub) -> None:
@@ -72,9 +77,8 @@ def _fmt(seconds: float) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lvmd import runner
-    from lvmd.cli import default_db
-    from lvmd.trainer import load_train_data
+    from lvmd.run import runner
+    from lvmd.train.trainer import load_train_data
 
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides)
@@ -88,7 +92,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False, cfg=None, data=None) -> int:
     """Train a run row in this process (lvmd run, lvmd serve, lvmd resume --foreground) under
     the daemon's lock and control, so it takes pause/eval/checkpoint/stop commands too."""
-    from lvmd import daemon
 
     progress = None if quiet else Progress()
     try:

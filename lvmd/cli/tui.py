@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from lvmd.cli.main import default_db
+
+# Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
+# commands that need them, so `lvmd --help` and the light verbs start without them.
+
 
 def register(sub) -> None:
-    from lvmd.cli import default_db
     from tui.launch import add_arguments
 
     p = sub.add_parser("tui", help="watch and steer runs live in the terminal")

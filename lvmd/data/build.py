@@ -1,7 +1,7 @@
 """Real datasets: text source -> chunks -> embeddings -> articles + train/val/ood sequence files.
 
 `build` writes into OUT: articles.npz (vectors, ids, texts, titles), ood_articles.npz when an OOD
-source is given, train.npz / val.npz (split by article with cli_data.write_splits), ood.npz
+source is given, train.npz / val.npz (split by article with formats.write_splits), ood.npz
 (every window of the OOD source) and build.json (command, options, package versions, counts,
 sha256 of each output). Same inputs give byte-identical outputs: the embeddings come from a
 cache keyed by text hash and every NPZ is written with fixed zip timestamps.
@@ -21,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lvmd import data, embed, textsources
-from lvmd.cli_data import write_splits
+from lvmd.data import formats as data
+
+from lvmd.data import embed
+
+from lvmd.data import textsources
 from lvmd.errors import UserError
 
 UNITS = ("sentence", "paragraph")
@@ -169,7 +172,7 @@ def write_sequences(articles_path: Path, ood_articles_path: Path | None, out: Pa
     if n_val < 1 or n_val >= n_docs:
         raise UserError(f"data build: {n_docs} articles with --val {val} leave {n_val} for val and "
                         f"{n_docs - n_val} for train; need at least one each (use more documents)")
-    counts = write_splits(arts, out, context=context, gap=gap, val=val, ood=0.0, seed=seed, source=str(articles_path))
+    counts = data.write_splits(arts, out, context=context, gap=gap, val=val, ood=0.0, seed=seed, source=str(articles_path))
     (out / "ood.npz").unlink(missing_ok=True)  # a stale OOD file from an earlier build would not match
     if ood_articles_path is not None:
         ood = data.load_articles(ood_articles_path)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lvmd.data import file_sha256
+from lvmd.data.formats import file_sha256
 from lvmd.errors import UserError
 
 EXTRA_HINT = "pip install 'lvmd[embed]'"

@@ -341,3 +341,25 @@ def synth_articles(*, n_articles: int = 120, min_chunks: int = 12, max_chunks: i
             pos = unit(pos + step * vel)
     return Articles(np.asarray(vecs, np.float32), np.asarray(arts, np.int64), np.asarray(chunks, np.int64),
                     None, None, "")
+
+
+def write_splits(arts: Articles, out: Path, *, context: int, gap: int, val: float, ood: float,
+                 seed: int, source: str) -> dict[str, int]:
+    """train/val[/ood] sequence files split by article id; returns rows per split."""
+    if not (0 < val < 1 and 0 <= ood < 1 and val + ood < 1):
+        raise UserError(f"data windows: --val {val} and --ood {ood} must be shares in (0, 1) summing below 1")
+    train_ids, val_ids, ood_ids = split_articles(arts.article_ids, val_frac=val, ood_frac=ood, seed=seed)
+    counts = {}
+    meta = {"context": context, "gap": gap, "seed": seed, "val": val, "ood": ood, "articles": source,
+            "articles_sha256": file_sha256(source) if Path(source).exists() else ""}
+    for split, ids in (("train", train_ids), ("val", val_ids), ("ood", ood_ids)):
+        if split == "ood" and ood == 0:
+            continue
+        seqs = build_windows(arts, context_len=context, gap=gap, article_subset=ids)
+        if len(seqs) == 0:
+            raise UserError(f"data windows: split {split!r} has no windows of {context}+1+{gap} chunks "
+                            f"({len(ids)} articles); use more articles or a smaller --context")
+        save_sequences(out / f"{split}.npz", seqs, {**meta, "split": split,
+                                                         "article_ids": [int(i) for i in ids]})
+        counts[split] = len(seqs)
+    return counts

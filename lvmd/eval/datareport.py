@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvmd import data, fivecat
+from lvmd.data import formats as data
+
+from lvmd.eval import fivecat
 from lvmd.errors import UserError
 
 SPLITS = ("train", "val", "ood")

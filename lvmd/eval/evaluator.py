@@ -2,16 +2,16 @@
 written through the sink (evals + gates + eval_metrics). Errors are raised: the trainer decides.
 
 `predict` is the trainer's closure (model in eval mode under no_grad) taking a float32 tensor
-(B, T, D) on `device` (the model's) and returning (B, D) there; see lvmd.fivecat.
+(B, T, D) on `device` (the model's) and returning (B, D) there; see lvmd.eval.fivecat.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from lvmd import fivecat
+from lvmd.eval import fivecat
 from lvmd.config import RunConfig
-from lvmd.data import Articles, Sequences
+from lvmd.data.formats import Articles, Sequences
 from lvmd.errors import UserError
 
 EVAL_BATCH = 1024  # contexts per forward pass during evaluation (no gradients: far above train batch)

@@ -16,7 +16,7 @@ from torch import nn
 
 from lvmd.config import ModelConfig, config_from_dict
 from lvmd.errors import UserError
-from lvmd.models import build_model
+from lvmd.train.models import build_model
 
 LVMD_FORMAT = "lvmd-checkpoint-1"
 KINDS = ("transformer", "lstm", "gru", "amn")

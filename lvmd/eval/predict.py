@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from lvmd.data import Articles
+from lvmd.data.formats import Articles
 from lvmd.errors import UserError
 
 # (T, D) context vectors → (D,) prediction (any norm; it is normalised here)
@@ -121,7 +121,7 @@ def load_checkpoint_predictor(path: str | Path, *, device: str = "cpu", trust: b
     """A Predictor over an lvmd (or the original's) checkpoint, in eval mode."""
     import torch
 
-    from lvmd.legacy import load_predictor
+    from lvmd.eval.legacy import load_predictor
 
     model, info = load_predictor(path, device=device, trust=trust)
 

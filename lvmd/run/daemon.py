@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lvmd.config import RunConfig, config_from_dict
-from lvmd.control import HEARTBEAT_SECONDS, Control, Request, ignore
+from lvmd.train.control import HEARTBEAT_SECONDS, Control, Request, ignore
 from lvmd.errors import UserError
 from store import commands
 from store.db import connect
@@ -239,8 +239,8 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
           progress: Callable[[dict], None] | None = None) -> str:
     """Train run `run_id` in this process under its lock: a fresh row made by runner.create, or
     (resume) a stopped or crashed run from its last checkpoint. Returns the final state."""
-    from lvmd import runner
-    from lvmd.trainer import load_train_data
+    from lvmd.run import runner
+    from lvmd.train.trainer import load_train_data
 
     db = Path(db).resolve()
     conn = connect(db)

@@ -1,5 +1,5 @@
 """One training run against a database: create (or reopen) the run row, train, and leave the
-row in a final state (finished | stopped | failed) whatever happens. Used by lvmd.daemon.serve,
+row in a final state (finished | stopped | failed) whatever happens. Used by lvmd.run.daemon.serve,
 which `lvmd run` (foreground), `lvmd start` and `lvmd resume` (detached) all go through."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 from lvmd import __version__
-from lvmd.collapse import CollapseWatch
+from lvmd.train.collapse import CollapseWatch
 from lvmd.config import RunConfig, config_to_dict
-from lvmd.control import Control
-from lvmd.data import file_sha256
-from lvmd.trainer import Trainer, TrainData
+from lvmd.train.control import Control
+from lvmd.data.formats import file_sha256
+from lvmd.train.trainer import Trainer, TrainData
 from store.db import connect
 from store.reader import epochs_of, latest_steps
 from store.commands import fail_open
@@ -58,7 +58,7 @@ def make_evaluator(cfg: RunConfig, data: TrainData, sink):
     """5CAT needs the articles bank; without it the run trains and validates only."""
     if data.articles is None:
         return None
-    from lvmd.evaluation import Evaluator
+    from lvmd.eval.evaluator import Evaluator
 
     return Evaluator(cfg, val=data.val, ood=data.ood, articles=data.articles,
                      ood_articles=data.ood_articles or data.articles, sink=sink)
@@ -71,7 +71,7 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
 
     With resume_from, the checkpoint is loaded first and what the previous process wrote after
     its step is removed (store.runs.truncate_after), so the steps continue with no gap and no
-    duplicate. lvmd.daemon.serve is the usual caller (it holds the run's lock)."""
+    duplicate. lvmd.run.daemon.serve is the usual caller (it holds the run's lock)."""
     sink = SqliteSink(db, run_id, flush_seconds=cfg.train.flush_seconds)
     control = (control_factory or (lambda s: Control(s)))(sink)
     state, error, detail = "failed", None, None

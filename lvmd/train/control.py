@@ -2,7 +2,7 @@
 
 The trainer calls `poll(step, epoch)` at every step boundary; it must be cheap (a clock read)
 unless something is due. It returns Requests for the loop to act on. While `paused` is true
-the loop polls again instead of stepping; this base class never pauses (lvmd.daemon's
+the loop polls again instead of stepping; this base class never pauses (lvmd.run.daemon's
 DaemonControl does, sleeping on the database inside poll).
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from lvmd import losses
+from lvmd.train import losses
 from lvmd.config import LossConfig, RampStage
 
 EPS = 1e-12

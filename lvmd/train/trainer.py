@@ -17,12 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lvmd import checkpoint, data as datamod
+from lvmd.train import checkpoint
+
+from lvmd.data import formats as datamod
 from lvmd.config import RunConfig, config_from_dict, config_to_dict, stage_for_epoch
-from lvmd.control import Control, Request
-from lvmd.data import Articles, DataError, Sequences
-from lvmd.guardrails import DEVICE_METRICS, guarded_loss
-from lvmd.models import build_model
+from lvmd.train.control import Control, Request
+from lvmd.data.formats import Articles, DataError, Sequences
+from lvmd.train.guardrails import DEVICE_METRICS, guarded_loss
+from lvmd.train.models import build_model
 from store.schema import STEP_METRICS
 
 PACKED = DEVICE_METRICS + ("grad_norm",)          # order of the per-step device tensor
@@ -193,7 +195,7 @@ class Trainer:
         self.control = control or Control(sink, install_signals=False)
         self.evaluator = evaluator
         self.progress = progress
-        self.watch = watch    # collapse watch (lvmd.collapse): fed host rows, never device tensors
+        self.watch = watch    # collapse watch (lvmd.train.collapse): fed host rows, never device tensors
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)

@@ -1,0 +1,1 @@
+"""The `lvmd` command: one module per command family, each with `register(subparsers)`."""
