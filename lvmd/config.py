@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,8 @@ class TrainConfig:
     plateau_patience: int = 3
     seed: int = 0
     device: str = "auto"        # auto | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"     # fp32 | bf16 (autocast)
-    threads: int = 0            # torch CPU threads (0 = torch's default)
+    precision: str = "auto"     # auto (bf16 where native, else fp32) | fp32 | bf16 (autocast)
+    threads: int | str = "auto"  # torch CPU threads: auto (the usable CPUs left free) | N | 0 (torch's default)
     best_metric: str = "val_loss"  # val_loss (the original's) | margin
     checkpoint_every: int = 0   # also checkpoint every N steps (0 = at epoch ends only)
     telemetry_block: int = 64   # steps per device→host copy of telemetry
@@ -146,7 +147,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.kind": ("transformer", "lstm", "gru", "amn"),
     "loss.preset": ("mse", "v1", "v2.1", "v2.2"),
     "loss.prev": ("ctx-2", "true"),
-    "train.precision": ("fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "train.best_metric": ("val_loss", "margin"),
     "watch.action": ("warn", "pause", "stop"),
 }
@@ -247,6 +248,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a non-empty list of tables, got {value!r}")
         return tuple(item if isinstance(item, item_type) else _build(item_type, item, f"{key}[{i}].")
                      for i, item in enumerate(value))
+    if typing.get_origin(hint) is types.UnionType:  # e.g. int | str: the first type that takes it
+        for option in typing.get_args(hint):
+            if isinstance(value, option) and not isinstance(value, bool):
+                return value
+        names = " or ".join("an integer" if t is int else "a string" for t in typing.get_args(hint))
+        raise ConfigError(f"{key}: expected {names}, got {value!r}")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -286,7 +293,7 @@ def validate(cfg: RunConfig) -> None:
         if not _get_dotted(cfg, key) > 0:
             raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be > 0")
     non_negative = ["train.weight_decay", "train.grad_clip", "train.plateau_patience", "train.seed",
-                    "train.threads", "train.checkpoint_every", "train.max_steps", "train.noise_sigma",
+                    "train.checkpoint_every", "train.max_steps", "train.noise_sigma",
                     "loss.beta", "loss.eta", "loss.kappa", "loss.rho_cap", "loss.rho_boost", "loss.tau",
                     "eval.fivecat_every", "data.max_train", "watch.warmup_steps"]
     for key in non_negative:
@@ -297,6 +304,9 @@ def validate(cfg: RunConfig) -> None:
     for key in unit:
         if not 0 <= _get_dotted(cfg, key) <= 1:
             raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be between 0 and 1")
+    threads = cfg.train.threads
+    if isinstance(threads, str) and threads != "auto" or isinstance(threads, int) and threads < 0:
+        raise ConfigError(f"train.threads: {threads!r} is not allowed; choose auto, 0 (torch's default) or a count")
     if not 0 < cfg.train.plateau_factor < 1:
         raise ConfigError(f"train.plateau_factor: {cfg.train.plateau_factor!r} must be between 0 and 1 (exclusive)")
     if cfg.loss.lam_min > cfg.loss.lam_max:

@@ -7,6 +7,12 @@ counts the host syncs of 2 telemetry blocks of lvmd steps (torch's sync debug mo
 
     .venv/bin/python scripts/bench_trainer.py                 # default transformer and a tiny one
     .venv/bin/python scripts/bench_trainer.py --precision bf16 --rounds 8
+    .venv/bin/python scripts/bench_trainer.py --grid   # ms/step: precision x threads x load, demo + default
+
+--grid: ms/step of lvmd steps for the demo config (amn, D=384) and the default transformer
+(D=768), fp32 and bf16, threads 1, 2 and "auto" (lvmd.train.hardware), on a quiet machine and
+beside two busy loops, side by side in one run; "auto" is resolved in each setting as a run
+would resolve it, and the table says how far it is from the best row of its setting.
 """
 from __future__ import annotations
 
@@ -25,7 +31,8 @@ from lvmd.config import load_config, stage_for_epoch  # noqa: E402
 from lvmd.train.control import Control  # noqa: E402
 from lvmd.data.formats import build_windows, synth_articles  # noqa: E402
 from lvmd.train.guardrails import guarded_loss  # noqa: E402
-from lvmd.train.trainer import TrainData, Trainer  # noqa: E402
+from lvmd.data.train_data import TrainData  # noqa: E402
+from lvmd.train.trainer import Trainer  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.runs import create_run  # noqa: E402
 from store.writer import SqliteSink  # noqa: E402
@@ -105,6 +112,63 @@ def bench(name: str, overrides: list[str], args, data: TrainData, db: Path) -> d
             "syncs": "-" if syncs is None else f"{syncs}/{sync_steps}"}
 
 
+ROOT = Path(__file__).resolve().parents[1]
+GRID_MODELS = {"demo amn": (ROOT / "lvmd" / "demo" / "demo.toml", 384), "default transformer": (None, 768)}
+
+
+def grid_cell(config: Path | None, data: TrainData, precision: str, threads: str, args) -> tuple[int, float]:
+    """(threads used, ms/step) of args.steps lvmd steps after args.warmup, without SQLite."""
+    from lvmd.train.sink import NullSink
+
+    # the config's model, loss and train settings; the data are the synthetic ones passed in
+    cfg = load_config(config, [f"train.batch_size={args.batch}", f"train.precision={precision}",
+                               f"train.threads={threads}", "train.device=cpu"])
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Trainer(cfg, data, NullSink(), out_dir=tmp)
+        split, stage, bs = t.train_split, stage_for_epoch(cfg.loss.ramp, 0), cfg.train.batch_size
+        order = t.epoch_order(0)
+        batches = [(split.contexts[order[i * bs:(i + 1) * bs]], split.targets[order[i * bs:(i + 1) * bs]],
+                    split.prev[order[i * bs:(i + 1) * bs]], stage) for i in range(4)]
+        for i in range(args.warmup):
+            full_step(t, *batches[i % 4])
+        start = time.perf_counter()
+        for i in range(args.steps):
+            full_step(t, *batches[i % 4])
+        return t.hardware.threads, 1e3 * (time.perf_counter() - start) / args.steps
+
+
+def grid(args) -> int:
+    import subprocess
+
+    from lvmd.train import hardware
+
+    datasets = {}
+    for name, (_, dim) in GRID_MODELS.items():
+        arts = synth_articles(n_articles=40, min_chunks=20, max_chunks=30, dim=dim, seed=0)
+        seqs = build_windows(arts)
+        datasets[name] = TrainData(train=seqs, val=seqs.subset(torch.arange(64).numpy()), articles=arts)
+    print(f"torch {torch.__version__}, {hardware.usable_cpus()} usable CPUs, native bf16: "
+          f"{hardware.cpu_has_native_bf16()}, batch {args.batch}, {args.steps} steps after {args.warmup} warm-up")
+    print(f"{'setting':<15}{'model':<21}{'precision':<10}{'threads':<10}{'ms/step':>9}{'vs best':>9}")
+    for setting in ("quiet", "2 busy loops"):
+        loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if setting != "quiet" else 0)]
+        try:
+            time.sleep(1.0 if loops else 0)
+            for name, (config, _) in GRID_MODELS.items():
+                cells = [(precision, threads, *grid_cell(config, datasets[name], precision, threads, args))
+                         for precision in ("fp32", "bf16") for threads in ("1", "2", "auto")]
+                best = min(ms for *_, ms in cells)
+                for precision, threads, used, ms in cells:
+                    label = f"auto={used}" if threads == "auto" else threads
+                    print(f"{setting:<15}{name:<21}{precision:<10}{label:<10}{ms:>9.1f}{ms / best - 1:>+9.0%}",
+                          flush=True)
+        finally:
+            for loop in loops:
+                loop.kill()
+                loop.wait()
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="default,tiny", help=f"comma list of {', '.join(MODELS)}")
@@ -115,7 +179,10 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--grid", action="store_true", help="precision x threads x load table (CPU)")
     args = p.parse_args()
+    if args.grid:
+        return grid(args)
     torch.manual_seed(0)
     arts = synth_articles(n_articles=60, min_chunks=20, max_chunks=30, dim=args.dim, seed=0)
     seqs = build_windows(arts)

@@ -112,10 +112,18 @@ def _m003_staged_rho_caps(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_V2)
 
 
+def _m004_run_hardware(db: sqlite_utils.Database) -> None:
+    """What the run trains on, as resolved on the machine (train.precision/threads may say auto):
+    device (cpu, cuda, ...), precision (fp32 | bf16), threads (torch CPU threads)."""
+    for column, kind in (("device", str), ("precision", str), ("threads", int)):
+        db["runs"].add_column(column, kind)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
     _m003_staged_rho_caps,
+    _m004_run_hardware,
 ]
 
 

@@ -115,7 +115,8 @@ def test_warn_only_asks_for_nothing():
 
 
 def test_an_injected_collapse_stops_the_trainer_at_the_next_boundary(tiny_data, tmp_path):
-    from lvmd.train.trainer import Trainer, load_train_data
+    from lvmd.data.train_data import load_train_data
+    from lvmd.train.trainer import Trainer
 
     c = load_config(None, [*data_overrides(tiny_data), *TINY_MODEL, "train.epochs=50", "loss.lam_min=10",
                            "loss.lam_max=10", "loss.rho_cap=0", "watch.skip_window=4", "watch.warmup_steps=0",

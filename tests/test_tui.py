@@ -1,8 +1,6 @@
 """The Textual app under App.run_test() over a database written through store's writer."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -85,7 +83,7 @@ def conn(db):
     c.close()
 
 
-async def wait_for(pilot, predicate, what: str, timeout: float = 5.0) -> None:
+async def wait_for(pilot, predicate, what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -134,7 +132,7 @@ async def test_a_committed_row_appears_without_a_key_press(db):
         sink.log_steps(step_rows([200], rho=0.21))
         sink.flush()
         sink.close()
-        await wait_for(pilot, lambda: "200/400 steps" in plain(screen.query_one(StatusBar)), "step 200", timeout=3.0)
+        await wait_for(pilot, lambda: "200/400 steps" in plain(screen.query_one(StatusBar)), "step 200", timeout=15.0)
         assert "ρ .210" in chart_lines(screen.query_one("#chart-rho", Chart))[0]
 
 

@@ -45,7 +45,7 @@ def start_tail():
         thread.join(5)
 
 
-def next_update(got: queue.Queue, timeout: float = 5.0) -> TailUpdate:
+def next_update(got: queue.Queue, timeout: float = 20.0) -> TailUpdate:
     update = got.get(timeout=timeout)
     assert isinstance(update, TailUpdate), update
     return update
@@ -58,9 +58,9 @@ def test_a_commit_wakes_the_tail_through_the_wal_file(run_db, start_tail):
     t0 = time.monotonic()
     sink.log_steps(rows([100]))
     sink.flush()
-    update = next_update(got, timeout=3.0)
+    update = next_update(got, timeout=10.0)
     assert update.run.series.last_step == 100 and update.run.latest["step"] == 100
-    assert time.monotonic() - t0 < 1.0 and tail.wal_events >= 1
+    assert time.monotonic() - t0 < 10.0 and tail.wal_events >= 1  # the -wal wake, not the 60 s timer
 
 
 def test_an_idle_database_is_not_read_again_and_the_tail_does_not_wake_itself(run_db, start_tail):
@@ -84,11 +84,11 @@ def test_view_changes_answer_at_once_and_replay_cuts_at_the_epoch(run_db, start_
     first = next_update(got)
     assert first.run is None and [r.id for r in first.runs] == [run_id]
     tail.set_view(TailView(run_id=run_id, replay_epoch=0, target_bins=32))
-    replay = next_update(got, timeout=2.0).run
+    replay = next_update(got, timeout=10.0).run
     assert replay.step_limit == 99 and replay.series.last_step == 99 and replay.latest["step"] == 99
     assert replay.events == () and replay.last_epoch == 0
     tail.set_view(TailView(run_id=run_id, target_bins=32))
-    live = next_update(got, timeout=2.0).run
+    live = next_update(got, timeout=10.0).run
     assert live.step_limit is None and live.series.last_step == 199 and [e["step"] for e in live.events] == [150]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from lvmd.cli.main import default_db
 from lvmd.cli.train import serve_foreground, split_config_arg
 from lvmd.config import load_config
+from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
 from lvmd.run import daemon
 from lvmd.train.sink import NullSink
@@ -145,12 +146,10 @@ def _result(cmd: dict) -> dict:
 
 # -- start / serve -----------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
-    from lvmd.run import runner
-    from lvmd.train.trainer import load_train_data
-
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides)
-    data = load_train_data(cfg)              # bad input fails here, before anything is written
+    data = load_train_data(cfg)              # bad input fails here, before anything is written, and before torch
+    from lvmd.run import runner              # loads torch: only once the config and data are known good
     runner.make_evaluator(cfg, data, NullSink())
     db = Path(args.db or default_db()).resolve()
     run_id, out_dir = runner.create(cfg, db, data)
@@ -358,6 +357,7 @@ def status_of(conn, run: dict) -> dict:
         "heartbeat_age_s": time.time() - run["heartbeat_at"] if live and run["heartbeat_at"] else None,
         "last_eval": None if ev is None else {k: ev.get(k) for k in (
             "id", "epoch", "step", "trigger", "gates_passed", "gates_total", "verdict_3of5", "error")},
+        "device": run.get("device"), "precision": run.get("precision"), "threads": run.get("threads"),
         "error": run["error"], "out_dir": run["out_dir"],
     }
 
@@ -380,6 +380,8 @@ def _status_block(s: dict) -> str:
         lines.append(f"  pid        {s['pid']} on {s['host']}")
     pct = 100 * s["step"] / s["total_steps"] if s["total_steps"] else 0.0
     lines.append(f"  progress   epoch {_epoch(s)}, step {s['step']}/{s['total_steps']} ({pct:.1f} %)")
+    if s["precision"]:
+        lines.append(f"  hardware   {s['device']} {s['precision']} {s['threads']} thread{'s' * (s['threads'] != 1)}")
     if s["steps_per_s"]:
         lines.append(f"  speed      {s['steps_per_s']:.1f} steps/s, ETA {_duration(s['eta_s'])}")
     if s["heartbeat_age_s"] is not None:

@@ -7,6 +7,7 @@ import time
 
 from lvmd.cli.main import default_db
 from lvmd.config import load_config
+from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
 from lvmd.run import daemon
 
@@ -77,12 +78,10 @@ def _fmt(seconds: float) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lvmd.run import runner
-    from lvmd.train.trainer import load_train_data
-
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides)
-    data = load_train_data(cfg)           # all input checked before anything is written
+    data = load_train_data(cfg)           # all input checked before anything is written, and before torch
+    from lvmd.run import runner           # loads torch: only once the config and data are known good
     db = args.db or default_db()
     run_id, out_dir = runner.create(cfg, db, data)
     print(f"run {run_id} ({cfg.name}, preset {cfg.loss.preset}) → {db}; checkpoints in {out_dir}", flush=True)

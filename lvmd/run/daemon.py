@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lvmd.config import RunConfig, config_from_dict
+from lvmd.data.train_data import load_train_data
 from lvmd.train.control import HEARTBEAT_SECONDS, Control, Request, ignore
 from lvmd.errors import UserError
 from store import commands
@@ -240,7 +241,6 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
     """Train run `run_id` in this process under its lock: a fresh row made by runner.create, or
     (resume) a stopped or crashed run from its last checkpoint. Returns the final state."""
     from lvmd.run import runner
-    from lvmd.train.trainer import load_train_data
 
     db = Path(db).resolve()
     conn = connect(db)
@@ -312,18 +312,26 @@ def spawn(db: Path, run: dict, *, resume: bool) -> Spawned:
     return Spawned(proc, log, offset)
 
 
+START_GRACE_S = 2.0
+
+
 def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> dict:
     """Block until the spawned daemon records itself live (its pid, past `starting`) and return
     the row; if it exits first, raise its own error (from the row, else from its log)."""
     proc = daemon.proc
     deadline = time.monotonic() + timeout
+    live_since = None
     conn = connect(db)
     try:
         while True:
             run = get_run(conn, run_id)
             ours = run["pid"] == proc.pid
             if ours and run["state"] in LIVE_STATES and run["state"] != "starting":
-                return run
+                # "running" is said once a step has landed or the daemon has lived START_GRACE_S
+                # past it: a first step that crashes (a kernel this CPU lacks) is reported here.
+                live_since = live_since or time.monotonic()
+                if (run["step"] or 0) >= 1 or time.monotonic() - live_since >= START_GRACE_S:
+                    return run
             if proc.poll() is not None:
                 run = get_run(conn, run_id)
                 if run["pid"] == proc.pid and run["state"] in ("finished", "stopped"):

@@ -13,9 +13,11 @@ from typing import Callable
 from lvmd import __version__
 from lvmd.train.collapse import CollapseWatch
 from lvmd.config import RunConfig, config_to_dict
+from lvmd.train import hardware
 from lvmd.train.control import Control
 from lvmd.data.formats import file_sha256
-from lvmd.train.trainer import Trainer, TrainData
+from lvmd.data.train_data import TrainData
+from lvmd.train.trainer import Trainer
 from store.db import connect
 from store.reader import epochs_of, latest_steps
 from store.commands import fail_open
@@ -34,7 +36,9 @@ def data_manifest(cfg: RunConfig) -> dict:
 
 
 def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
-    """Insert the run row (state starting) and fix its output folder."""
+    """Insert the run row (state starting) and fix its output folder. A device, precision or
+    model this machine cannot run is refused first, so no row is left behind."""
+    hw = hardware.resolve(cfg, data.train.dim, data.train.context_len)
     conn = connect(db)
     try:
         batches = -(-len(data.train) // cfg.train.batch_size)
@@ -44,6 +48,7 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
         run_id = create_run(conn, name=cfg.name, preset=cfg.loss.preset, compat=cfg.compat,
                             config=config_to_dict(cfg), data=data_manifest(cfg),
                             total_epochs=cfg.train.epochs, total_steps=total, lvmd_version=__version__)
+        update_run(conn, run_id, **hardware_fields(hw))
         # beside the database and named after it, so two databases in one folder never share a run folder
         db_path = Path(db).resolve()
         out_dir = Path(cfg.out_dir) if cfg.out_dir else db_path.parent / f"{db_path.stem}-runs" / str(run_id)
@@ -52,6 +57,10 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
     finally:
         conn.close()
     return run_id, out_dir
+
+
+def hardware_fields(hw: hardware.Hardware) -> dict:
+    return {"device": str(hw.device), "precision": hw.precision, "threads": hw.threads}
 
 
 def make_evaluator(cfg: RunConfig, data: TrainData, sink):
@@ -88,6 +97,9 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
                                                    latest_steps(conn, run_id, cfg.watch.skip_window)[::-1])))
             sink.event("resume", step=trainer.step, epoch=trainer.epoch,
                        detail={"checkpoint": str(resume_from), "removed": removed})
+        sink.update_run(**hardware_fields(trainer.hardware))  # this process's: resume may run elsewhere
+        sink.event("hardware", step=trainer.step, epoch=trainer.epoch,
+                   detail={**hardware_fields(trainer.hardware), "why": trainer.hardware.why})
         control.beat(trainer.step, trainer.epoch)
         control.set_state("running", pid=os.getpid())
         state = trainer.run()

@@ -49,7 +49,10 @@ class TransformerLVM(nn.Module):
     def forward(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.pos_encoder(self.input_proj(ctx))                      # (B, T, d_model)
         mask = self._causal(x.size(1), x.device)
-        h = self.transformer_decoder(x, x, tgt_mask=mask, memory_mask=mask)  # tgt = memory = x
+        # is_causal=True: without it torch checks the mask against a causal one on every call
+        # (`bool((mask == causal).all())`), a host sync per step.
+        h = self.transformer_decoder(x, x, tgt_mask=mask, memory_mask=mask,  # tgt = memory = x
+                                     tgt_is_causal=True, memory_is_causal=True)
         raw = self.head(h[:, -1])                                       # (B, D)
         return raw, F.normalize(raw, dim=-1)
 

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lvmd.train import checkpoint
-
-from lvmd.data import formats as datamod
 from lvmd.config import RunConfig, config_from_dict, config_to_dict, stage_for_epoch
-from lvmd.train.control import Control, Request
+from lvmd.data import formats as datamod
 from lvmd.data.formats import Articles, DataError, Sequences
+from lvmd.data.train_data import TrainData
+from lvmd.train import checkpoint, hardware
+from lvmd.train.control import Control, Request
 from lvmd.train.guardrails import DEVICE_METRICS, guarded_loss
 from lvmd.train.models import build_model
 from store.schema import STEP_METRICS
@@ -37,38 +37,6 @@ class TrainingDiverged(RuntimeError):
 
 # -- data on the device ------------------------------------------------------------------
 @dataclass
-class TrainData:
-    train: Sequences
-    val: Sequences
-    ood: Sequences | None = None
-    articles: Articles | None = None
-    ood_articles: Articles | None = None
-
-
-def load_train_data(cfg: RunConfig) -> TrainData:
-    """Load and cross-check every file the config names (one-line DataError on problems)."""
-    d = cfg.data
-    for key in ("train", "val"):
-        if not getattr(d, key):
-            raise DataError(f"data.{key}: not set; give a sequence NPZ path in the config or as data.{key}=PATH")
-    train = datamod.load_sequences(d.train, allow_pickle=d.allow_pickle)
-    if d.max_train:
-        train = train.subset(np.arange(min(d.max_train, len(train))))
-    val = datamod.load_sequences(d.val, allow_pickle=d.allow_pickle)
-    ood = datamod.load_sequences(d.ood, allow_pickle=d.allow_pickle) if d.ood else None
-    articles = datamod.load_articles(d.articles) if d.articles else None
-    ood_articles = datamod.load_articles(d.ood_articles) if d.ood_articles else None
-    for seqs in (val, ood):
-        if seqs is not None and (seqs.dim, seqs.context_len) != (train.dim, train.context_len):
-            raise DataError(f"{seqs.path}: T={seqs.context_len}, D={seqs.dim} but {train.path} has "
-                            f"T={train.context_len}, D={train.dim}")
-    for arts in (articles, ood_articles):
-        if arts is not None and arts.dim != train.dim:
-            raise DataError(f"{arts.path}: D={arts.dim} but {train.path} has D={train.dim}")
-    return TrainData(train, val, ood, articles, ood_articles)
-
-
-@dataclass
 class DeviceSplit:
     contexts: torch.Tensor   # (M, T, D)
     targets: torch.Tensor    # (M, D)
@@ -82,18 +50,6 @@ def to_device(seqs: Sequences, cfg: RunConfig, articles: Articles | None, device
     prev = datamod.prev_vectors(seqs, cfg.loss.prev, articles)
     return DeviceSplit(torch.from_numpy(seqs.contexts).to(device), torch.from_numpy(seqs.targets).to(device),
                        torch.from_numpy(np.ascontiguousarray(prev)).to(device))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"train.device: {name!r} asked for but CUDA is not available here")
-    return torch.device(name)
 
 
 def corrupt_last_slot(ctx: torch.Tensor, *, share: float, sigma: float, swap_share: float) -> torch.Tensor:
@@ -197,11 +153,10 @@ class Trainer:
         self.progress = progress
         self.watch = watch    # collapse watch (lvmd.train.collapse): fed host rows, never device tensors
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        self.hardware = hardware.resolve(cfg, data.train.dim, data.train.context_len)
         torch.manual_seed(t.seed)
-        self.device = pick_device(t.device)
-        self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
+        self.device = self.hardware.device
+        self.autocast_dtype = self.hardware.autocast_dtype
         self.train_split = to_device(data.train, cfg, data.articles, self.device)
         self.val_split = to_device(data.val, cfg, data.articles, self.device)
         self.model = build_model(cfg.model, data.train.dim).to(self.device)
