@@ -70,6 +70,11 @@ def test_auto_threads_leave_the_busy_cpus_to_their_owners(cpus, busy, threads):
     assert hardware.auto_threads(cpus, busy) == threads
 
 
+def test_ranks_on_one_host_share_the_free_cpus(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert [hardware.auto_threads(16, 0.0), hardware.auto_threads(2, 0.0), hardware.auto_threads(2, 1.0)] == [8, 1, 1]
+
+
 def test_busy_cpus_sees_a_busy_loop():
     """A real busy loop pinned to one of our CPUs: at least that CPU reads busy."""
     import os

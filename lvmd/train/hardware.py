@@ -107,7 +107,10 @@ def auto_threads(cpus: int | None = None, busy: float | None = None) -> int:
     on one)."""
     cpus = usable_cpus() if cpus is None else cpus
     busy = busy_cpus() if busy is None else busy
-    return max(1, min(cpus, cpus - int(busy + 0.5)))
+    # torchrun's ranks on this host share the free CPUs (they start together, so each sees the
+    # others as idle)
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(cpus, cpus - int(busy + 0.5)) // ranks_here)
 
 
 def resolve_threads(spec: int | str) -> tuple[int, str]:
