@@ -7,12 +7,12 @@ counts the host syncs of 2 telemetry blocks of lvmd steps (torch's sync debug mo
 
     .venv/bin/python scripts/bench_trainer.py                 # default transformer and a tiny one
     .venv/bin/python scripts/bench_trainer.py --precision bf16 --rounds 8
-    .venv/bin/python scripts/bench_trainer.py --grid   # ms/step: precision x threads x load, demo + default
+    .venv/bin/python scripts/bench_trainer.py --grid --steps 10 --rounds 3   # precision x threads x load
 
 --grid: ms/step of lvmd steps for the demo config (amn, D=384) and the default transformer
-(D=768), fp32 and bf16, threads 1, 2 and "auto" (lvmd.train.hardware), on a quiet machine and
-beside two busy loops, side by side in one run; "auto" is resolved in each setting as a run
-would resolve it, and the table says how far it is from the best row of its setting.
+(D=768), fp32 and bf16, threads 1, 2 and "auto" (lvmd.train.hardware, resolved each round as a
+run would), on a quiet machine and beside two busy loops, side by side in one run; the table
+says how far each row is from the best row of its setting (model and load).
 """
 from __future__ import annotations
 
@@ -116,28 +116,27 @@ ROOT = Path(__file__).resolve().parents[1]
 GRID_MODELS = {"demo amn": (ROOT / "lvmd" / "demo" / "demo.toml", 384), "default transformer": (None, 768)}
 
 
-def grid_cell(config: Path | None, data: TrainData, precision: str, threads: str, args) -> tuple[int, float]:
-    """(threads used, ms/step) of args.steps lvmd steps after args.warmup, without SQLite."""
+def grid_trainer(config: Path | None, data: TrainData, precision: str, args, tmp: str):
+    """A Trainer with the config's model, loss and train settings on the synthetic data; a
+    four-batch cycle to step through."""
     from lvmd.train.sink import NullSink
 
-    # the config's model, loss and train settings; the data are the synthetic ones passed in
     cfg = load_config(config, [f"train.batch_size={args.batch}", f"train.precision={precision}",
-                               f"train.threads={threads}", "train.device=cpu"])
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Trainer(cfg, data, NullSink(), out_dir=tmp)
-        split, stage, bs = t.train_split, stage_for_epoch(cfg.loss.ramp, 0), cfg.train.batch_size
-        order = t.epoch_order(0)
-        batches = [(split.contexts[order[i * bs:(i + 1) * bs]], split.targets[order[i * bs:(i + 1) * bs]],
-                    split.prev[order[i * bs:(i + 1) * bs]], stage) for i in range(4)]
-        for i in range(args.warmup):
-            full_step(t, *batches[i % 4])
-        start = time.perf_counter()
-        for i in range(args.steps):
-            full_step(t, *batches[i % 4])
-        return t.hardware.threads, 1e3 * (time.perf_counter() - start) / args.steps
+                               "train.threads=1", "train.device=cpu"])
+    t = Trainer(cfg, data, NullSink(), out_dir=tmp)
+    split, stage, bs = t.train_split, stage_for_epoch(cfg.loss.ramp, 0), cfg.train.batch_size
+    order = t.epoch_order(0)
+    batches = [tuple(x[order[i * bs:(i + 1) * bs]] for x in (split.contexts, split.targets, split.prev)) + (stage,)
+               for i in range(4)]
+    for i in range(args.warmup):
+        full_step(t, *batches[i % 4])
+    return t, batches
 
 
 def grid(args) -> int:
+    """Each (model, precision) trains one model; thread settings take turns on it, round after
+    round (interleaved, so a change in machine load hits every setting alike); median ms/step."""
+    import statistics
     import subprocess
 
     from lvmd.train import hardware
@@ -148,19 +147,35 @@ def grid(args) -> int:
         seqs = build_windows(arts)
         datasets[name] = TrainData(train=seqs, val=seqs.subset(torch.arange(64).numpy()), articles=arts)
     print(f"torch {torch.__version__}, {hardware.usable_cpus()} usable CPUs, native bf16: "
-          f"{hardware.cpu_has_native_bf16()}, batch {args.batch}, {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'setting':<15}{'model':<21}{'precision':<10}{'threads':<10}{'ms/step':>9}{'vs best':>9}")
+          f"{hardware.cpu_has_native_bf16()}, batch {args.batch}; per cell the median of {args.rounds} "
+          f"interleaved rounds of {args.steps} steps after {args.warmup} warm-up steps")
+    print(f"{'setting':<15}{'model':<21}{'precision':<10}{'threads':<12}{'ms/step':>9}{'vs best':>9}")
     for setting in ("quiet", "2 busy loops"):
         loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if setting != "quiet" else 0)]
         try:
             time.sleep(1.0 if loops else 0)
             for name, (config, _) in GRID_MODELS.items():
-                cells = [(precision, threads, *grid_cell(config, datasets[name], precision, threads, args))
-                         for precision in ("fp32", "bf16") for threads in ("1", "2", "auto")]
-                best = min(ms for *_, ms in cells)
-                for precision, threads, used, ms in cells:
-                    label = f"auto={used}" if threads == "auto" else threads
-                    print(f"{setting:<15}{name:<21}{precision:<10}{label:<10}{ms:>9.1f}{ms / best - 1:>+9.0%}",
+                cells: dict[tuple[str, str], list[float]] = {}
+                auto_used: dict[str, list[int]] = {}
+                for precision in ("fp32", "bf16"):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        t, batches = grid_trainer(config, datasets[name], precision, args, tmp)
+                        for _ in range(args.rounds):
+                            for threads in ("1", "2", "auto"):
+                                n = hardware.auto_threads() if threads == "auto" else int(threads)
+                                if threads == "auto":
+                                    auto_used.setdefault(precision, []).append(n)
+                                torch.set_num_threads(n)
+                                start = time.perf_counter()
+                                for i in range(args.steps):
+                                    full_step(t, *batches[i % 4])
+                                cells.setdefault((precision, threads), []).append(
+                                    1e3 * (time.perf_counter() - start) / args.steps)
+                medians = {k: statistics.median(v) for k, v in cells.items()}
+                best = min(medians.values())
+                for (precision, threads), ms in medians.items():
+                    label = f"auto={'/'.join(map(str, sorted(set(auto_used[precision]))))}" if threads == "auto" else threads
+                    print(f"{setting:<15}{name:<21}{precision:<10}{label:<12}{ms:>9.1f}{ms / best - 1:>+9.0%}",
                           flush=True)
         finally:
             for loop in loops:
