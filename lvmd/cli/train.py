@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -147,7 +148,8 @@ def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False,
     except Exception as exc:
         if progress:
             progress.close()
-        print(f"lvmd: error: run {run_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        who = f"run {run_id}" if run_id is not None else f"rank {os.environ.get('RANK')} of the job"
+        print(f"lvmd: error: {who} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
         return 1
     if progress:
