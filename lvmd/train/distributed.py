@@ -55,6 +55,7 @@ class Dist:
     world: int
     local_rank: int
     group: Any = None          # the group training collectives run in (None = the default group)
+    ctrl: Any = None           # the host-side group (gloo): job hand-over, control, RNG gathering
 
     @property
     def main(self) -> bool:
@@ -88,7 +89,7 @@ class Dist:
         terms = loss_terms(raw, unit, y_next, pos, neg, stage, cfg, compat=compat, reduce=torch.sum)
         p, n = pos.detach(), neg.detach()
         gap, ratio = losses.gap_and_ratio(p, n)
-        rows = torch.tensor(float(raw.shape[0]), device=raw.device)
+        rows = raw.new_full((), float(raw.shape[0]))          # a fill on the device: no host copy
         local = torch.stack([terms["mse"], terms["l_dir"], terms["l_floor"], terms["l_norm"], terms["l_orth"],
                              p.sum(), n.sum(), gap.sum(), ratio.sum(), (p < 0).float().sum(), rows])
         sums = dict(zip(SUM_KEYS, self.all_reduce_sum(local).unbind()))
@@ -111,7 +112,7 @@ class Dist:
     def broadcast_object(self, obj: Any = None) -> Any:
         """Rank 0's object on every rank (pickled over the CPU group; rare and small)."""
         box = [obj if self.main else None]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.ctrl)
         return box[0]
 
     def broadcast_ints(self, values: list[int] | None, length: int) -> list[int]:
@@ -119,13 +120,13 @@ class Dist:
         t = torch.zeros(length, dtype=torch.int64)
         if self.main:
             t[:len(values)] = torch.tensor(values, dtype=torch.int64)
-        dist.broadcast(t, src=0)
+        dist.broadcast(t, src=0, group=self.ctrl)
         return t.tolist()
 
     def gather_object(self, obj: Any) -> list | None:
         """Every rank's object on rank 0 (a list by rank); None elsewhere."""
         out = [None] * self.world if self.main else None
-        dist.gather_object(obj, out, dst=0)
+        dist.gather_object(obj, out, dst=0, group=self.ctrl)
         return out
 
 
@@ -142,11 +143,16 @@ def init() -> Dist | None:
         return None
     if _current is not None:
         return _current
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:         # before any collective: nccl (and object collectives) use the current device
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
     if not dist.is_initialized():
-        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         timeout = datetime.timedelta(seconds=float(os.environ.get("LVMD_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
-        dist.init_process_group(backend=backend, timeout=timeout)
-    _current = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
+    # the control plane stays on the host: a gloo group of its own where the default one has nccl
+    ctrl = dist.new_group(backend="gloo") if cuda else None
+    _current = Dist(dist.get_rank(), dist.get_world_size(), local_rank, ctrl=ctrl)
     return _current
 
 
@@ -156,8 +162,8 @@ def for_training(t: TrainConfig, device: torch.device) -> tuple[Dist | None, tor
     d = _current
     if d is None:
         return None, device
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
+    if device.type == "cuda":         # one GPU per rank (ranks beyond the GPU count share them; gloo only)
+        device = torch.device("cuda", d.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if t.backend == "nccl" and device.type != "cuda":
         raise UserError(f"train.backend: 'nccl' needs CUDA devices but this rank trains on {device.type}; "
