@@ -107,6 +107,11 @@ class TrainConfig:
     noise_sigma: float = 0.03
     swap_share: float = 0.05    # of the corrupted rows, share swapped with ctx[-2]
     max_steps: int = 0          # stop after N optimizer steps (0 = no limit)
+    # Several processes (torchrun, `--nproc N`): batch_size above is the GLOBAL batch, split over
+    # the ranks, so N ranks take the same steps as one process (lvmd/train/distributed.py).
+    backend: str = "auto"       # auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    device_data_budget: int = 0  # bytes of a split kept on the device; larger splits stream from
+                                 # a memory map (0 = auto: half the GPU's memory; no limit on CPU)
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.preset": ("mse", "v1", "v2.1", "v2.2"),
     "loss.prev": ("ctx-2", "true"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.backend": ("auto", "gloo", "nccl"),
     "train.best_metric": ("val_loss", "margin"),
     "watch.action": ("warn", "pause", "stop"),
 }
@@ -293,7 +299,7 @@ def validate(cfg: RunConfig) -> None:
         if not _get_dotted(cfg, key) > 0:
             raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be > 0")
     non_negative = ["train.weight_decay", "train.grad_clip", "train.plateau_patience", "train.seed",
-                    "train.checkpoint_every", "train.max_steps", "train.noise_sigma",
+                    "train.checkpoint_every", "train.device_data_budget", "train.max_steps", "train.noise_sigma",
                     "loss.beta", "loss.eta", "loss.kappa", "loss.rho_cap", "loss.rho_boost", "loss.tau",
                     "eval.fivecat_every", "data.max_train", "watch.warmup_steps"]
     for key in non_negative:

@@ -5,6 +5,7 @@ lvmd/eval/verdict.py's), only numbers.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
@@ -95,10 +96,27 @@ def latest_eval(conn: sqlite3.Connection, run_id: int) -> dict | None:
     return {**dict(row), "gates": gates, "val_r_at_5": None if r5 is None else r5[0]}
 
 
+def throughput(conn: sqlite3.Connection, run: dict) -> dict:
+    """World size and speed over the newest steps: steps/s and samples/s per rank (the
+    configured batch_size is the global batch, split over world_size processes)."""
+    from store.runs import step_rate
+
+    world = run.get("world_size") or 1
+    rate = step_rate(conn, run["id"])
+    try:
+        batch = json.loads(run["config_json"] or "{}").get("train", {}).get("batch_size")
+    except ValueError:
+        batch = None
+    per_rank = rate * batch / world if rate and batch else None
+    return {"world_size": world, "steps_per_s": rate, "samples_per_s_per_rank": per_rank}
+
+
 def report_data(conn: sqlite3.Connection, run_id: int, *, bins: int = 60) -> dict:
     """Everything `lvmd report` shows for one run."""
+    run = dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
     return {
-        "run": dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()),
+        "throughput": throughput(conn, run),
+        "run": run,
         "summary": run_summary(conn, run_id),
         "guardrails": guardrail_stats(conn, run_id),
         "epochs": epoch_rows(conn, run_id),

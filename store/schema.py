@@ -119,11 +119,18 @@ def _m004_run_hardware(db: sqlite_utils.Database) -> None:
         db["runs"].add_column(column, kind)
 
 
+def _m005_world_size(db: sqlite_utils.Database) -> None:
+    """runs.world_size: how many processes (torchrun ranks) train the run; 1 for a single one.
+    Per-rank throughput = steps/s × batch_size / world_size (batch_size is the global batch)."""
+    db.conn.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
     _m003_staged_rho_caps,
     _m004_run_hardware,
+    _m005_world_size,
 ]
 
 

@@ -123,6 +123,15 @@ async def test_run_screen_shows_the_numbers(db):
         assert "e2" in header and "3/5 gates" in header and "[2/2]" in header
 
 
+async def test_a_run_on_several_ranks_says_how_many(db, conn):
+    run_id = make_run(db, steps=200)
+    conn.execute("UPDATE runs SET world_size = 2 WHERE id = ?", (run_id,))
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await run_screen(app, pilot)
+        assert "199/400 steps · 2 ranks" in plain(screen.query_one(StatusBar))
+
+
 async def test_a_committed_row_appears_without_a_key_press(db):
     run_id = make_run(db, steps=200)
     app = LvmdTui(db, run_id=run_id, fallback_s=60.0)  # only the -wal watcher can bring it

@@ -14,15 +14,16 @@ import time
 from pathlib import Path
 
 from lvmd.cli.main import default_db
-from lvmd.cli.train import serve_foreground, split_config_arg
+from lvmd.cli.train import check_nproc, launch_foreground, nproc_arg, serve_foreground, split_config_arg
 from lvmd.config import load_config
 from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
-from lvmd.run import daemon
+from lvmd.run import daemon, launch
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get
 from store.db import connect
 from store.evals import latest_eval
+from store.report import throughput
 from store.runs import (
     LIVE_STATES,
     TERMINAL_STATES,
@@ -51,6 +52,7 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     _db_arg(p)
     p.add_argument("--timeout", type=float, default=START_SECONDS, help="seconds to wait for the daemon to run")
+    nproc_arg(p)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("serve", help="train an existing run row in this process (what start and resume spawn)")
@@ -87,6 +89,8 @@ def register(sub) -> None:
     _command_args(p)
     p.add_argument("--foreground", action="store_true", help="restart in this process instead of detached")
     p.add_argument("--quiet", action="store_true", help="no progress output (--foreground)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="restart on N local processes (default: as many as the run last had)")
     p.set_defaults(func=cmd_resume, verb="resume")
 
 
@@ -146,6 +150,7 @@ def _result(cmd: dict) -> dict:
 
 # -- start / serve -----------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
+    nproc = check_nproc(args.nproc)
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides)
     data = load_train_data(cfg)              # bad input fails here, before anything is written, and before torch
@@ -153,13 +158,15 @@ def cmd_start(args: argparse.Namespace) -> int:
     runner.make_evaluator(cfg, data, NullSink())
     db = Path(args.db or default_db()).resolve()
     run_id, out_dir = runner.create(cfg, db, data)
-    spawned = daemon.spawn(db, {"id": run_id, "out_dir": str(out_dir)}, resume=False)
+    spawned = daemon.spawn(db, {"id": run_id, "out_dir": str(out_dir)}, resume=False, nproc=nproc)
     run = daemon.wait_started(db, run_id, spawned, timeout=args.timeout)
     print(f"run {run_id} {run['state']} (pid {run['pid']}); log {spawned.log}", flush=True)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if launch.follower():          # torchrun rank > 0: never opens the database; rank 0 hands over the job
+        return serve_foreground(None, None, quiet=True)
     db = _db_path(args)
     conn = connect(db)
     try:
@@ -230,9 +237,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
         daemon.resumable_checkpoint(conn, run, locked=False)   # marks it crashed if its daemon is gone
     finally:
         conn.close()
+    nproc = check_nproc(args.nproc if args.nproc is not None else run.get("world_size") or 1)
+    if args.foreground and nproc > 1:
+        return launch_foreground(str(db), run["id"], nproc, quiet=args.quiet, resume=True)
     if args.foreground:
         return serve_foreground(str(db), run["id"], resume=True, quiet=args.quiet)
-    spawned = daemon.spawn(db, run, resume=True)
+    spawned = daemon.spawn(db, run, resume=True, nproc=nproc)
     run = daemon.wait_started(db, run["id"], spawned, timeout=max(args.timeout, START_SECONDS))
     print(f"run {run['id']} resumed from step {run['step']} ({run['state']}, pid {run['pid']}); log {spawned.log}",
           flush=True)
@@ -346,6 +356,7 @@ def status_of(conn, run: dict) -> dict:
     """What `lvmd status` shows of one run, as plain data (the --json form)."""
     live = run["state"] in LIVE_STATES
     rate = step_rate(conn, run["id"]) if run["state"] == "running" else None
+    speed = throughput(conn, run) if rate else {"samples_per_s_per_rank": None}
     left = max((run["total_steps"] or 0) - (run["step"] or 0), 0)
     ev = latest_eval(conn, run["id"])
     return {
@@ -354,6 +365,7 @@ def status_of(conn, run: dict) -> dict:
         "epoch": run["epoch"], "total_epochs": run["total_epochs"],      # epoch counted from 0, as stored
         "step": run["step"], "total_steps": run["total_steps"],
         "steps_per_s": rate, "eta_s": left / rate if rate else None,
+        "world_size": run.get("world_size") or 1, "samples_per_s_per_rank": speed["samples_per_s_per_rank"],
         "heartbeat_age_s": time.time() - run["heartbeat_at"] if live and run["heartbeat_at"] else None,
         "last_eval": None if ev is None else {k: ev.get(k) for k in (
             "id", "epoch", "step", "trigger", "gates_passed", "gates_total", "verdict_3of5", "error")},
@@ -367,6 +379,8 @@ def _status_line(s: dict) -> str:
              f"step {s['step']}/{s['total_steps']}", f"epoch {_epoch(s)}"]
     if s["steps_per_s"]:
         parts.append(f"{s['steps_per_s']:.1f} steps/s ETA {_duration(s['eta_s'])}")
+    if s["world_size"] > 1:
+        parts.append(f"{s['world_size']} ranks")
     if s["heartbeat_age_s"] is not None:
         parts.append(f"heartbeat {s['heartbeat_age_s']:.1f} s ago")
     if s["last_eval"] and s["last_eval"]["gates_total"]:
@@ -377,13 +391,15 @@ def _status_line(s: dict) -> str:
 def _status_block(s: dict) -> str:
     lines = [f"run {s['id']} ({s['name']}, preset {s['preset']}): {s['state']}"]
     if s["pid"]:
-        lines.append(f"  pid        {s['pid']} on {s['host']}")
+        lines.append(f"  pid        {s['pid']} on {s['host']}" + (f" (rank 0 of {s['world_size']})" if s["world_size"] > 1 else ""))
     pct = 100 * s["step"] / s["total_steps"] if s["total_steps"] else 0.0
     lines.append(f"  progress   epoch {_epoch(s)}, step {s['step']}/{s['total_steps']} ({pct:.1f} %)")
     if s["precision"]:
         lines.append(f"  hardware   {s['device']} {s['precision']} {s['threads']} thread{'s' * (s['threads'] != 1)}")
     if s["steps_per_s"]:
-        lines.append(f"  speed      {s['steps_per_s']:.1f} steps/s, ETA {_duration(s['eta_s'])}")
+        per_rank = s["samples_per_s_per_rank"]
+        lines.append(f"  speed      {s['steps_per_s']:.1f} steps/s, ETA {_duration(s['eta_s'])}"
+                     + (f"; {s['world_size']} ranks × {per_rank:.0f} samples/s" if per_rank else ""))
     if s["heartbeat_age_s"] is not None:
         lines.append(f"  heartbeat  {s['heartbeat_age_s']:.1f} s ago")
     ev = s["last_eval"]

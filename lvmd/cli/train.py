@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -9,7 +10,7 @@ from lvmd.cli.main import default_db
 from lvmd.config import load_config
 from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
-from lvmd.run import daemon
+from lvmd.run import daemon, launch
 
 # Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
 # commands that need them, so `lvmd --help` and the light verbs start without them.
@@ -21,7 +22,21 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     p.add_argument("--db", help="SQLite file (default $LVMD_DB or ./lvmd.db)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    nproc_arg(p)
     p.set_defaults(func=cmd_run)
+
+
+def nproc_arg(p) -> None:
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train on N local processes (torchrun; train.batch_size is the global batch)")
+
+
+def check_nproc(n: int | None) -> int:
+    if n is not None and n < 1:
+        raise UserError(f"--nproc: {n} must be >= 1")
+    if n and n > 1 and launch.launched():
+        raise UserError("--nproc: this process is already one rank of a torchrun job; drop --nproc")
+    return n or 1
 
 
 def split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -78,6 +93,9 @@ def _fmt(seconds: float) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    nproc = check_nproc(args.nproc)
+    if launch.follower():                 # torchrun rank > 0: rank 0 checks input and hands over the job
+        return serve_foreground(None, None, quiet=True)
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides)
     data = load_train_data(cfg)           # all input checked before anything is written, and before torch
@@ -85,22 +103,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     db = args.db or default_db()
     run_id, out_dir = runner.create(cfg, db, data)
     print(f"run {run_id} ({cfg.name}, preset {cfg.loss.preset}) → {db}; checkpoints in {out_dir}", flush=True)
+    if nproc > 1:
+        return launch_foreground(db, run_id, nproc, quiet=args.quiet)
     return serve_foreground(db, run_id, cfg=cfg, data=data, quiet=args.quiet)
+
+
+def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: bool = False) -> int:
+    """`lvmd serve RUN` on nproc processes under torchrun, in the foreground. If the job died
+    without recording it (a rank killed, torchrun tearing the rest down), the run is marked
+    crashed here, as a later `lvmd status` would."""
+    from pathlib import Path
+
+    from store.db import connect
+    from store.runs import LIVE_STATES, daemon_alive, get_run, record_state
+
+    args = ["serve", "--db", str(Path(db).resolve()), str(run_id)] + (["--resume"] if resume else []) \
+        + (["--quiet"] if quiet else [])
+    code = launch.run_job(nproc, args)
+    conn = connect(db)
+    try:
+        run = get_run(conn, run_id)
+        if run["state"] in LIVE_STATES and not daemon_alive(run):
+            record_state(conn, run_id, "crashed", {"reason": f"torchrun exited {code}"}, expect=(run["state"],),
+                         error=f"crashed: a rank died (torchrun exit status {code})")
+    finally:
+        conn.close()
+    return code
 
 
 def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False, cfg=None, data=None) -> int:
     """Train a run row in this process (lvmd run, lvmd serve, lvmd resume --foreground) under
     the daemon's lock and control, so it takes pause/eval/checkpoint/stop commands too."""
 
-    progress = None if quiet else Progress()
+    progress = None if quiet or launch.follower() else Progress()
     try:
-        state = daemon.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress)
+        if launch.launched():             # distributed hook: one rank of a torchrun job
+            state = launch.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress)
+            if state is None:             # a rank > 0: rank 0 reports the run
+                return 0
+        else:
+            state = daemon.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress)
     except UserError:
         raise
     except Exception as exc:
         if progress:
             progress.close()
-        print(f"lvmd: error: run {run_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        who = f"run {run_id}" if run_id is not None else f"rank {os.environ.get('RANK')} of the job"
+        print(f"lvmd: error: {who} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
         return 1
     if progress:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from lvmd.config import RunConfig
 from lvmd.data import formats as datamod
+from lvmd.data import mapped
 from lvmd.data.formats import Articles, DataError, Sequences
 
 
@@ -26,9 +25,9 @@ def load_train_data(cfg: RunConfig) -> TrainData:
     for key in ("train", "val"):
         if not getattr(d, key):
             raise DataError(f"data.{key}: not set; give a sequence NPZ path in the config or as data.{key}=PATH")
-    train = datamod.load_sequences(d.train, allow_pickle=d.allow_pickle)
-    if d.max_train:
-        train = train.subset(np.arange(min(d.max_train, len(train))))
+    # streaming hook: the train split is a memory map when its file allows (lvmd/data/mapped.py),
+    # so a split larger than memory can be streamed; the numbers are the same either way
+    train = mapped.load_train_split(d.train, allow_pickle=d.allow_pickle, max_rows=d.max_train)
     val = datamod.load_sequences(d.val, allow_pickle=d.allow_pickle)
     ood = datamod.load_sequences(d.ood, allow_pickle=d.allow_pickle) if d.ood else None
     articles = datamod.load_articles(d.articles) if d.articles else None

@@ -188,7 +188,8 @@ def build_report(data: dict, th: Thresholds = Thresholds()) -> Report:
         notes.append(f"the run is {run['state']}: this verdict is provisional")
     info = {"id": run["id"], "name": run["name"], "preset": run["preset"], "compat": run["compat"],
             "state": run["state"], "epochs_done": summary["epochs_done"], "total_epochs": run["total_epochs"],
-            "steps": summary["steps"], "best_margin": summary["best_margin"]}
+            "steps": summary["steps"], "best_margin": summary["best_margin"],
+            **data.get("throughput", {"world_size": run.get("world_size") or 1})}
     # the highest cap in force stands for the run's caps in the JSON and the ρ curve's scale
     own_cap = g["rho_cap_max"] if g["rho_cap_max"] is not None else g["rho_cap"]
     resolved = asdict(th) | {"rho_cap": th.rho_cap if th.rho_cap is not None else own_cap}
@@ -228,7 +229,7 @@ def signed_bar(value: float | None, scale: float, width: int = 12) -> str:
 def render_text(report: Report, series: dict[str, list[float]]) -> str:
     r = report.run
     lines = [f"run {r['id']} {r['name']!r} · preset {r['preset']} · compat {r['compat']} · {r['state']} · "
-             f"{r['epochs_done']}/{r['total_epochs']} epochs · {r['steps']} steps", ""]
+             f"{r['epochs_done']}/{r['total_epochs']} epochs · {r['steps']} steps" + _speed(r), ""]
     for title, checks in (("Guardrails (the seed's questions)", report.guardrails),
                           ("Success criteria", report.criteria)):
         lines.append(title)
@@ -250,6 +251,17 @@ def render_text(report: Report, series: dict[str, list[float]]) -> str:
     lines += [f"  - {reason}" for reason in report.reasons]
     lines += [f"  note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def _speed(r: dict) -> str:
+    """World size and per-rank throughput (newest steps), when known."""
+    world = r.get("world_size") or 1
+    text = f" · {world} rank{'s' if world > 1 else ''}"
+    if r.get("steps_per_s"):
+        text += f" · {r['steps_per_s']:.1f} steps/s"
+    if r.get("samples_per_s_per_rank"):
+        text += f" · {r['samples_per_s_per_rank']:.0f} samples/s per rank"
+    return text
 
 
 def _margin_lines(rows: list[dict]) -> list[str]:

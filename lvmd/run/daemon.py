@@ -237,7 +237,7 @@ def _timer(seconds: float) -> Iterator[None]:
 
 # -- serving a run in this process -----------------------------------------------------------
 def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=None, resume: bool = False,
-          progress: Callable[[dict], None] | None = None) -> str:
+          progress: Callable[[dict], None] | None = None, announce: Callable | None = None) -> str:
     """Train run `run_id` in this process under its lock: a fresh row made by runner.create, or
     (resume) a stopped or crashed run from its last checkpoint. Returns the final state."""
     from lvmd.run import runner
@@ -263,6 +263,8 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
     try:
         cfg = cfg or config_from_dict(json.loads(run["config_json"]))
         data = data or load_train_data(cfg)
+        if announce is not None:     # distributed hook (lvmd.run.launch): the other ranks start now
+            announce(cfg, run, checkpoint)
         return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint,
                               progress=progress, control_factory=lambda sink: DaemonControl(sink, db, run_id))
     finally:
@@ -296,12 +298,15 @@ class Spawned:
     log_offset: int
 
 
-def spawn(db: Path, run: dict, *, resume: bool) -> Spawned:
+def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1) -> Spawned:
     """`lvmd serve` for the run, detached: its own session, stdin /dev/null, stdout and stderr
-    appended to <out_dir>/daemon.log (owner-only; a resumed run's daemon appends to it)."""
+    appended to <out_dir>/daemon.log (owner-only; a resumed run's daemon appends to it). With
+    nproc > 1 the process is torchrun and rank 0, its child, is the run's daemon."""
+    from lvmd.run.launch import torchrun_argv
+
     log = Path(run["out_dir"]) / LOG_FILE
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    argv = [sys.executable, "-m", "lvmd", "serve", "--db", str(db), str(run["id"])]
+    argv = torchrun_argv(nproc, ["serve", "--db", str(db), str(run["id"])])
     try:
         offset = os.fstat(fd).st_size
         proc = subprocess.Popen(argv + (["--resume"] if resume else []), stdin=subprocess.DEVNULL,
@@ -325,7 +330,7 @@ def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> d
     try:
         while True:
             run = get_run(conn, run_id)
-            ours = run["pid"] == proc.pid
+            ours = _started_by(run["pid"], proc.pid)
             if ours and run["state"] in LIVE_STATES and run["state"] != "starting":
                 # "running" is said once a step has landed or the daemon has lived START_GRACE_S
                 # past it: a first step that crashes (a kernel this CPU lacks) is reported here.
@@ -334,9 +339,9 @@ def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> d
                     return run
             if proc.poll() is not None:
                 run = get_run(conn, run_id)
-                if run["pid"] == proc.pid and run["state"] in ("finished", "stopped"):
+                if _started_by(run["pid"], proc.pid) and run["state"] in ("finished", "stopped"):
                     return run                      # a run so short it was over before we looked
-                error = ((run["pid"] == proc.pid and run["error"]) or last_error(daemon.log, daemon.log_offset)
+                error = ((_started_by(run["pid"], proc.pid) and run["error"]) or last_error(daemon.log, daemon.log_offset)
                          or f"exit status {proc.returncode}")
                 record_state(conn, run_id, "failed", {"error": error}, expect=("starting",), error=error)
                 raise UserError(f"run {run_id} did not start: {error} (log: {daemon.log})")
@@ -345,6 +350,17 @@ def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> d
             time.sleep(0.1)
     finally:
         conn.close()
+
+
+def _started_by(pid: int | None, launcher: int) -> bool:
+    """Is `pid` the process we spawned, or its child (rank 0 under torchrun)?"""
+    if pid == launcher:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1]) == launcher
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def last_error(log: Path, offset: int = 0) -> str:

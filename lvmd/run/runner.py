@@ -13,7 +13,7 @@ from typing import Callable
 from lvmd import __version__
 from lvmd.train.collapse import CollapseWatch
 from lvmd.config import RunConfig, config_to_dict
-from lvmd.train import hardware
+from lvmd.train import distributed, hardware
 from lvmd.train.control import Control
 from lvmd.data.formats import file_sha256
 from lvmd.data.train_data import TrainData
@@ -83,9 +83,15 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
     duplicate. lvmd.run.daemon.serve is the usual caller (it holds the run's lock)."""
     sink = SqliteSink(db, run_id, flush_seconds=cfg.train.flush_seconds)
     control = (control_factory or (lambda s: Control(s)))(sink)
+    dist = distributed.current()
+    if dist is not None:     # distributed hook: rank 0 decides, every rank acts at block boundaries
+        from lvmd.train.dist_control import LeaderControl
+
+        control = LeaderControl(control, dist, every=cfg.train.telemetry_block)
     state, error, detail = "failed", None, None
     try:
-        sink.update_run(pid=os.getpid(), host=socket.gethostname(), started_at=time.time(), ended_at=None, error=None)
+        sink.update_run(pid=os.getpid(), host=socket.gethostname(), started_at=time.time(), ended_at=None, error=None,
+                        world_size=dist.world if dist else 1)
         control.set_state("starting", pid=os.getpid(), resume_from=str(resume_from) if resume_from else None)
         watch = CollapseWatch(cfg, sink, act=control.request)
         trainer = Trainer(cfg, data, sink, out_dir=out_dir, control=control,
@@ -105,6 +111,8 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         state = trainer.run()
         return state
     except BaseException as exc:
+        if distributed.peer_lost(exc):   # distributed hook: another rank died; the job is down
+            state = "crashed"
         error = f"{type(exc).__name__}: {exc}".strip()
         detail = {"error": error, "traceback": traceback.format_exc(limit=8)}
         raise

@@ -57,16 +57,36 @@ def guarded_loss(raw: torch.Tensor, unit: torch.Tensor, y_next: torch.Tensor, y_
     L = mse + (0 if skip else λ·Ldir) + β·Lfloor + η·Lnorm + κ·Lorth
     """
     raw, unit = raw.float(), unit.float()          # losses in fp32 even under bf16 autocast
-    base = losses.mse(raw, y_next)
     pos = losses.cosine(unit, y_next)              # (B,)
     neg = losses.cosine(unit, y_prev)              # (B,)
-    l_dir = losses.directional(pos, neg, stage.m_gap, alpha=cfg.alpha, gamma=cfg.gamma, m_ratio=cfg.m_ratio)
-    l_floor = losses.positive_floor(pos, cfg.tau)
-    # compat lnsp: the original regularised the already-normalised output (a no-op)
-    l_norm = losses.norm_penalty(unit if compat == "lnsp" else raw)
-    l_orth = losses.orthogonality(neg)
-    pos_mean, neg_mean = pos.mean().detach(), neg.mean().detach()
+    terms = loss_terms(raw, unit, y_next, pos, neg, stage, cfg, compat=compat)
+    gap, ratio = losses.gap_and_ratio(pos.detach(), neg.detach())
+    stats = {"pos": pos.mean().detach(), "neg": neg.mean().detach(), "gap": gap.mean(), "ratio": ratio.mean(),
+             "neg_cos_rate": (pos.detach() < 0).float().mean()}
+    return combine(terms, stats, stage, cfg)
 
+
+def loss_terms(raw: torch.Tensor, unit: torch.Tensor, y_next: torch.Tensor, pos: torch.Tensor,
+               neg: torch.Tensor, stage: RampStage, cfg: LossConfig, *, compat: str = "none",
+               reduce: losses.Reduce = torch.mean) -> dict[str, torch.Tensor]:
+    """The differentiable terms of the loss, reduced over the batch by `reduce` (mean; or sum
+    for one rank's share of a global batch, lvmd.train.distributed)."""
+    return {
+        "mse": losses.mse(raw, y_next, reduce),
+        "l_dir": losses.directional(pos, neg, stage.m_gap, alpha=cfg.alpha, gamma=cfg.gamma,
+                                    m_ratio=cfg.m_ratio, reduce=reduce),
+        "l_floor": losses.positive_floor(pos, cfg.tau, reduce),
+        # compat lnsp: the original regularised the already-normalised output (a no-op)
+        "l_norm": losses.norm_penalty(unit if compat == "lnsp" else raw, reduce),
+        "l_orth": losses.orthogonality(neg, reduce),
+    }
+
+
+def combine(terms: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], stage: RampStage,
+            cfg: LossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """G4 λ/ρ, G5 skip and the total from the batch's terms and its (detached) statistics
+    pos̄, neḡ, gap̄, ratiō, neg_cos_rate: the same decisions whoever computed the batch values."""
+    base, l_dir = terms["mse"], terms["l_dir"]
     if cfg.directional:
         lam, rho, rho_pre, attenuated = adaptive_lambda(
             base, l_dir, stage.frac, lam_min=cfg.lam_min, lam_max=cfg.lam_max,
@@ -75,19 +95,18 @@ def guarded_loss(raw: torch.Tensor, unit: torch.Tensor, y_next: torch.Tensor, y_
         lam = rho = rho_pre = torch.zeros_like(base)
         attenuated = torch.zeros_like(base, dtype=torch.bool)
     if cfg.skip:
-        skip = skip_batch(pos_mean, neg_mean, weak_pos=cfg.skip_weak_pos, neg_floor=cfg.skip_neg)
+        skip = skip_batch(stats["pos"], stats["neg"], weak_pos=cfg.skip_weak_pos, neg_floor=cfg.skip_neg)
     else:
         skip = torch.zeros_like(base, dtype=torch.bool)
 
     directional_term = torch.where(skip, torch.zeros_like(l_dir), lam * l_dir)
-    total = base + directional_term + cfg.beta * l_floor + cfg.eta * l_norm + cfg.kappa * l_orth
+    total = (base + directional_term + cfg.beta * terms["l_floor"] + cfg.eta * terms["l_norm"]
+             + cfg.kappa * terms["l_orth"])
 
-    gap, ratio = losses.gap_and_ratio(pos.detach(), neg.detach())
     metrics = {
-        "lam": lam, "rho": rho, "rho_pre": rho_pre, "pos": pos_mean, "neg": neg_mean,
-        "gap": gap.mean(), "ratio": ratio.mean(), "neg_cos_rate": (pos.detach() < 0).float().mean(),
+        "lam": lam, "rho": rho, "rho_pre": rho_pre, **stats,
         "skip": skip.float(), "attenuate": attenuated.float(), "mse": base.detach(),
-        "l_dir": l_dir.detach(), "l_floor": l_floor.detach(), "l_norm": l_norm.detach(),
-        "l_orth": l_orth.detach(), "total": total.detach(),
+        "l_dir": l_dir.detach(), "l_floor": terms["l_floor"].detach(), "l_norm": terms["l_norm"].detach(),
+        "l_orth": terms["l_orth"].detach(), "total": total.detach(),
     }
     return total, metrics

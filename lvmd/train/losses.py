@@ -3,15 +3,20 @@ are 0-d tensors. No Python branching on tensor values, so they run on any device
 host sync."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 RATIO_EPS = 1e-6
+# `reduce` turns the per-element terms into the batch value: the mean (default) in one process;
+# lvmd.train.distributed passes torch.sum so that ranks can add their shares of a global batch.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
-def mse(raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def mse(raw: torch.Tensor, target: torch.Tensor, reduce: Reduce = torch.mean) -> torch.Tensor:
     """Base loss: mean over B×D of (raw − y)². Its scale is ≈ (2 − 2cos)/D, ~1e-3 at D=768."""
-    return (raw - target).pow(2).mean()
+    return reduce((raw - target).pow(2))
 
 
 def cosine(pred_unit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -25,26 +30,26 @@ def gap_and_ratio(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def directional(pos: torch.Tensor, neg: torch.Tensor, m_gap: float, *, alpha: float, gamma: float,
-                m_ratio: float) -> torch.Tensor:
+                m_ratio: float, reduce: Reduce = torch.mean) -> torch.Tensor:
     """G1 scale-aware directional loss:
     mean[ α·sp(γ(m_gap − gap))/γ + (1−α)·sp(γ(m_ratio − ratio))/γ ]."""
     gap, ratio = gap_and_ratio(pos, neg)
     gap_term = F.softplus(gamma * (m_gap - gap)) / gamma
     ratio_term = F.softplus(gamma * (m_ratio - ratio)) / gamma
-    return (alpha * gap_term + (1.0 - alpha) * ratio_term).mean()
+    return reduce(alpha * gap_term + (1.0 - alpha) * ratio_term)
 
 
-def positive_floor(pos: torch.Tensor, tau: float) -> torch.Tensor:
+def positive_floor(pos: torch.Tensor, tau: float, reduce: Reduce = torch.mean) -> torch.Tensor:
     """G2: mean relu(τ − pos)²: zero once every prediction is at least τ toward its target."""
-    return F.relu(tau - pos).pow(2).mean()
+    return reduce(F.relu(tau - pos).pow(2))
 
 
-def norm_penalty(vec: torch.Tensor) -> torch.Tensor:
+def norm_penalty(vec: torch.Tensor, reduce: Reduce = torch.mean) -> torch.Tensor:
     """G3: mean (‖v‖ − 1)². lvmd applies it to the raw output; compat lnsp to the unit output,
     where it is identically ~0 (the original's no-op)."""
-    return (vec.norm(dim=-1) - 1.0).pow(2).mean()
+    return reduce((vec.norm(dim=-1) - 1.0).pow(2))
 
 
-def orthogonality(neg: torch.Tensor) -> torch.Tensor:
+def orthogonality(neg: torch.Tensor, reduce: Reduce = torch.mean) -> torch.Tensor:
     """v2.2: mean neg², pushing the prediction orthogonal to y_prev."""
-    return neg.pow(2).mean()
+    return reduce(neg.pow(2))

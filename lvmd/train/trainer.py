@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from lvmd.config import RunConfig, config_from_dict, config_to_dict, stage_for_epoch
 from lvmd.data import formats as datamod
+from lvmd.data import stream
 from lvmd.data.formats import Articles, DataError, Sequences
 from lvmd.data.train_data import TrainData
-from lvmd.train import checkpoint, hardware
+from lvmd.train import checkpoint, distributed, hardware
 from lvmd.train.control import Control, Request
 from lvmd.train.guardrails import DEVICE_METRICS, guarded_loss
 from lvmd.train.models import build_model
@@ -156,10 +157,16 @@ class Trainer:
         self.hardware = hardware.resolve(cfg, data.train.dim, data.train.context_len)
         torch.manual_seed(t.seed)
         self.device = self.hardware.device
+        # distributed hook: under torchrun, this rank's group and device (None, unchanged otherwise)
+        self.dist, self.device = distributed.for_training(t, self.device)
+        self.main = self.dist is None or self.dist.main      # rank 0 (or the only process)
         self.autocast_dtype = self.hardware.autocast_dtype
-        self.train_split = to_device(data.train, cfg, data.articles, self.device)
+        self.train_split = self._place_train(data, t)
         self.val_split = to_device(data.val, cfg, data.articles, self.device)
         self.model = build_model(cfg.model, data.train.dim).to(self.device)
+        # distributed hook: DDP for the step, the global-batch loss; self.model stays the bare module
+        self.net = self.dist.wrap(self.model, self.device, t.seed) if self.dist else self.model
+        self.loss_fn = self.dist.global_loss if self.dist else guarded_loss
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -174,6 +181,19 @@ class Trainer:
         self.best: float | None = None
         self.telemetry = TelemetryBuffer(sink, block=t.telemetry_block, flush_seconds=t.flush_seconds,
                                          on_rows=self._on_rows)
+        if not self.main:        # distributed hook: rank 0 alone records the (global) telemetry
+            self.telemetry = SilentTelemetry(sink, block=t.telemetry_block, flush_seconds=t.flush_seconds)
+
+    def _place_train(self, data: TrainData, t) -> "DeviceSplit | stream.StreamedSplit":
+        """streaming hook: the train split on the device, or streamed per batch when it is
+        larger than train.device_data_budget."""
+        size, budget = stream.split_bytes(data.train), stream.device_budget(t.device_data_budget, self.device)
+        if size <= budget:
+            return to_device(data.train, self.cfg, data.articles, self.device)
+        self.sink.event("data", detail={"split": "train", "streamed": True, "bytes": size, "budget": budget,
+                                        "mapped": isinstance(data.train.contexts, np.memmap)})
+        return stream.streamed(data.train, datamod.prev_vectors(data.train, self.cfg.loss.prev, data.articles),
+                               self.device)
 
     # -- one optimizer step (also used bare by scripts/bench_trainer.py) --------------------
     def train_step(self, ctx: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor, stage) -> torch.Tensor:
@@ -183,8 +203,8 @@ class Trainer:
             ctx = corrupt_last_slot(ctx, share=t.last_slot_noise, sigma=t.noise_sigma, swap_share=t.swap_share)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            raw, unit = self.model(ctx)                                   # (B, D) each
-        total, metrics = guarded_loss(raw, unit, y, y_prev, stage, self.cfg.loss, compat=self.cfg.compat)
+            raw, unit = self.net(ctx)                                     # (B, D) each
+        total, metrics = self.loss_fn(raw, unit, y, y_prev, stage, self.cfg.loss, compat=self.cfg.compat)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else math.inf)
@@ -207,9 +227,11 @@ class Trainer:
             stage = stage_for_epoch(cfg.loss.ramp, self.epoch)
             order = self.epoch_order(self.epoch)
             started = time.monotonic()
+            # streaming + distributed hook: the epoch's batches (this rank's share; streamed or in memory)
+            feed = stream.batches(split, order, bs, start=self.batch, count=self.batches_per_epoch,
+                                  shard=self.dist.shard if self.dist else None)
             while self.batch < self.batches_per_epoch and self.step < self.total_steps:
-                idx = order[self.batch * bs:(self.batch + 1) * bs]                  # (B,)
-                packed = self.train_step(split.contexts[idx], split.targets[idx], split.prev[idx], stage)
+                packed = self.train_step(*next(feed), stage)
                 self.batch += 1
                 self.step += 1
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -263,7 +285,9 @@ class Trainer:
     def end_epoch(self, duration: float) -> None:
         """Flush, validate, step the scheduler, write the epoch row, checkpoint, maybe 5CAT."""
         self.telemetry.flush()
-        val = self.validate()
+        val = self.validate() if self.main else None
+        if self.dist:                # distributed hook: rank 0's validation drives every rank's scheduler
+            val = self.dist.broadcast_object(val)
         self.scheduler.step(val["val_loss"])
         row = {"epoch": self.epoch, "step": self.step, "t": time.time(), "duration_s": duration,
                **self.telemetry.stats.row(), **val, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -279,7 +303,7 @@ class Trainer:
         self.epoch, self.batch = self.epoch + 1, 0
         improved = self._is_best(val)
         last = self.save_checkpoint("last")
-        if improved:
+        if improved and self.main:
             best = checkpoint.copy(last, self.checkpoint_path("best"))
             self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": "best", "path": str(best)})
         if run_full:
@@ -343,6 +367,11 @@ class Trainer:
         # never leaves a gap in the steps table.
         self.telemetry.flush()
         self.sink.flush()
+        ranks = None
+        if self.dist:                # distributed hook: a collective; rank 0 writes every rank's RNG
+            ranks = self.dist.gather_object(_rng_state(self.device))
+            if not self.dist.main:
+                return self.checkpoint_path(which)
         state = {
             "config_json": _json(config_to_dict(self.cfg)), "dim": self.data.train.dim,
             "context_len": self.data.train.context_len, "model_type": self.cfg.model.kind,
@@ -354,6 +383,8 @@ class Trainer:
             "best": self.best if self.best is not None else math.nan,
             "epoch_stats": dict(vars(self.telemetry.stats)),  # a mid-epoch resume keeps the epoch's aggregates
         }
+        if ranks is not None:
+            state.update(world_size=self.dist.world, rng_ranks=ranks)
         path = checkpoint.save(self.checkpoint_path(which), state)
         self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": which, "path": str(path)})
         return path
@@ -367,12 +398,31 @@ class Trainer:
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         self.scheduler.load_state_dict(state["scheduler_state"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if state["rng_cuda"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        ranks, rank = state.get("rng_ranks") or [], self.dist.rank if self.dist else 0
+        if rank < len(ranks):        # distributed hook: this rank's own RNG, when it was saved
+            torch.set_rng_state(ranks[rank]["cpu"].cpu())
+            if ranks[rank]["cuda"] is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(ranks[rank]["cuda"].cpu(), self.device)
+        elif rank == 0:
+            torch.set_rng_state(state["rng_cpu"].cpu())
+            if state["rng_cuda"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        # else: a rank the saved run did not have keeps its fresh per-rank seed (Dist.wrap)
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         self.best = None if math.isnan(state["best"]) else float(state["best"])
         vars(self.telemetry.stats).update(state["epoch_stats"])
+
+
+class SilentTelemetry(TelemetryBuffer):
+    """Ranks > 0 under torchrun: the step values are global and rank 0 records them."""
+
+    def add(self, host: tuple, packed: torch.Tensor) -> None:
+        pass
+
+
+def _rng_state(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def _json(obj) -> str:

@@ -100,6 +100,8 @@ class StatusBar(Widget):
         if epoch is not None:
             line.append(f" · e{epoch_label(epoch, r.get('total_epochs'))}")
         line.append(f" · {step:,}" + (f"/{r['total_steps']:,}" if r.get("total_steps") else "") + " steps")
+        if (r.get("world_size") or 1) > 1:     # a torchrun job: its rank count
+            line.append(f" · {r['world_size']} ranks")
         rate = self.run.steps_per_s
         if r["state"] == "running" and rate and self.run.step_limit is None:  # not while replaying
             line.append(f" · {rate:,.1f} st/s")
