@@ -29,9 +29,10 @@ class RunScreen(Screen):
         Binding("e", "command('eval')", "Eval", tooltip="run a 5CAT evaluation now"),
         Binding("c", "command('checkpoint')", "Ckpt", tooltip="save a checkpoint now"),
         Binding("s", "stop", "Stop…", tooltip="stop the run (asks first)"),
-        Binding("left_square_bracket", "replay(-1)", "◀Ep", tooltip="replay: show the run as of the previous epoch"),
-        Binding("right_square_bracket", "replay(1)", "Ep▶", tooltip="replay: next epoch (past the last: live)"),
-        Binding("l", "live", "Live", tooltip="leave replay, follow the run live"),
+        # [ ] l are left out of the footer so that z, esc, ? and q fit at 80 columns (? lists them)
+        Binding("left_square_bracket", "replay(-1)", "◀Ep", show=False, tooltip="replay: show the run as of the previous epoch"),
+        Binding("right_square_bracket", "replay(1)", "Ep▶", show=False, tooltip="replay: next epoch (past the last: live)"),
+        Binding("l", "live", "Live", show=False, tooltip="leave replay, follow the run live"),
         Binding("b", "toggle_baseline", "Base", tooltip="overlay the baseline run's curves (grey)"),
         Binding("z", "zoom", "Zoom", tooltip="step charts: the newest 1/4, 1/16, 1/64 of the steps, then all"),
         Binding("comma", "pick_eval(-1)", "◀Eval", show=False, tooltip="gate table: previous eval"),
@@ -70,7 +71,7 @@ class RunScreen(Screen):
                 yield Static(EventLog.HEADER, classes="log-header")
                 yield EventLog(id="event-log")
                 yield CommandLog(id="command-log")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # ? lists ctrl+p
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self.query_one(StatusBar).refresh)  # heartbeat age and ETA tick
@@ -160,7 +161,7 @@ class RunScreen(Screen):
                 self.app.send_command(self.run_id, "stop")
 
         self.app.push_screen(ConfirmScreen(f"Stop run {self.run_id}? The daemon checkpoints and exits;"
-                                           " `lvmd run --resume` can continue it later.", "Stop"), answered)
+                                           f" `lvmd resume {self.run_id}` can continue it later.", "Stop"), answered)
 
     def action_replay(self, delta: int) -> None:
         last = self.snapshot.last_epoch if self.snapshot else None

@@ -21,6 +21,7 @@ from textual.message import Message
 
 from store import reader
 from store.db import connect
+from store.runs import active_rate
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,8 @@ class _RunTracker:
 
 
 def _rate(rows_newest_first: list[dict]) -> float | None:
-    if len(rows_newest_first) < 2:
-        return None
-    a, b = rows_newest_first[-1], rows_newest_first[0]
-    return (b["step"] - a["step"]) / (b["t"] - a["t"]) if b["t"] > a["t"] else None
+    """Training steps/s: the same rule as `lvmd status` (paused, stopped and eval time left out)."""
+    return active_rate([(r["step"], r["t"]) for r in rows_newest_first])
 
 
 class DbTail:
