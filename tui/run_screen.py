@@ -53,6 +53,7 @@ class RunScreen(Screen):
         self.picked_eval_id: int | None = None  # None: the newest eval in view
         self.zoom = 0                           # step charts: the newest 4^-zoom of the steps
         self.announced: set[str] = set()
+        self._drawn: dict[str, tuple] = {}      # what the charts were last drawn from
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -112,11 +113,20 @@ class RunScreen(Screen):
                 self.announced.add(alert.key)
                 self.notify(alert.text, title=f"run {self.run_id}", severity="error", timeout=10)
         self.query_one(StatusBar).show(run, alerts, self._notes())
-        markers = event_markers(run)
-        for spec in STEP_CHARTS:
-            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers))
-        self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline))
-        self.query_one("#chart-valcos", Chart).show(val_cos_plot(run, baseline))
+        # A heartbeat or a command commits too: redraw the charts only when what they show changed
+        # (the tail hands over the same series object while no step arrived), so a paused run costs nothing.
+        step_key = (run.series, baseline.series if baseline else None, len(run.events),
+                    run.events[-1]["id"] if run.events else None)
+        if step_key != self._drawn.get("steps"):
+            self._drawn["steps"] = step_key
+            markers = event_markers(run)
+            for spec in STEP_CHARTS:
+                self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers))
+        epoch_key = (run.epochs, run.run.get("total_epochs"), baseline.epochs if baseline else None)
+        if epoch_key != self._drawn.get("epochs"):
+            self._drawn["epochs"] = epoch_key
+            self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline))
+            self.query_one("#chart-valcos", Chart).show(val_cos_plot(run, baseline))
         self._show_gates()
         self.query_one(EventLog).show(run.events)
         self.query_one(CommandLog).show(run.commands)

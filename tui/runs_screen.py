@@ -42,6 +42,10 @@ class RunsScreen(Screen):
 
     def show_update(self, update: TailUpdate) -> None:
         self.runs = update.runs
+        if self.is_current:  # under the run screen: drawn when it comes back (on_screen_resume)
+            self._draw()
+
+    def on_screen_resume(self) -> None:
         self._draw()
 
     def _draw(self) -> None:

@@ -82,6 +82,8 @@ class _RunTracker:
     events: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     gates: dict[int, tuple[dict, ...]] = field(default_factory=dict)
+    last_series: reader.SeriesSnapshot | None = None
+    series_shape: tuple = ()
 
     def read(self, conn: sqlite3.Connection, replay_epoch: int | None, *, preview: bool = False) -> RunSnapshot | None:
         """The run as committed now; with preview=True, only if a sampled series is worth
@@ -94,8 +96,12 @@ class _RunTracker:
             if series is None:
                 return None
         else:
-            self.series.refresh(conn)
-            series = self.series.snapshot()
+            # the same snapshot object while nothing changed: the screen skips redrawing its charts
+            changed = self.series.refresh(conn)
+            shape = (self.series.width, self.series.step_from, self.series.last_step)
+            if changed or self.last_series is None or shape != self.series_shape:
+                self.last_series, self.series_shape = self.series.snapshot(), shape
+            series = self.last_series
         # a resume deletes what was written after its checkpoint: then read these again
         if self.events and reader.events_count(conn, self.run_id, self.events[-1]["id"]) != len(self.events):
             self.events = []

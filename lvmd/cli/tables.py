@@ -25,9 +25,9 @@ def render(renderable, *, file=None) -> str:
     """The renderable as text: coloured on a terminal, plain (and at full width) in a pipe."""
     file = file or sys.stdout
     console = Console(file=file, highlight=False, soft_wrap=False)
-    if not console.is_terminal:
-        console = Console(file=file, highlight=False, width=max(console.measure(renderable).maximum, 20),
-                          color_system=None)
+    if not console.is_terminal:  # a pipe or a file: the table's natural width, no colour codes
+        natural = Console(width=100_000).measure(renderable).maximum
+        console = Console(file=file, highlight=False, width=max(natural, 20), color_system=None)
     with console.capture() as cap:
         console.print(renderable)
     return cap.get().rstrip("\n")

@@ -35,7 +35,8 @@ class RunList(DataTable):
         else:
             for r in runs:
                 for (key, _label), cell in zip(COLUMNS, self._cells(r, now)):
-                    self.update_cell(str(r.id), key, cell)
+                    if self.get_cell(str(r.id), key) != cell:  # an unchanged cell costs no repaint
+                        self.update_cell(str(r.id), key, cell)
         self.runs = runs
 
     @property

@@ -1,0 +1,180 @@
+"""Issue 15, the TUI as people use it: a gate table the eye reads like the code, an honest
+speed, the right words after stop and resume, 80×24, and no redraw while nothing changes."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from store.commands import ack, complete, enqueue
+from store.db import connect
+from store.runs import update_run
+from store.writer import SqliteSink
+from tui.app import LvmdTui
+from tui.dialogs import ConfirmScreen
+from tui.widgets.chart import Chart
+from tui.widgets.gates import GateTable
+from tui.widgets.status import StatusBar
+
+from test_tui import db, make_run, plain, run_screen, step_rows, wait_for  # noqa: F401  (db: fixture)
+
+pytestmark = pytest.mark.anyio
+
+
+def fivecat_gates() -> list[dict]:
+    """The 13 checks a real 5CAT writes for VAL and OOD (lvmd/eval/fivecat/results.py), with
+    values that sit close to their thresholds."""
+    rows = []
+    spec = [("A", "m_0", 0.5259, 0.526, ">="), ("A", "margin", 0.13, 0.12, ">="), ("B", "r_at_1", 0.61, 0.6, ">="),
+            ("B", "r_at_5", 0.96, 0.95, ">="), ("B", "mrr", 0.81, 0.8, ">="),
+            ("C", "delta_shuffled", -0.2, -0.15, "<="), ("C", "delta_reversed", -0.2, -0.1, "<="),
+            ("C", "delta_leave_one_out", -0.1, -0.08, "<="), ("C", "delta_repeat_pad", 0.02, 0.05, "<="),
+            ("C", "delta_cross_article", 0.01, 0.05, "<="), ("D", "rollout", 0.5, 0.45, ">=")]
+    for split in ("VAL", "OOD"):
+        for gate, metric, value, thr, op in spec:
+            ok = value >= thr if op == ">=" else value <= thr
+            rows.append({"split": split, "gate": gate, "metric": metric, "value": value, "threshold": thr, "op": op,
+                         "passed": int(ok)})
+        rows.append({"split": split, "gate": "E", "metric": "bin_normal_n", "value": 400.0, "threshold": 1,
+                     "op": ">=", "passed": 1})
+    rows.append({"split": "VAL-OOD", "gate": "E", "metric": "normal_delta", "value": 0.044, "threshold": 0.045,
+                 "op": "<=", "passed": 1})
+    return rows
+
+
+def add_eval(path, run_id: int, gates: list[dict]) -> None:
+    sink = SqliteSink(path, run_id, flush_seconds=0.0)
+    sink.write_eval({"epoch": 1, "step": 199, "trigger": "command", "gates_passed": 4, "gates_total": 5,
+                     "verdict_3of5": 1, "verdict_all5": 0}, gates, [])
+    sink.close()
+
+
+def cell_styles(table, row_key: str, column: str, y: int) -> dict[str, str]:
+    """Text -> colour of the painted segments of one table line (what the terminal gets)."""
+    strip = table.render_line(y)
+    return {seg.text.strip(): str(seg.style.color.name if seg.style and seg.style.color else "")
+            for seg in strip if seg.text.strip()}
+
+
+async def test_gate_table_thresholds_are_exact_glyphs_say_pass_fail_and_the_cursor_keeps_colour(db):
+    run_id = make_run(db, epochs=0)
+    add_eval(db, run_id, fivecat_gates())
+    app = LvmdTui(db, run_id=run_id)
+    app.theme = "ansi-dark"  # --ansi
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await run_screen(app, pilot)
+        await pilot.press("2")
+        await pilot.pause()
+        table = screen.query_one(GateTable).query_one("DataTable")
+        await wait_for(pilot, lambda: table.row_count == 13, "the gate rows")
+        # 0.044 ≤ 0.045 passed: the threshold is not rounded to 0.04 (which would read as a fail)
+        assert table.get_cell("E:normal_delta", "VAL-OOD").plain == "✓ 0.044 ≤0.045"
+        # 0.5259 < 0.526 failed: not rounded up to 0.526 (a pass to the eye), nor the threshold to 0.53
+        assert table.get_cell("A:m_0", "VAL").plain == "✗ 0.5259 ≥0.526"
+        assert table.get_cell("B:r_at_5", "OOD").plain == "✓ 0.960 ≥0.95"
+        # the cursor sits on the first row (A m_0): its cells keep red, its glyph says ✗ without colour
+        assert table.cursor_row == 0
+        painted = cell_styles(table, "A:m_0", "VAL", 1)
+        assert any("✗" in text and "red" in colour for text, colour in painted.items()), painted
+
+
+async def test_stop_dialog_names_the_real_resume_command(db):
+    run_id = make_run(db)
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await run_screen(app, pilot)
+        await pilot.press("s")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        assert f"`lvmd resume {run_id}`" in app.screen.question and "--resume" not in app.screen.question
+
+
+async def test_resume_of_a_run_that_was_not_paused_says_so(db, conn):
+    run_id = make_run(db)
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await run_screen(app, pilot)
+        command = enqueue(conn, run_id, "resume")
+        ack(conn, command, 401)
+        complete(conn, command, result={"step": 401, "was_paused": False})  # what the daemon answers
+        status = screen.query_one(StatusBar)
+        await wait_for(pilot, lambda: "401" in plain(status), "the answer")
+        assert "resume: run was not paused (step 401)" in plain(status) and "resumed at" not in plain(status)
+
+
+async def test_speed_and_eta_leave_out_a_pause(db):
+    """200 steps at 2 steps/s, an hour paused, 20 more steps at 2 steps/s: 2.0 st/s, not 0.1."""
+    run_id = make_run(db, steps=200)
+    sink = SqliteSink(db, run_id, flush_seconds=0.0)
+    sink.log_steps([(s, e, t + 3600.0, *rest) for s, e, t, *rest in step_rows(range(200, 220))])
+    sink.update_run(step=219, heartbeat_at=time.time())
+    sink.close()
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await run_screen(app, pilot)
+        await wait_for(pilot, lambda: "219/400" in plain(screen.query_one(StatusBar)), "step 219")
+        text = plain(screen.query_one(StatusBar))
+        assert "2.0 st/s" in text and "ETA 1m30s" in text  # 181 steps at 2/s
+
+
+async def test_80x24_shows_eta_heartbeat_keys_and_the_whole_gate_table(db):
+    run_id = make_run(db, name="demo-wiki-v2.1-20261129-123456", epochs=0)
+    add_eval(db, run_id, fivecat_gates())
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await run_screen(app, pilot)
+        status = screen.query_one(StatusBar)
+        where = plain(status).splitlines()[0]
+        assert "ETA 1m40s" in where and "♥" in where and "running" in where
+        assert len(where) <= status.content_region.width
+        keys = {k.key: k.region for k in screen.query("FooterKey")}
+        for key in ("p", "s", "z", "escape", "question_mark", "q"):
+            assert key in keys and keys[key].right <= 80, (key, keys.get(key))
+        await pilot.press("2")
+        await pilot.pause()
+        table = screen.query_one(GateTable).query_one("DataTable")
+        await wait_for(pilot, lambda: table.row_count == 13, "the gate rows")
+        await pilot.pause()
+        assert table.max_scroll_y == 0 and table.region.bottom <= 23  # every check on screen, above the footer
+        assert all(c.region.height >= 4 for c in screen.query("#epoch-charts > Chart").results(Chart))
+
+
+async def test_a_heartbeat_repaints_no_chart(db, conn):
+    """A paused run commits only heartbeats: the tail posts them, the charts stay as drawn."""
+    run_id = make_run(db, state="paused")
+    renders = []
+    original = Chart.render
+
+    def counting(self):
+        renders.append(self.id)
+        return original(self)
+
+    Chart.render = counting
+    try:
+        app = LvmdTui(db, run_id=run_id)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await run_screen(app, pilot)
+            await pilot.pause(0.5)
+            polls, before = app.tail.polls, len(renders)
+            for _ in range(3):
+                update_run(conn, run_id, heartbeat_at=time.time())
+                conn.commit()
+                await wait_for(pilot, lambda: app.tail.polls > polls, "the heartbeat read")
+                polls = app.tail.polls
+                await pilot.pause(0.2)
+            assert len(renders) == before, f"{len(renders) - before} chart repaints for 3 heartbeats"
+    finally:
+        Chart.render = original
+
+
+@pytest.fixture()
+def conn(db):
+    c = connect(db)
+    yield c
+    c.close()
+
+
+@pytest.fixture()
+def anyio_backend() -> str:
+    return "asyncio"
