@@ -3,10 +3,12 @@ from 1 with a speed that leaves out pauses, every table exportable, the demo scr
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -142,3 +144,17 @@ def test_readme_says_how_to_reach_lvmd_and_hard_codes_no_run_id():
     assert "source .venv/bin/activate" in text
     assert "stop 1 --db" not in text
     assert "pip install pandas" in text
+
+
+def test_data_report_tells_its_progress_before_the_report():
+    """Progress goes to stderr stage by stage (a rich bar on a terminal), the report to stdout after."""
+    fixture = ROOT / "tests" / "fixtures" / "wiki-minilm"
+    proc = subprocess.run([sys.executable, "-m", "lvmd", "data", "report", str(fixture), "--max-samples", "100"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    lines = proc.stdout.splitlines()
+    progress = [i for i, line in enumerate(lines) if re.match(r"data report: \d+/27 ", line)]
+    assert len(progress) == 27 and lines[progress[-1]] == "data report: 27/27 5CAT mean_context OOD E bins"
+    assert progress == list(range(27))  # all of it before the first line of the report
+    quiet = lvmd("data", "report", str(fixture), "--max-samples", "100", "--no-progress", check=True)
+    assert quiet.stderr == ""

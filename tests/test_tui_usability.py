@@ -178,3 +178,20 @@ def conn(db):
 @pytest.fixture()
 def anyio_backend() -> str:
     return "asyncio"
+
+
+async def test_status_shows_5cat_progress_while_the_run_evaluates(db):
+    run_id = make_run(db, state="evaluating")
+    sink = SqliteSink(db, run_id, flush_seconds=0.0)
+    sink.event("eval_progress", step=199, epoch=1, detail={"done": 7, "total": 12, "stage": "OOD A offsets",
+                                                         "trigger": "epoch"})
+    sink.close()
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await run_screen(app, pilot)
+        assert "5CAT 7/12 OOD A offsets" in plain(screen.query_one(StatusBar)).splitlines()[1]
+        conn = connect(db)
+        update_run(conn, run_id, state="running")
+        conn.commit()
+        conn.close()
+        await wait_for(pilot, lambda: "5CAT" not in plain(screen.query_one(StatusBar)), "the eval's end")

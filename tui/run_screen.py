@@ -15,7 +15,7 @@ from tui.tail import RunSnapshot, TailUpdate
 from tui.widgets.chart import Chart
 from tui.widgets.events import CommandLog, EventLog
 from tui.widgets.gates import GateTable
-from tui.widgets.status import StatusBar, command_status
+from tui.widgets.status import StatusBar, command_status, eval_progress
 
 
 MAX_ZOOM = 3  # 1/4, 1/16, 1/64 of the steps; one more press shows the whole run again
@@ -133,6 +133,9 @@ class RunScreen(Screen):
 
     def _notes(self) -> list[tuple[str, str]]:
         notes = []
+        progress = eval_progress(self.snapshot)
+        if progress:
+            notes.append((progress, "bold cyan"))
         if self.snapshot.commands:
             notes.append(command_status(self.snapshot.commands[0]))
         if self.replay_epoch is not None:

@@ -72,6 +72,17 @@ def _result_text(raw: str | None) -> str:
     return "" if value is None else str(value)
 
 
+def eval_progress(run: RunSnapshot) -> str | None:
+    """`5CAT 7/12 OOD A offsets` while the run evaluates: its newest eval_progress event."""
+    if run.run["state"] != "evaluating":
+        return None
+    for event in reversed(run.events[-64:]):  # the events since the eval began are the newest few
+        if event["kind"] == "eval_progress":
+            d = _result(event["detail"])
+            return f"5CAT {d.get('done', '?')}/{d.get('total', '?')} {d.get('stage', '')}".rstrip()
+    return "5CAT starting"
+
+
 def state_text(state: str, heartbeat_at: float | None, now: float) -> Text:
     """The state, flagged when a live run stopped heartbeating (its daemon is probably gone)."""
     if is_stale(state, heartbeat_at, now):
