@@ -143,7 +143,9 @@ async def test_a_committed_row_appears_without_a_key_press(db):
         sink.flush()
         sink.close()
         await wait_for(pilot, lambda: "200/400" in plain(screen.query_one(StatusBar)), "step 200", timeout=15.0)
-        assert "ρ .210" in chart_lines(screen.query_one("#chart-rho", Chart))[0]
+        # the charts follow within a second (a live run's charts redraw at most once a second)
+        await wait_for(pilot, lambda: "ρ .210" in chart_lines(screen.query_one("#chart-rho", Chart))[0], "the chart",
+                       timeout=15.0)
 
 
 async def test_skip_events_are_logged_and_marked_on_the_charts(db):

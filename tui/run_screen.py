@@ -1,6 +1,8 @@
 """One run, live: status, guardrail charts, epoch charts and gates, events and commands."""
 from __future__ import annotations
 
+import time
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
@@ -18,6 +20,7 @@ from tui.widgets.gates import GateTable
 from tui.widgets.status import StatusBar, command_status, eval_progress
 
 
+CHART_PERIOD_S = 1.0  # a live run's step charts redraw at most this often
 MAX_ZOOM = 3  # 1/4, 1/16, 1/64 of the steps; one more press shows the whole run again
 
 
@@ -54,6 +57,8 @@ class RunScreen(Screen):
         self.zoom = 0                           # step charts: the newest 4^-zoom of the steps
         self.announced: set[str] = set()
         self._drawn: dict[str, tuple] = {}      # what the charts were last drawn from
+        self._charts_at = 0.0                   # when the step charts were last drawn (monotonic)
+        self._chart_timer = None
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -115,13 +120,17 @@ class RunScreen(Screen):
         self.query_one(StatusBar).show(run, alerts, self._notes())
         # A heartbeat or a command commits too: redraw the charts only when what they show changed
         # (the tail hands over the same series object while no step arrived), so a paused run costs nothing.
-        step_key = (run.series, baseline.series if baseline else None, len(run.events),
-                    run.events[-1]["id"] if run.events else None)
+        step_key = self._step_key()
         if step_key != self._drawn.get("steps"):
-            self._drawn["steps"] = step_key
-            markers = event_markers(run)
-            for spec in STEP_CHARTS:
-                self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers))
+            # A live run commits a few times a second: the status line shows each step at once,
+            # the six step charts at most every CHART_PERIOD_S (they barely move in between).
+            # What you asked for (zoom, replay, baseline) is drawn at once.
+            wait = self._charts_at + CHART_PERIOD_S - time.monotonic()
+            if wait > 0 and self._drawn.get("view") == self._view_key():
+                if self._chart_timer is None:
+                    self._chart_timer = self.set_timer(wait, self._draw_due_charts)
+            else:
+                self._draw_step_charts(step_key)
         epoch_key = (run.epochs, run.run.get("total_epochs"), baseline.epochs if baseline else None)
         if epoch_key != self._drawn.get("epochs"):
             self._drawn["epochs"] = epoch_key
@@ -130,6 +139,29 @@ class RunScreen(Screen):
         self._show_gates()
         self.query_one(EventLog).show(run.events)
         self.query_one(CommandLog).show(run.commands)
+
+    def _step_key(self) -> tuple:
+        run, baseline = self.snapshot, self.baseline
+        return (run.series, baseline.series if baseline else None, len(run.events),
+                run.events[-1]["id"] if run.events else None)
+
+    def _view_key(self) -> tuple:
+        return self.zoom, self.replay_epoch, self.show_baseline, self.baseline is None
+
+    def _draw_step_charts(self, key: tuple) -> None:
+        self._drawn["steps"], self._drawn["view"], self._charts_at = key, self._view_key(), time.monotonic()
+        run, baseline = self.snapshot, self.baseline
+        markers = event_markers(run)
+        for spec in STEP_CHARTS:
+            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers))
+
+    def _draw_due_charts(self) -> None:
+        self._chart_timer = None
+        if self.is_mounted and self.snapshot is not None and self._step_key() != self._drawn.get("steps"):
+            try:
+                self._draw_step_charts(self._step_key())
+            except NoMatches:  # torn down at exit
+                pass
 
     def _notes(self) -> list[tuple[str, str]]:
         notes = []
