@@ -14,7 +14,7 @@ from pathlib import Path
 
 from store.commands import ack, complete, enqueue
 from store.db import connect
-from store.runs import active_rate, create_run, step_rate, update_run
+from store.runs import create_run, step_rate, update_run
 from store.schema import STEP_METRICS
 
 from conftest import ROOT, lvmd
@@ -48,6 +48,8 @@ def test_help_speaks_to_users_not_developers():
 
 
 def test_step_rate_leaves_out_paused_and_stopped_time(tmp_path):
+    from store.runs import active_rate
+
     assert active_rate([(0, 0.0), (1, 0.5), (2, 1.0), (3, 3601.0), (4, 3601.5)]) == 2.0
     assert active_rate([(5, 1.0)]) is None
     db = tmp_path / "lvmd.db"
