@@ -15,6 +15,7 @@ from tui.app import LvmdTui
 from tui.dialogs import ConfirmScreen
 from tui.widgets.chart import Chart
 from tui.widgets.gates import GateTable
+from tui.widgets.runs import RunList
 from tui.widgets.status import StatusBar
 
 from test_tui import db, make_run, plain, run_screen, step_rows, wait_for  # noqa: F401  (db: fixture)
@@ -195,3 +196,58 @@ async def test_status_shows_5cat_progress_while_the_run_evaluates(db):
         conn.commit()
         conn.close()
         await wait_for(pilot, lambda: "5CAT" not in plain(screen.query_one(StatusBar)), "the eval's end")
+
+
+async def test_runs_screen_sorts_filters_and_marks_three_runs_to_overlay(db):
+    """Mark three runs, open a fourth: each marked run is drawn over every chart in its own colour
+    and line style, named in the legend."""
+    a = make_run(db, name="alpha-v21", steps=300, state="finished", rho=0.10)
+    b = make_run(db, name="beta-mse", steps=250, state="finished", rho=0.12)
+    c = make_run(db, name="gamma-v21", steps=200, state="stopped", rho=0.14)
+    main = make_run(db, name="delta-v21", steps=100, rho=0.2, epochs=1)
+    app = LvmdTui(db)
+    app.theme = "ansi-dark"
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query_one(RunList).row_count == 4, "the runs")
+        table = app.screen.query_one(RunList)
+        assert [r.id for r in table.runs] == [main, c, b, a]          # newest first
+        assert table.get_cell(str(a), "trend").plain == "▁█"          # margins -.035, -.025 over two epochs
+        await pilot.press("o")                                         # sort by name
+        await pilot.pause()
+        assert table.sort_key == "name" and [r.name for r in table.runs][0] == "gamma-v21"  # descending
+        await pilot.press("O")
+        await pilot.pause()
+        assert [r.name for r in table.runs] == ["alpha-v21", "beta-mse", "delta-v21", "gamma-v21"]
+        await pilot.press("slash", *"v21")
+        await pilot.pause()
+        assert [r.name for r in table.runs] == ["alpha-v21", "delta-v21", "gamma-v21"]
+        await pilot.press("escape")                                    # clears the filter
+        await pilot.pause()
+        assert len(table.runs) == 4 and table.has_focus
+        for row in (0, 1, 3):                                          # alpha, beta, gamma
+            table.move_cursor(row=row)
+            await pilot.press("m")
+        await pilot.pause()
+        assert app.marked_ids == {a, b, c} and table.get_cell(str(a), "mark").plain == "●"
+        table.move_cursor(row=2)
+        await pilot.press("enter")
+        screen = await run_screen(app, pilot)
+        await wait_for(pilot, lambda: len(screen.overlays) == 3, "the marked runs")
+        await pilot.pause(1.2)
+        traces = screen.query_one("#chart-rho", Chart).plot.traces
+        overlaid = [t for t in traces if "run " in t.label]
+        assert [t.label for t in overlaid] == [f"╍run {a}", f"┈run {b}", f"━run {c}"]
+        assert len({t.style for t in overlaid}) == 3 and [t.dash for t in overlaid] == ["dash", "dot", "solid"]
+        assert [t.points[0][4] for t in overlaid] == [pytest.approx(0.10), pytest.approx(0.12), pytest.approx(0.14)]
+        assert screen.query_one("#chart-rho", Chart).plot.x_range == (0.0, 299.0)  # the longest run sets the axis
+        legend = chart_text(screen.query_one("#chart-rho", Chart))
+        assert f"╍run {a}" in legend and f"━run {c}" in legend
+        margin = screen.query_one("#chart-margin", Chart).plot.traces
+        assert sum("run " in t.label for t in margin) == 3
+        assert "+3 marked runs" in plain(screen.query_one(StatusBar))
+
+
+def chart_text(chart: Chart) -> str:
+    from tui.widgets.canvas import draw
+
+    return "\n".join(line.plain for line in draw(chart.plot, chart.size.width, chart.size.height))

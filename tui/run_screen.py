@@ -51,6 +51,7 @@ class RunScreen(Screen):
         self.run_id = run_id
         self.snapshot: RunSnapshot | None = None
         self.baseline: RunSnapshot | None = None
+        self.overlays: tuple[RunSnapshot, ...] = ()  # the runs marked on the runs screen
         self.replay_epoch: int | None = None
         self.show_baseline = True
         self.picked_eval_id: int | None = None  # None: the newest eval in view
@@ -105,6 +106,7 @@ class RunScreen(Screen):
             return
         self.snapshot = update.run
         self.baseline = update.baseline if self.show_baseline else None
+        self.overlays = update.overlays
         try:
             self.redraw()
         except NoMatches:  # widgets being torn down at exit
@@ -131,29 +133,32 @@ class RunScreen(Screen):
                     self._chart_timer = self.set_timer(wait, self._draw_due_charts)
             else:
                 self._draw_step_charts(step_key)
-        epoch_key = (run.epochs, run.run.get("total_epochs"), baseline.epochs if baseline else None)
+        epoch_key = (run.epochs, run.run.get("total_epochs"), baseline.epochs if baseline else None,
+                     tuple(o.epochs for o in self.overlays))
         if epoch_key != self._drawn.get("epochs"):
             self._drawn["epochs"] = epoch_key
-            self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline))
-            self.query_one("#chart-valcos", Chart).show(val_cos_plot(run, baseline))
+            self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline, self.overlays))
+            self.query_one("#chart-valcos", Chart).show(val_cos_plot(run, baseline, self.overlays))
         self._show_gates()
         self.query_one(EventLog).show(run.events)
         self.query_one(CommandLog).show(run.commands)
 
     def _step_key(self) -> tuple:
         run, baseline = self.snapshot, self.baseline
-        return (run.series, baseline.series if baseline else None, len(run.events),
+        return (run.series, baseline.series if baseline else None, tuple(o.series for o in self.overlays),
+                len(run.events),
                 run.events[-1]["id"] if run.events else None)
 
     def _view_key(self) -> tuple:
-        return self.zoom, self.replay_epoch, self.show_baseline, self.baseline is None
+        return (self.zoom, self.replay_epoch, self.show_baseline, self.baseline is None,
+                tuple(o.run_id for o in self.overlays))
 
     def _draw_step_charts(self, key: tuple) -> None:
         self._drawn["steps"], self._drawn["view"], self._charts_at = key, self._view_key(), time.monotonic()
         run, baseline = self.snapshot, self.baseline
         markers = event_markers(run)
         for spec in STEP_CHARTS:
-            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers))
+            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers, self.overlays))
 
     def _draw_due_charts(self) -> None:
         self._chart_timer = None
@@ -178,6 +183,8 @@ class RunScreen(Screen):
             notes.append((f"ZOOM newest 1/{4 ** self.zoom} (z)", "bold"))
         if self.baseline is not None:
             notes.append((f"vs run {self.baseline.run_id} (grey)", "bright_black"))
+        if self.overlays:
+            notes.append((f"+{len(self.overlays)} marked run{'s' if len(self.overlays) > 1 else ''}", "yellow"))
         if self.app.readonly:
             notes.append(("read-only", "dim"))
         return notes

@@ -34,6 +34,7 @@ class TailView:
     """What the UI wants followed. Changing it wakes the tail at once."""
     run_id: int | None = None
     baseline_id: int | None = None
+    overlay_ids: tuple[int, ...] = ()  # more runs drawn over the run's charts (marked on the runs screen)
     replay_epoch: int | None = None  # show the run as it was at the end of this epoch
     target_bins: int = 128           # series bins: about the chart's width in braille dots
     zoom: int = 0                    # step charts show the newest 4^-zoom of the run's steps
@@ -63,9 +64,11 @@ class TailUpdate(Message):
     """A fresh picture of the database, for `view`."""
 
     def __init__(self, view: TailView, runs: tuple[reader.RunSummary, ...],
-                 run: RunSnapshot | None, baseline: RunSnapshot | None) -> None:
+                 run: RunSnapshot | None, baseline: RunSnapshot | None,
+                 overlays: tuple[RunSnapshot, ...] = ()) -> None:
         super().__init__()
         self.view, self.runs, self.run, self.baseline = view, runs, run, baseline
+        self.overlays = overlays
 
 
 class TailFailed(Message):
@@ -212,9 +215,10 @@ class DbTail:
         """What the view shows; with preview=True, None unless the run needs a sampled first picture."""
         runs = tuple(reader.run_summaries(conn))
         run = baseline = None
+        overlays: tuple[RunSnapshot, ...] = ()
         if view.run_id is not None:
             limit = None if view.replay_epoch is None else reader.epoch_end_step(conn, view.run_id, view.replay_epoch)
-            wanted = {view.run_id, view.baseline_id} - {None}
+            wanted = {view.run_id, view.baseline_id, *view.overlay_ids} - {None}
             # keep the live, unzoomed trackers while replaying or zoomed: going back is then incremental
             self._trackers = {k: t for k, t in self._trackers.items()
                               if k[0] in wanted and k[1] in (None, limit) and k[2] in (0, view.zoom)}
@@ -224,9 +228,14 @@ class DbTail:
                 # the baseline is cut to the run's window, so the two share the x axis
                 baseline = self._tracker(view.baseline_id, limit, view, window).read(
                     conn, view.replay_epoch, preview=preview)
+            if run is not None:  # cut to the run's window too
+                overlays = tuple(o for o in (self._tracker(i, limit, view, window).read(conn, view.replay_epoch,
+                                                                                        preview=preview)
+                                             for i in view.overlay_ids if i not in (view.run_id, view.baseline_id))
+                                 if o is not None)
         if preview and run is None:
             return None
-        return TailUpdate(view, runs, run, baseline)
+        return TailUpdate(view, runs, run, baseline, overlays)
 
     def _tracker(self, run_id: int, limit: int | None, view: TailView, window: tuple[int, int | None]) -> _RunTracker:
         key = (run_id, limit, view.zoom)

@@ -16,6 +16,12 @@ from rich.text import Text
 GUTTER = 7  # y-axis labels (6) + a space
 _DOT_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))  # [dx][dy]
 LOG_FLOOR = 1e-12
+DASH_GLYPHS = {"solid": "━", "dash": "╍", "dot": "┈"}
+
+
+def _dash_on(dash: str, x: int) -> bool:
+    """Does a line of this style draw in dot column x?"""
+    return dash == "solid" or (dash == "dash" and x % 6 < 4) or (dash == "dot" and x % 3 == 0)
 
 # event kind -> (glyph, style, priority): the marker row shows the most severe per cell
 MARKERS = {
@@ -32,6 +38,7 @@ class Trace:
     style: str
     value: float | None = None  # shown in the legend
     envelope: bool = True       # shade min..max behind the mean line
+    dash: str = "solid"         # solid | dash | dot: tells overlaid runs apart without colour
 
 
 @dataclass(frozen=True)
@@ -253,8 +260,9 @@ def _mean_line(grid: _Grid, trace: Trace, cols, py) -> None:
             continue
         y = py(col[2])
         top, bottom = (y, y) if prev is None else (min(y, prev + 1), max(y, prev - 1))
-        for yy in range(top, bottom + 1):  # join to the previous column so the line has no gaps
-            grid.dot(x, yy, trace.style)
+        if _dash_on(trace.dash, x):
+            for yy in range(top, bottom + 1):  # join to the previous column so the line has no gaps
+                grid.dot(x, yy, trace.style)
         prev = y
 
 
