@@ -10,6 +10,7 @@ import pytest
 from store.commands import ack, complete, enqueue
 from store.db import connect
 from store.runs import update_run
+from store.schema import STEP_METRICS
 from store.writer import SqliteSink
 from tui.app import LvmdTui
 from tui.dialogs import ConfirmScreen
@@ -251,3 +252,64 @@ def chart_text(chart: Chart) -> str:
     from tui.widgets.canvas import draw
 
     return "\n".join(line.plain for line in draw(chart.plot, chart.size.width, chart.size.height))
+
+
+def varying_run(path, steps: int = 40) -> int:
+    """A run whose ρ differs at every step: 0.1 + s/1000."""
+    run_id = make_run(path, steps=1, epochs=0)
+    sink = SqliteSink(path, run_id, flush_seconds=0.0)
+    sink.log_steps([(s, e, t, lr, *vals) for (s, e, t, lr, *vals) in
+                    (row[:4] + tuple(0.1 + s / 1000 if m == "rho" else v for m, v in zip(STEP_METRICS, row[4:]))
+                     for s, row in ((s, step_rows([s])[0]) for s in range(1, steps)))])
+    sink.update_run(step=steps - 1)
+    sink.close()
+    return run_id
+
+
+async def test_chart_cursor_reads_the_rows_value_by_keys_and_mouse(db):
+    run_id = varying_run(db)
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await run_screen(app, pilot)
+        chart = screen.query_one("#chart-rho", Chart)
+        assert screen.snapshot.series.width == 1  # one step per bin: the readout is the row itself
+        await pilot.press("left")                  # the cursor starts on the newest step
+        await pilot.pause()
+        assert screen.cursor_step == 39 and chart.plot.cursor == 39
+        assert chart_text(chart).splitlines()[0].startswith("ρ @39  ρ .139")
+        await pilot.press("left", "left", "left")
+        await pilot.pause()
+        conn = connect(db)
+        rho = conn.execute("SELECT rho FROM steps WHERE run_id = ? AND step = 36", (run_id,)).fetchone()[0]
+        conn.close()
+        assert f"ρ @36  ρ {rho:.3f}".replace("0.", ".") in chart_text(chart).splitlines()[0]
+        await pilot.hover(chart, offset=(7, 3))    # the mouse over the first plot column: step 0
+        await pilot.pause()
+        assert screen.cursor_step == 0 and "ρ @0  ρ .200" in chart_text(chart).splitlines()[0]
+        await pilot.press("right")
+        await pilot.pause()
+        assert screen.cursor_step == 1 and "ρ @1  ρ .101" in chart_text(chart).splitlines()[0]
+
+
+async def test_smoothing_toggles_an_ema_line_over_the_same_band(db):
+    run_id = make_run(db, steps=1, epochs=0)
+    sink = SqliteSink(db, run_id, flush_seconds=0.0)  # ρ alternates .1/.3: the EMA line stays near .2
+    sink.log_steps([tuple(r[:4]) + tuple((0.1 if s % 2 else 0.3) if m == "rho" else v
+                                         for m, v in zip(STEP_METRICS, r[4:]))
+                    for s, r in ((s, step_rows([s])[0]) for s in range(1, 400))])
+    sink.close()
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await run_screen(app, pilot)
+        chart = screen.query_one("#chart-rho", Chart)
+        await pilot.pause(1.5)  # the series re-binned to the laid-out chart width
+        raw = chart_text(chart)
+        assert not chart.plot.traces[0].smooth and "~EMA" not in raw.splitlines()[0]
+        await pilot.press("S")
+        await pilot.pause()
+        smoothed = chart_text(chart)
+        assert chart.plot.traces[0].smooth > 0 and "ρ ~EMA" in smoothed.splitlines()[0]
+        assert smoothed != raw and chart.plot.traces[0].points == screen.snapshot.series.trace("rho")  # data as is
+        await pilot.press("S")
+        await pilot.pause()
+        assert chart_text(chart) == raw

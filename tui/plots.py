@@ -99,11 +99,17 @@ def overlay_traces(overlays, points) -> list[Trace]:
     return traces
 
 
+SMOOTH_ALPHA = 0.1  # `S`: EMA weight per dot column (about a 10-column memory)
+
+
 def step_plot(chart: StepChart, run: RunSnapshot, baseline: RunSnapshot | None,
-              markers: list[tuple[int, str]], overlays: tuple[RunSnapshot, ...] = ()) -> Plot:
+              markers: list[tuple[int, str]], overlays: tuple[RunSnapshot, ...] = (), *,
+              smooth: bool = False, cursor: float | None = None) -> Plot:
     latest = run.latest or {}
+    alpha = SMOOTH_ALPHA if smooth else 0.0
     # the loss chart's legend shows only the total's value: five numbers do not fit at 80 columns
-    traces = [Trace(label, run.series.trace(col), style, latest.get(col) if i == 0 or not chart.log_y else None)
+    traces = [Trace(label, run.series.trace(col), style, latest.get(col) if i == 0 or not chart.log_y else None,
+                    smooth=alpha)
               for i, (col, label, style) in enumerate(chart.metrics)]
     if baseline is not None:  # behind the run's own lines: drawn first, labelled once
         traces = [Trace(f"run {baseline.run_id}" if i == 0 else "", baseline.series.trace(col), BASELINE_STYLE,
@@ -118,8 +124,8 @@ def step_plot(chart: StepChart, run: RunSnapshot, baseline: RunSnapshot | None,
         refs.append(RefLine("", [(x0, x1, 0.0)], "bright_black"))
     sampled = "≈ " if run.series.sample_stride > 1 else ""  # a long run's first, sampled picture
     steps = f"steps {fmt_step(x0)}–{fmt_step(x1)}" if x0 > 0 else f"step {fmt_step(x1)}"  # zoomed: the window
-    return Plot(chart.title, traces, (x0, x1), refs=refs, log_y=chart.log_y, markers=markers,
-                x_label=f"{sampled}{steps}")
+    return Plot(chart.title + (" ~EMA" if smooth else ""), traces, (x0, x1), refs=refs, log_y=chart.log_y,
+                markers=markers, x_label=f"{sampled}{steps}", cursor=cursor)
 
 
 def cap_segments(config: dict, series: SeriesSnapshot) -> list[tuple[float, float, float]]:

@@ -38,6 +38,12 @@ class RunScreen(Screen):
         Binding("l", "live", "Live", show=False, tooltip="leave replay, follow the run live"),
         Binding("b", "toggle_baseline", "Base", tooltip="overlay the baseline run's curves (grey)"),
         Binding("z", "zoom", "Zoom", tooltip="step charts: the newest 1/4, 1/16, 1/64 of the steps, then all"),
+        Binding("S", "smooth", "Smooth", key_display="S", show=False,
+                tooltip="step charts: EMA-smoothed lines over the min/max band (again: raw means)"),
+        Binding("left", "cursor(-1)", "◀", key_display="←", show=False, priority=True,
+                tooltip="step charts: cursor one bin left (reads step, value, min/max; the mouse does too)"),
+        Binding("right", "cursor(1)", "▶", key_display="→", show=False, priority=True,
+                tooltip="step charts: cursor one bin right (past the newest: cursor off)"),
         Binding("comma", "pick_eval(-1)", "◀Eval", show=False, tooltip="gate table: previous eval"),
         Binding("full_stop", "pick_eval(1)", "Eval▶", show=False, tooltip="gate table: next eval"),
         Binding("1", "tab('train')", "Train", show=False, tooltip="tab: guardrail charts"),
@@ -60,6 +66,8 @@ class RunScreen(Screen):
         self._drawn: dict[str, tuple] = {}      # what the charts were last drawn from
         self._charts_at = 0.0                   # when the step charts were last drawn (monotonic)
         self._chart_timer = None
+        self.smooth = False
+        self.cursor_step: int | None = None     # the step charts' cursor (None: off)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -151,17 +159,20 @@ class RunScreen(Screen):
 
     def _view_key(self) -> tuple:
         return (self.zoom, self.replay_epoch, self.show_baseline, self.baseline is None,
-                tuple(o.run_id for o in self.overlays))
+                tuple(o.run_id for o in self.overlays), self.smooth, self.cursor_step)
 
     def _draw_step_charts(self, key: tuple) -> None:
         self._drawn["steps"], self._drawn["view"], self._charts_at = key, self._view_key(), time.monotonic()
         run, baseline = self.snapshot, self.baseline
         markers = event_markers(run)
         for spec in STEP_CHARTS:
-            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers, self.overlays))
+            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers, self.overlays,
+                                                                      smooth=self.smooth, cursor=self.cursor_step))
 
     def _draw_due_charts(self) -> None:
         self._chart_timer = None
+        self.smooth = False
+        self.cursor_step: int | None = None     # the step charts' cursor (None: off)
         if self.is_mounted and self.snapshot is not None and self._step_key() != self._drawn.get("steps"):
             try:
                 self._draw_step_charts(self._step_key())
@@ -243,6 +254,30 @@ class RunScreen(Screen):
     def action_zoom(self) -> None:
         self.zoom = (self.zoom + 1) % (MAX_ZOOM + 1)
         self.app.follow(zoom=self.zoom)
+
+    def action_smooth(self) -> None:
+        self.smooth = not self.smooth
+        self._redraw_step_charts()
+
+    def action_cursor(self, delta: int) -> None:
+        """Move the step charts' cursor by one bin; it starts at the newest step."""
+        if self.snapshot is None or self.snapshot.series.last_step is None:
+            return
+        series = self.snapshot.series
+        if self.cursor_step is None:
+            step = series.last_step if delta < 0 else None
+        else:
+            step = self.cursor_step + delta * series.width
+            step = None if step > series.last_step else max(series.step_from, step)
+        self.set_cursor(step)
+
+    def set_cursor(self, step: int | None) -> None:
+        self.cursor_step = step
+        self._redraw_step_charts()
+
+    def _redraw_step_charts(self) -> None:
+        if self.snapshot is not None:
+            self._draw_step_charts(self._step_key())
 
     def action_toggle_baseline(self) -> None:
         if self.app.baseline_id is None or self.app.baseline_id == self.run_id:
