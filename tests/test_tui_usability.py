@@ -313,3 +313,29 @@ async def test_smoothing_toggles_an_ema_line_over_the_same_band(db):
         await pilot.press("S")
         await pilot.pause()
         assert chart_text(chart) == raw
+
+
+async def test_config_tab_lists_the_resolved_config_and_searches_it(db):
+    run_id = make_run(db)
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await run_screen(app, pilot)
+        await pilot.press("4")
+        await pilot.pause()
+        lines = screen.query_one("#config-lines").render().plain
+        assert "loss.rho_cap = 0.25" in lines and "loss.ramp[0].m_gap = 0.02" in lines
+        screen.query_one("#config-search").focus()
+        await pilot.pause()
+        await pilot.press(*"m_gap")
+        await pilot.pause()
+        await pilot.press("left")
+        await pilot.pause()
+        await pilot.press("p")  # typed keys are text, not commands (p is pause elsewhere)
+        await pilot.pause()
+        assert screen.query_one("#config-search").value == "m_gapp"  # ← moved the text cursor
+        await pilot.press("backspace")
+        await pilot.pause()
+        assert screen.query_one("#config-search").value == "m_gap"
+        lines = screen.query_one("#config-lines").render().plain
+        assert lines.strip() == "loss.ramp[0].m_gap = 0.02"
+        assert app.tail.view.run_id == run_id and not [c for c in screen.snapshot.commands]

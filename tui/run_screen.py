@@ -8,13 +8,14 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
 from tui.alerts import alerts_for
 from tui.dialogs import ConfirmScreen
 from tui.plots import STEP_CHARTS, event_markers, margin_plot, shown_epoch, step_plot, val_cos_plot
 from tui.tail import RunSnapshot, TailUpdate
 from tui.widgets.chart import Chart
+from tui.widgets.config import ConfigPane
 from tui.widgets.events import CommandLog, EventLog
 from tui.widgets.gates import GateTable
 from tui.widgets.status import StatusBar, command_status, eval_progress
@@ -49,6 +50,7 @@ class RunScreen(Screen):
         Binding("1", "tab('train')", "Train", show=False, tooltip="tab: guardrail charts"),
         Binding("2", "tab('epochs')", "Epochs", show=False, tooltip="tab: val margin, val cos, 5CAT gates"),
         Binding("3", "tab('events')", "Events", show=False, tooltip="tab: event log and commands"),
+        Binding("4", "tab('config')", "Config", show=False, tooltip="tab: the run's resolved config, searchable"),
         Binding("escape", "back", "Runs", tooltip="back to the list of runs"),
     ]
 
@@ -86,6 +88,8 @@ class RunScreen(Screen):
                 yield Static(EventLog.HEADER, classes="log-header")
                 yield EventLog(id="event-log")
                 yield CommandLog(id="command-log")
+            with TabPane("Config", id="config"):
+                yield ConfigPane(id="config-pane")
         yield Footer(compact=True, show_command_palette=False)  # ? lists ctrl+p
 
     def on_mount(self) -> None:
@@ -150,6 +154,7 @@ class RunScreen(Screen):
         self._show_gates()
         self.query_one(EventLog).show(run.events)
         self.query_one(CommandLog).show(run.commands)
+        self.query_one(ConfigPane).show(run.run.get("config_json"))
 
     def _step_key(self) -> tuple:
         run, baseline = self.snapshot, self.baseline
@@ -261,6 +266,9 @@ class RunScreen(Screen):
 
     def action_cursor(self, delta: int) -> None:
         """Move the step charts' cursor by one bin; it starts at the newest step."""
+        if isinstance(self.focused, Input):  # ← → keep moving the text cursor of the config search
+            (self.focused.action_cursor_left if delta < 0 else self.focused.action_cursor_right)()
+            return
         if self.snapshot is None or self.snapshot.series.last_step is None:
             return
         series = self.snapshot.series
