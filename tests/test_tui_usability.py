@@ -339,3 +339,42 @@ async def test_config_tab_lists_the_resolved_config_and_searches_it(db):
         lines = screen.query_one("#config-lines").render().plain
         assert lines.strip() == "loss.ramp[0].m_gap = 0.02"
         assert app.tail.view.run_id == run_id and not [c for c in screen.snapshot.commands]
+
+
+async def test_system_tab_shows_the_daemons_samples_and_says_when_there_is_no_gpu(db):
+    from lvmd.run.sysmon import SystemSampler
+
+    run_id = make_run(db)
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await run_screen(app, pilot)
+        await pilot.press("5")
+        await pilot.pause()
+        assert "no system sample yet" in screen.query_one("#system-pane").render().plain
+        sampler = SystemSampler(db, run_id, every=0.2).start()  # what the daemon runs beside its loop
+        try:
+            await wait_for(pilot, lambda: screen.snapshot.system, "a sample")
+        finally:
+            sampler.stop()
+        await pilot.pause()
+        text = _render(screen.query_one("#system-pane"))
+        assert "lvmd daemon" in text and "host" in text and "GiB" in text
+        assert "no GPU on this machine" in text  # this machine has no NVIDIA driver
+    conn = connect(db)
+    devices = {r[0] for r in conn.execute("SELECT device FROM system_samples WHERE run_id = ?", (run_id,))}
+    conn.close()
+    assert devices == {"process", "host"}
+
+
+def _render(pane) -> str:
+    """The pane's table as the terminal shows it."""
+    import io
+
+    from rich.console import Console
+
+    from tui.widgets.system import system_table
+
+    console = Console(width=100, file=io.StringIO())
+    with console.capture() as cap:
+        console.print(system_table(pane.rows, time.time()))
+    return cap.get()

@@ -16,6 +16,7 @@ from tui.plots import STEP_CHARTS, event_markers, margin_plot, shown_epoch, step
 from tui.tail import RunSnapshot, TailUpdate
 from tui.widgets.chart import Chart
 from tui.widgets.config import ConfigPane
+from tui.widgets.system import SystemPane
 from tui.widgets.events import CommandLog, EventLog
 from tui.widgets.gates import GateTable
 from tui.widgets.status import StatusBar, command_status, eval_progress
@@ -51,6 +52,7 @@ class RunScreen(Screen):
         Binding("2", "tab('epochs')", "Epochs", show=False, tooltip="tab: val margin, val cos, 5CAT gates"),
         Binding("3", "tab('events')", "Events", show=False, tooltip="tab: event log and commands"),
         Binding("4", "tab('config')", "Config", show=False, tooltip="tab: the run's resolved config, searchable"),
+        Binding("5", "tab('system')", "System", show=False, tooltip="tab: CPU, memory and GPUs of the daemon's machine"),
         Binding("escape", "back", "Runs", tooltip="back to the list of runs"),
     ]
 
@@ -90,6 +92,8 @@ class RunScreen(Screen):
                 yield CommandLog(id="command-log")
             with TabPane("Config", id="config"):
                 yield ConfigPane(id="config-pane")
+            with TabPane("System", id="system"):
+                yield SystemPane(id="system-pane")
         yield Footer(compact=True, show_command_palette=False)  # ? lists ctrl+p
 
     def on_mount(self) -> None:
@@ -155,6 +159,7 @@ class RunScreen(Screen):
         self.query_one(EventLog).show(run.events)
         self.query_one(CommandLog).show(run.commands)
         self.query_one(ConfigPane).show(run.run.get("config_json"))
+        self.query_one(SystemPane).show(run.system)
 
     def _step_key(self) -> tuple:
         run, baseline = self.snapshot, self.baseline

@@ -22,6 +22,7 @@ from textual.message import Message
 from store import reader
 from store.db import connect
 from store.runs import active_rate
+from store.system import latest_samples
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class RunSnapshot:
     commands: tuple[dict, ...]       # newest first
     step_limit: int | None           # replay bound (None: live)
     last_epoch: int | None           # newest finished epoch, whatever the replay bound
+    system: tuple[dict, ...] = ()    # the daemon's newest machine sample, a row per device
 
     @property
     def run_id(self) -> int:
@@ -126,7 +128,8 @@ class _RunTracker:
             run=run, series=series, latest=recent[0] if recent else None,
             steps_per_s=_rate(recent), events=tuple(events), epochs=tuple(epochs), evals=tuple(evals),
             gates=MappingProxyType(dict(self.gates)), commands=tuple(reader.recent_commands(conn, self.run_id)),
-            step_limit=limit, last_epoch=all_epochs[-1]["epoch"] if all_epochs else None)
+            step_limit=limit, last_epoch=all_epochs[-1]["epoch"] if all_epochs else None,
+            system=tuple(latest_samples(conn, self.run_id)))
 
 
 def _rate(rows_newest_first: list[dict]) -> float | None:
