@@ -157,7 +157,12 @@ async def test_a_heartbeat_repaints_no_chart(db, conn):
         app = LvmdTui(db, run_id=run_id)
         async with app.run_test(size=(80, 24)) as pilot:
             await run_screen(app, pilot)
-            await pilot.pause(0.5)
+            settled = -1
+            for _ in range(20):  # the first pictures (preview, re-binned to the laid-out width) are drawn
+                if len(renders) == settled:
+                    break
+                settled = len(renders)
+                await pilot.pause(1.5)
             polls, before = app.tail.polls, len(renders)
             for _ in range(3):
                 update_run(conn, run_id, heartbeat_at=time.time())
