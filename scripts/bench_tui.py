@@ -14,6 +14,11 @@ Measures, on a database written through store's writer:
                 its tail thread and the file watcher together), as % of one core
   zoom          `z` pressed → the charts drawn for the newest quarter of the steps; then `z` × 3
                 → the whole run drawn again (its bins were kept, so only new rows are read)
+  CPU live      the TUI following a run that a writer process feeds (--live-rate steps/s, flushed
+                every 0.5 s as the trainer does, heartbeat every 2 s), as % of one core
+  CPU paused    the same run paused: the writer only heartbeats every 2 s, as a paused daemon does;
+                beside it, the CPU of an idle `python -c "import time; time.sleep(60)"` over the
+                same seconds (what "nothing" costs on this machine)
 The app runs headless (App.run_test), so terminal output costs are not included.
 """
 from __future__ import annotations
@@ -21,8 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -240,6 +247,61 @@ async def measure(db: Path, run_id: int, *, commits: int, idle_s: float) -> dict
             "idle_cpu": idle_cpu, "zoom_in_s": zoom["zoomed"], "zoom_out_s": zoom["whole"]}
 
 
+def writer(db: str, run_id: int, mode: str, rate: float) -> None:
+    """The daemon's side of the CPU measurements (run in a child process until killed)."""
+    conn = connect(db)
+    update_run(conn, run_id, state="paused" if mode == "paused" else "running", heartbeat_at=time.time())
+    conn.close()
+    sink = SqliteSink(Path(db), run_id, flush_seconds=0.5)
+    reader = connect(db, readonly=True)
+    step = reader.execute("SELECT MAX(step) FROM steps WHERE run_id = ?", (run_id,)).fetchone()[0] + 1
+    reader.close()
+    row = [0.1] * len(STEP_METRICS)
+    next_beat = 0.0
+    while True:
+        now = time.time()
+        if mode == "live":
+            sink.log_steps([(step, 11, now, 5e-4, *row)])
+            step += 1
+        if now >= next_beat:
+            sink.update_run(heartbeat_at=now, step=step - 1)
+            next_beat = now + 2.0
+        time.sleep(1.0 / rate if mode == "live" else 0.5)
+
+
+def child_cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure_cpu(db: Path, run_id: int, *, seconds: float, rate: float) -> dict[str, float]:
+    """% of a core the TUI uses following the run live, then paused; and an idle sleeper's."""
+    from tui.app import LvmdTui
+    from tui.run_screen import RunScreen
+
+    out: dict[str, float] = {}
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(120, 36)) as pilot:
+        while not (isinstance(app.screen, RunScreen) and app.screen.snapshot is not None):
+            await asyncio.sleep(0.05)
+        for mode in ("live", "paused"):
+            child = subprocess.Popen([sys.executable, __file__, "--writer", mode, str(db), str(run_id), str(rate)])
+            sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            try:
+                await pilot.pause(3.0)  # the state change and the first commits have been drawn
+                cpu0, wall0, idle0 = time.process_time(), time.perf_counter(), child_cpu_s(sleeper.pid)
+                await asyncio.sleep(seconds)
+                wall = time.perf_counter() - wall0
+                out[f"{mode}_cpu"] = (time.process_time() - cpu0) / wall
+                out[f"{mode}_idle_python"] = (child_cpu_s(sleeper.pid) - idle0) / wall
+            finally:
+                for proc in (child, sleeper):
+                    proc.kill()
+                    proc.wait()
+    return out
+
+
 async def screenshot(db: Path, run_id: int, baseline_id: int, out: Path) -> None:
     from store.commands import ack, complete, enqueue
     from tui.app import LvmdTui
@@ -266,7 +328,14 @@ def main() -> int:
     ap.add_argument("--commits", type=int, default=40)
     ap.add_argument("--idle-s", type=float, default=5.0)
     ap.add_argument("--screenshot", type=Path, help="write an SVG of the run screen here instead")
+    ap.add_argument("--cpu-s", type=float, default=20.0, help="seconds per CPU measurement (live, paused)")
+    ap.add_argument("--live-rate", type=float, default=20.0, help="steps/s the writer commits in the live case")
+    ap.add_argument("--writer", nargs=4, metavar=("MODE", "DB", "RUN", "RATE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.writer:
+        mode, db, run, rate = args.writer
+        writer(db, int(run), mode, float(rate))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         if args.screenshot:
@@ -283,6 +352,7 @@ def main() -> int:
         conn.close()
         print(f"wrote {args.steps:,} step rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         r = asyncio.run(measure(db, run_id, commits=args.commits, idle_s=args.idle_s))
+        r |= asyncio.run(measure_cpu(db, run_id, seconds=args.cpu_s, rate=args.live_rate))
     print(f"| measure (steps={args.steps:,}) | result | target |")
     print("|---|---|---|")
     print(f"| first paint | {r['first_paint_s']:.2f} s | ≤ 1 s |")
@@ -290,6 +360,10 @@ def main() -> int:
     print(f"| commit → screen p50 | {r['latency_p50_s'] * 1000:.0f} ms | ≤ 500 ms |")
     print(f"| commit → screen p95 | {r['latency_p95_s'] * 1000:.0f} ms | ≤ 500 ms |")
     print(f"| idle CPU | {100 * r['idle_cpu']:.1f} % of a core | ≤ 5 % |")
+    print(f"| CPU following a live run ({args.live_rate:g} steps/s) | {100 * r['live_cpu']:.1f} % of a core"
+          f" (idle python beside it: {100 * r['live_idle_python']:.1f} %) | – |")
+    print(f"| CPU with the run paused (heartbeat every 2 s) | {100 * r['paused_cpu']:.1f} % of a core"
+          f" (idle python beside it: {100 * r['paused_idle_python']:.1f} %) | ≤ 3 % |")
     print(f"| zoom in (z: newest 1/4) → drawn | {r['zoom_in_s']:.2f} s | – |")
     print(f"| zoom out (z z z: whole run) → drawn | {r['zoom_out_s']:.2f} s | – |")
     return 0

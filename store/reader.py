@@ -57,6 +57,13 @@ class RunSummary:
     heartbeat_at: float | None
     gates_passed: int | None  # of the latest finished eval
     gates_total: int | None
+    # from the epochs table: the newest epoch's validation numbers, and over all epochs
+    last_margin: float | None = None
+    val_cos: float | None = None
+    r_at_5: float | None = None
+    skip_rate: float | None = None   # mean of the epochs' skip rates
+    rho_max: float | None = None     # highest ρ of any epoch
+    margins: tuple[float, ...] = ()  # val margin per finished epoch (the runs screen's sparkline)
 
     def heartbeat_age(self, now: float) -> float | None:
         return None if self.heartbeat_at is None else max(0.0, now - self.heartbeat_at)
@@ -71,14 +78,22 @@ def is_stale(state: str, heartbeat_at: float | None, now: float) -> bool:
 
 
 def run_summaries(conn: sqlite3.Connection) -> list[RunSummary]:
-    """Every run, newest first, with its latest finished eval's gate count."""
+    """Every run, newest first, with its latest finished eval's gate count and its epochs' numbers."""
     rows = conn.execute(
         "SELECT r.id, r.name, r.preset, r.state, r.epoch, r.step, r.total_epochs, r.total_steps,"
-        " r.heartbeat_at, e.gates_passed, e.gates_total"
+        " r.heartbeat_at, e.gates_passed, e.gates_total, last.val_margin, last.val_cos, last.r_at_5,"
+        " (SELECT AVG(skip_rate) FROM epochs WHERE run_id = r.id),"
+        " (SELECT MAX(rho_max) FROM epochs WHERE run_id = r.id)"
         " FROM runs r LEFT JOIN evals e ON e.id ="
         "  (SELECT MAX(id) FROM evals WHERE run_id = r.id AND gates_passed IS NOT NULL)"
+        " LEFT JOIN epochs last ON last.run_id = r.id AND last.epoch ="
+        "  (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)"
         " ORDER BY r.id DESC").fetchall()
-    return [RunSummary(*row) for row in rows]
+    margins: dict[int, list[float]] = {}
+    for run_id, margin in conn.execute("SELECT run_id, val_margin FROM epochs WHERE val_margin IS NOT NULL"
+                                       " ORDER BY run_id, epoch"):
+        margins.setdefault(run_id, []).append(margin)
+    return [RunSummary(*row, margins=tuple(margins.get(row[0], ()))) for row in rows]
 
 
 def run_row(conn: sqlite3.Connection, run_id: int) -> dict | None:

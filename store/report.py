@@ -23,6 +23,19 @@ EXPORT_QUERIES = {
     "gates": "SELECT e.run_id, g.eval_id, e.epoch, e.step, e.trigger, g.split, g.gate, g.metric,"
              " g.value, g.threshold, g.op, g.passed"
              " FROM gates g JOIN evals e ON e.id = g.eval_id WHERE e.run_id = ? ORDER BY g.eval_id, g.rowid",
+    "evals": "SELECT * FROM evals WHERE run_id = ? ORDER BY id",
+    # eval_metrics, like gates, reaches its run through its evaluation
+    "eval_metrics": "SELECT e.run_id, m.eval_id, e.epoch, e.step, e.trigger, m.split, m.name, m.value"
+                    " FROM eval_metrics m JOIN evals e ON e.id = m.eval_id WHERE e.run_id = ?"
+                    " ORDER BY m.eval_id, m.rowid",
+    "commands": "SELECT * FROM commands WHERE run_id = ? ORDER BY id",
+}
+# What each exportable table holds (`lvmd export --help`).
+EXPORT_HELP = {
+    "steps": "per-step guardrail telemetry", "events": "skips, attenuations, checkpoints, state changes",
+    "epochs": "per-epoch validation metrics", "gates": "5CAT gate checks with their eval's epoch and step",
+    "evals": "one row per 5CAT evaluation (verdicts, timing)",
+    "eval_metrics": "every 5CAT metric per split", "commands": "pause/resume/eval/stop commands and their fate",
 }
 # Names the 5CAT writer (lvmd/eval/fivecat.py) gives the retrieval metric and the validation split.
 R_AT_5_METRIC = "r_at_5"

@@ -8,7 +8,7 @@ import os
 import socket
 import sqlite3
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from store.commands import fail_open
 from store.schema import RUN_STATES, TERMINAL_STATES
@@ -220,9 +220,27 @@ def mark_stale_crashed(conn: sqlite3.Connection, *, now: float | None = None,
 
 # -- what `lvmd status` shows --------------------------------------------------------------
 def step_rate(conn: sqlite3.Connection, run_id: int, *, last: int = 200) -> float | None:
-    """Steps per second over the run's newest `last` step rows (None with fewer than two)."""
+    """Steps per second of training over the run's newest `last` step rows (None with fewer
+    than two): time spent paused, stopped or evaluating does not count (active_rate)."""
     rows = conn.execute("SELECT step, t FROM steps WHERE run_id = ? ORDER BY step DESC LIMIT ?",
                         (run_id, last)).fetchall()
-    if len(rows) < 2 or rows[0]["t"] <= rows[-1]["t"]:
+    return active_rate([(r["step"], r["t"]) for r in rows])
+
+
+GAP_FACTOR = 5.0  # a step that took this many times the median step time was a pause, a stop or an eval
+
+
+def active_rate(rows: Sequence[tuple[int, float]]) -> float | None:
+    """Steps per second from (step, t) rows (any order), leaving out the gaps between
+    consecutive rows that took over GAP_FACTOR × the median time per step: a pause, an eval
+    at epoch end, or a stop and resume are no training time. A run that really slowed down
+    keeps its slower steps (they are counted once they are the median)."""
+    rows = sorted(rows)
+    pairs = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(rows, rows[1:]) if b[0] > a[0]]
+    if not pairs:
         return None
-    return (rows[0]["step"] - rows[-1]["step"]) / (rows[0]["t"] - rows[-1]["t"])
+    per_step = sorted(max(dt, 0.0) / ds for ds, dt in pairs)
+    limit = GAP_FACTOR * per_step[len(per_step) // 2]
+    kept = [(ds, dt) for ds, dt in pairs if dt <= limit * ds]
+    steps, seconds = sum(ds for ds, _ in kept), sum(dt for _, dt in kept)
+    return steps / seconds if seconds > 0 else None

@@ -125,12 +125,24 @@ def _m005_world_size(db: sqlite_utils.Database) -> None:
     db.conn.execute("ALTER TABLE runs ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1")
 
 
+def _m006_system_samples(db: sqlite_utils.Database) -> None:
+    """What the daemon samples of its machine every few seconds (lvmd/run/sysmon.py): one row per
+    device and sample. device: 'process' (util = % of one core, mem = RSS), 'host' (util = % of
+    all cores busy, mem = used), 'gpu0'… (util %, memory used/total, temperature °C)."""
+    db["system_samples"].create({
+        "run_id": int, "t": float, "device": str, "name": str, "util": float,
+        "mem_used": float, "mem_total": float, "temp_c": float,
+    }, foreign_keys=[("run_id", "runs", "id")], not_null={"run_id", "t", "device"})
+    db["system_samples"].create_index(["run_id", "t"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
     _m003_staged_rho_caps,
     _m004_run_hardware,
     _m005_world_size,
+    _m006_system_samples,
 ]
 
 

@@ -137,3 +137,16 @@ def test_insert_eval_is_all_or_nothing_and_checks_columns(tmp_path):
     conn.close()
 
 
+
+
+def test_full_reports_its_progress_as_events(setup):
+    """Each 5CAT stage of each split becomes an eval_progress event: the TUI shows it while it runs."""
+    arts, val, ood, oracle = setup
+    sink = ListSink()
+    Evaluator(cfg(), val=val, ood=ood, articles=arts, ood_articles=arts, sink=sink).full(
+        oracle, trigger="epoch", epoch=2, step=40)
+    progress = [e for e in sink.events if e["kind"] == "eval_progress"]
+    assert [(e["detail"]["done"], e["detail"]["total"]) for e in progress] == [(i, 12) for i in range(1, 13)]
+    assert [e["detail"]["stage"] for e in progress[:6]] == ["VAL predict", "VAL A offsets", "VAL B retrieval",
+                                                           "VAL C ablations", "VAL D rollout", "VAL E bins"]
+    assert progress[-1]["detail"]["stage"] == "OOD E bins" and {(e["step"], e["epoch"]) for e in progress} == {(40, 2)}

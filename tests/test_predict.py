@@ -149,3 +149,11 @@ def test_cli_errors_are_one_line(bank_path, oracle_checkpoint):
                 "--text", "one", "--text", "two")
     assert proc.returncode == 1 and "no known embedder gives D=16" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_context_of_the_wrong_length_is_refused(bank_path, oracle_checkpoint):
+    """The oracle was trained on 5-chunk contexts: three chunks are a mistake, said in one line."""
+    proc = lvmd("predict", "--checkpoint", str(oracle_checkpoint), "--articles", str(bank_path), "--context", "1,2,3")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"lvmd: error: --context: 3 chunks given but {oracle_checkpoint} was trained on contexts of 5 chunks"]

@@ -244,6 +244,8 @@ def test_compare_puts_runs_side_by_side(tmp_path, capsys):
     ("events", "SELECT COUNT(*) FROM events WHERE run_id = 1"),
     ("epochs", "SELECT COUNT(*) FROM epochs WHERE run_id = 1"),
     ("gates", "SELECT COUNT(*) FROM gates g JOIN evals e ON e.id = g.eval_id WHERE e.run_id = 1"),
+    ("evals", "SELECT COUNT(*) FROM evals WHERE run_id = 1"),
+    ("eval_metrics", "SELECT COUNT(*) FROM eval_metrics m JOIN evals e ON e.id = m.eval_id WHERE e.run_id = 1"),
 ])
 def test_export_writes_every_row_of_the_run(real_db, tmp_path, table, count_sql, capsys):
     conn = open_readonly(real_db)

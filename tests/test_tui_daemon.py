@@ -63,7 +63,7 @@ def status_lines(screen: RunScreen) -> list[str]:
 
 def tui_step(screen: RunScreen) -> int:
     """The step the run screen shows in its status line (`… · 1,234/40,000 steps`)."""
-    return int(re.search(r" · ([\d,]+)(?:/[\d,]+)? steps", status_lines(screen)[0])[1].replace(",", ""))
+    return int(re.search(r" · ([\d,]+)(?:/[\d,]+)?(?: steps)?(?: · |$)", status_lines(screen)[0])[1].replace(",", ""))
 
 
 async def test_tui_pauses_and_resumes_a_real_daemon(tiny_data, tmp_path):

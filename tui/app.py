@@ -34,6 +34,7 @@ class LvmdTui(App):
         self.db_path = Path(db_path)
         self.start_run_id = run_id
         self.baseline_id = baseline_id
+        self.marked_ids: set[int] = set()  # runs marked on the runs screen: overlaid on the run screen's charts
         self.readonly = readonly
         self.last_update: TailUpdate | None = None
         self.tail = DbTail(self.db_path, self.post_message, view=TailView(baseline_id=baseline_id),
@@ -67,11 +68,12 @@ class LvmdTui(App):
 
     def open_run(self, run_id: int) -> None:
         self.follow(run_id=run_id, replay_epoch=None, zoom=0,
-                    baseline_id=self.baseline_id if self.baseline_id != run_id else None)
+                    baseline_id=self.baseline_id if self.baseline_id != run_id else None,
+                    overlay_ids=tuple(sorted(self.marked_ids - {run_id, self.baseline_id})))
         self.push_screen(RunScreen(run_id))
 
     def close_run(self) -> None:
-        self.follow(run_id=None, replay_epoch=None, zoom=0)
+        self.follow(run_id=None, replay_epoch=None, zoom=0, overlay_ids=())
         self.pop_screen()
 
     # -- the one write -----------------------------------------------------------------------

@@ -10,9 +10,13 @@ from dataclasses import dataclass
 
 from store.reader import SeriesSnapshot
 from tui.tail import RunSnapshot
-from tui.widgets.canvas import MARKERS, Band, Plot, RefLine, Trace, fmt_step
+from tui.widgets.canvas import DASH_GLYPHS, MARKERS, Band, Plot, RefLine, Trace, fmt_step
 
 BASELINE_STYLE = "bright_black"
+# Marked runs drawn over the run's charts: a colour and a line style each (16-colour safe, and the
+# style tells them apart where two colours look alike); the legend shows the style's glyph.
+OVERLAY_STYLES = ("bright_red", "bright_yellow", "bright_magenta", "bright_cyan", "bright_green", "bright_blue")
+OVERLAY_DASHES = ("dash", "dot", "solid")
 # The original's expected val margin by epoch (SPEC §5), epochs counted from 1 as it printed them.
 SEED_MARGIN_BAND = ((1, 2, -0.04, -0.03), (3, 5, -0.03, -0.01), (6, 8, -0.01, 0.02), (9, 12, 0.02, 0.05))
 BAND_STYLE = "grey30"
@@ -68,8 +72,8 @@ def run_config(run: dict) -> dict:
         return {}
 
 
-def step_range(run: RunSnapshot, baseline: RunSnapshot | None) -> tuple[float, float]:
-    last = max([s.series.last_step or 0 for s in (run, baseline) if s is not None] + [1])
+def step_range(run: RunSnapshot, baseline: RunSnapshot | None, overlays=()) -> tuple[float, float]:
+    last = max([s.series.last_step or 0 for s in (run, baseline, *overlays) if s is not None] + [1])
     return float(run.series.step_from), float(last)
 
 
@@ -81,16 +85,38 @@ def event_markers(run: RunSnapshot) -> list[tuple[int, str]]:
                    if e["kind"] in MARKERS and e["step"] is not None and e["step"] >= first})
 
 
+def overlay_look(i: int) -> tuple[str, str]:
+    """(colour, dash) of the i-th marked run: neighbours differ in both; six pairs, then they repeat."""
+    return OVERLAY_STYLES[i % len(OVERLAY_STYLES)], OVERLAY_DASHES[i % len(OVERLAY_DASHES)]
+
+
+def overlay_traces(overlays, points) -> list[Trace]:
+    """One trace per marked run (points(run) gives its points), labelled `run N` after its dash glyph."""
+    traces = []
+    for i, other in enumerate(overlays):
+        style, dash = overlay_look(i)
+        traces.append(Trace(f"{DASH_GLYPHS[dash]}run {other.run_id}", points(other), style, envelope=False, dash=dash))
+    return traces
+
+
+SMOOTH_ALPHA = 0.1  # `S`: EMA weight per dot column (about a 10-column memory)
+
+
 def step_plot(chart: StepChart, run: RunSnapshot, baseline: RunSnapshot | None,
-              markers: list[tuple[int, str]]) -> Plot:
+              markers: list[tuple[int, str]], overlays: tuple[RunSnapshot, ...] = (), *,
+              smooth: bool = False, cursor: float | None = None) -> Plot:
     latest = run.latest or {}
+    alpha = SMOOTH_ALPHA if smooth else 0.0
     # the loss chart's legend shows only the total's value: five numbers do not fit at 80 columns
-    traces = [Trace(label, run.series.trace(col), style, latest.get(col) if i == 0 or not chart.log_y else None)
+    traces = [Trace(label, run.series.trace(col), style, latest.get(col) if i == 0 or not chart.log_y else None,
+                    smooth=alpha)
               for i, (col, label, style) in enumerate(chart.metrics)]
     if baseline is not None:  # behind the run's own lines: drawn first, labelled once
         traces = [Trace(f"run {baseline.run_id}" if i == 0 else "", baseline.series.trace(col), BASELINE_STYLE,
                         envelope=False) for i, (col, _label, _style) in enumerate(chart.metrics)] + traces
-    x0, x1 = step_range(run, baseline)
+    # marked runs: the chart's first metric only (five loss lines per run would be unreadable)
+    traces = overlay_traces(overlays, lambda other: other.series.trace(chart.metrics[0][0])) + traces
+    x0, x1 = step_range(run, baseline, overlays)
     refs = []
     if chart.cap and (segments := cap_segments(run_config(run.run), run.series)):
         refs.append(RefLine(f"cap {segments[-1][2]:g}", segments, "red"))
@@ -98,8 +124,8 @@ def step_plot(chart: StepChart, run: RunSnapshot, baseline: RunSnapshot | None,
         refs.append(RefLine("", [(x0, x1, 0.0)], "bright_black"))
     sampled = "≈ " if run.series.sample_stride > 1 else ""  # a long run's first, sampled picture
     steps = f"steps {fmt_step(x0)}–{fmt_step(x1)}" if x0 > 0 else f"step {fmt_step(x1)}"  # zoomed: the window
-    return Plot(chart.title, traces, (x0, x1), refs=refs, log_y=chart.log_y, markers=markers,
-                x_label=f"{sampled}{steps}")
+    return Plot(chart.title + (" ~EMA" if smooth else ""), traces, (x0, x1), refs=refs, log_y=chart.log_y,
+                markers=markers, x_label=f"{sampled}{steps}", cursor=cursor)
 
 
 def cap_segments(config: dict, series: SeriesSnapshot) -> list[tuple[float, float, float]]:
@@ -121,29 +147,32 @@ def _epoch_points(epochs, column: str) -> list[tuple[float, float, float, float,
     return [(shown_epoch(e["epoch"]),) * 2 + (e[column],) * 3 for e in epochs if e.get(column) is not None]
 
 
-def epoch_range(run: RunSnapshot) -> tuple[float, float]:
-    last = max([run.run.get("total_epochs") or 0] + [shown_epoch(e["epoch"]) for e in run.epochs] + [1])
+def epoch_range(run: RunSnapshot, overlays=()) -> tuple[float, float]:
+    last = max([run.run.get("total_epochs") or 0] + [shown_epoch(e["epoch"]) for r in (run, *overlays)
+                                                      for e in r.epochs] + [1])
     return 0.5, last + 0.5
 
 
-def margin_plot(run: RunSnapshot, baseline: RunSnapshot | None) -> Plot:
-    x0, x1 = epoch_range(run)
+def margin_plot(run: RunSnapshot, baseline: RunSnapshot | None, overlays: tuple[RunSnapshot, ...] = ()) -> Plot:
+    x0, x1 = epoch_range(run, overlays)
     traces = [Trace("margin", _epoch_points(run.epochs, "val_margin"), "green",
                     run.epochs[-1].get("val_margin") if run.epochs else None)]
     if baseline is not None:
         traces.insert(0, Trace(f"run {baseline.run_id}", _epoch_points(baseline.epochs, "val_margin"), BASELINE_STYLE))
+    traces = overlay_traces(overlays, lambda other: _epoch_points(other.epochs, "val_margin")) + traces
     bands = [Band(lo - 0.5, hi + 0.5, y0, y1, BAND_STYLE) for lo, hi, y0, y1 in SEED_MARGIN_BAND if lo <= x1]
     return Plot("val margin", traces, (x0, x1), refs=[RefLine("", [(x0, x1, 0.0)], "bright_black")], bands=bands,
                 show_markers=False, extra=[("▒ seed band", BAND_STYLE)], x_label=f"epoch {int(x1 - 0.5)}",
                 empty_text="no epoch finished yet")
 
 
-def val_cos_plot(run: RunSnapshot, baseline: RunSnapshot | None) -> Plot:
-    x0, x1 = epoch_range(run)
+def val_cos_plot(run: RunSnapshot, baseline: RunSnapshot | None, overlays: tuple[RunSnapshot, ...] = ()) -> Plot:
+    x0, x1 = epoch_range(run, overlays)
     last = run.epochs[-1] if run.epochs else {}
     traces = [Trace("cos", _epoch_points(run.epochs, "val_cos"), "cyan", last.get("val_cos")),
               Trace("prev", _epoch_points(run.epochs, "val_prev_cos"), "magenta", last.get("val_prev_cos"))]
     if baseline is not None:
         traces.insert(0, Trace(f"run {baseline.run_id}", _epoch_points(baseline.epochs, "val_cos"), BASELINE_STYLE))
+    traces = overlay_traces(overlays, lambda other: _epoch_points(other.epochs, "val_cos")) + traces
     return Plot("val cos", traces, (x0, x1), show_markers=False, x_label=f"epoch {int(x1 - 0.5)}",
                 empty_text="no epoch finished yet")

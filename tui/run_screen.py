@@ -1,23 +1,28 @@
 """One run, live: status, guardrail charts, epoch charts and gates, events and commands."""
 from __future__ import annotations
 
+import time
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
 from tui.alerts import alerts_for
 from tui.dialogs import ConfirmScreen
 from tui.plots import STEP_CHARTS, event_markers, margin_plot, shown_epoch, step_plot, val_cos_plot
 from tui.tail import RunSnapshot, TailUpdate
 from tui.widgets.chart import Chart
+from tui.widgets.config import ConfigPane
+from tui.widgets.system import SystemPane
 from tui.widgets.events import CommandLog, EventLog
 from tui.widgets.gates import GateTable
-from tui.widgets.status import StatusBar, command_status
+from tui.widgets.status import StatusBar, command_status, eval_progress
 
 
+CHART_PERIOD_S = 1.0  # a live run's step charts redraw at most this often
 MAX_ZOOM = 3  # 1/4, 1/16, 1/64 of the steps; one more press shows the whole run again
 
 
@@ -29,16 +34,25 @@ class RunScreen(Screen):
         Binding("e", "command('eval')", "Eval", tooltip="run a 5CAT evaluation now"),
         Binding("c", "command('checkpoint')", "Ckpt", tooltip="save a checkpoint now"),
         Binding("s", "stop", "Stop…", tooltip="stop the run (asks first)"),
-        Binding("left_square_bracket", "replay(-1)", "◀Ep", tooltip="replay: show the run as of the previous epoch"),
-        Binding("right_square_bracket", "replay(1)", "Ep▶", tooltip="replay: next epoch (past the last: live)"),
-        Binding("l", "live", "Live", tooltip="leave replay, follow the run live"),
+        # [ ] l are left out of the footer so that z, esc, ? and q fit at 80 columns (? lists them)
+        Binding("left_square_bracket", "replay(-1)", "◀Ep", show=False, tooltip="replay: show the run as of the previous epoch"),
+        Binding("right_square_bracket", "replay(1)", "Ep▶", show=False, tooltip="replay: next epoch (past the last: live)"),
+        Binding("l", "live", "Live", show=False, tooltip="leave replay, follow the run live"),
         Binding("b", "toggle_baseline", "Base", tooltip="overlay the baseline run's curves (grey)"),
         Binding("z", "zoom", "Zoom", tooltip="step charts: the newest 1/4, 1/16, 1/64 of the steps, then all"),
+        Binding("S", "smooth", "Smooth", key_display="S", show=False,
+                tooltip="step charts: EMA-smoothed lines over the min/max band (again: raw means)"),
+        Binding("left", "cursor(-1)", "◀", key_display="←", show=False, priority=True,
+                tooltip="step charts: cursor one bin left (reads step, value, min/max; the mouse does too)"),
+        Binding("right", "cursor(1)", "▶", key_display="→", show=False, priority=True,
+                tooltip="step charts: cursor one bin right (past the newest: cursor off)"),
         Binding("comma", "pick_eval(-1)", "◀Eval", show=False, tooltip="gate table: previous eval"),
         Binding("full_stop", "pick_eval(1)", "Eval▶", show=False, tooltip="gate table: next eval"),
         Binding("1", "tab('train')", "Train", show=False, tooltip="tab: guardrail charts"),
         Binding("2", "tab('epochs')", "Epochs", show=False, tooltip="tab: val margin, val cos, 5CAT gates"),
         Binding("3", "tab('events')", "Events", show=False, tooltip="tab: event log and commands"),
+        Binding("4", "tab('config')", "Config", show=False, tooltip="tab: the run's resolved config, searchable"),
+        Binding("5", "tab('system')", "System", show=False, tooltip="tab: CPU, memory and GPUs of the daemon's machine"),
         Binding("escape", "back", "Runs", tooltip="back to the list of runs"),
     ]
 
@@ -47,11 +61,17 @@ class RunScreen(Screen):
         self.run_id = run_id
         self.snapshot: RunSnapshot | None = None
         self.baseline: RunSnapshot | None = None
+        self.overlays: tuple[RunSnapshot, ...] = ()  # the runs marked on the runs screen
         self.replay_epoch: int | None = None
         self.show_baseline = True
         self.picked_eval_id: int | None = None  # None: the newest eval in view
         self.zoom = 0                           # step charts: the newest 4^-zoom of the steps
         self.announced: set[str] = set()
+        self._drawn: dict[str, tuple] = {}      # what the charts were last drawn from
+        self._charts_at = 0.0                   # when the step charts were last drawn (monotonic)
+        self._chart_timer = None
+        self.smooth = False
+        self.cursor_step: int | None = None     # the step charts' cursor (None: off)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
@@ -70,7 +90,11 @@ class RunScreen(Screen):
                 yield Static(EventLog.HEADER, classes="log-header")
                 yield EventLog(id="event-log")
                 yield CommandLog(id="command-log")
-        yield Footer()
+            with TabPane("Config", id="config"):
+                yield ConfigPane(id="config-pane")
+            with TabPane("System", id="system"):
+                yield SystemPane(id="system-pane")
+        yield Footer(compact=True, show_command_palette=False)  # ? lists ctrl+p
 
     def on_mount(self) -> None:
         self.set_interval(1.0, self.query_one(StatusBar).refresh)  # heartbeat age and ETA tick
@@ -98,6 +122,7 @@ class RunScreen(Screen):
             return
         self.snapshot = update.run
         self.baseline = update.baseline if self.show_baseline else None
+        self.overlays = update.overlays
         try:
             self.redraw()
         except NoMatches:  # widgets being torn down at exit
@@ -111,17 +136,64 @@ class RunScreen(Screen):
                 self.announced.add(alert.key)
                 self.notify(alert.text, title=f"run {self.run_id}", severity="error", timeout=10)
         self.query_one(StatusBar).show(run, alerts, self._notes())
-        markers = event_markers(run)
-        for spec in STEP_CHARTS:
-            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers))
-        self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline))
-        self.query_one("#chart-valcos", Chart).show(val_cos_plot(run, baseline))
+        # A heartbeat or a command commits too: redraw the charts only when what they show changed
+        # (the tail hands over the same series object while no step arrived), so a paused run costs nothing.
+        step_key = self._step_key()
+        if step_key != self._drawn.get("steps"):
+            # A live run commits a few times a second: the status line shows each step at once,
+            # the six step charts at most every CHART_PERIOD_S (they barely move in between).
+            # What you asked for (zoom, replay, baseline) is drawn at once.
+            wait = self._charts_at + CHART_PERIOD_S - time.monotonic()
+            if wait > 0 and self._drawn.get("view") == self._view_key():
+                if self._chart_timer is None:
+                    self._chart_timer = self.set_timer(wait, self._draw_due_charts)
+            else:
+                self._draw_step_charts(step_key)
+        epoch_key = (run.epochs, run.run.get("total_epochs"), baseline.epochs if baseline else None,
+                     tuple(o.epochs for o in self.overlays))
+        if epoch_key != self._drawn.get("epochs"):
+            self._drawn["epochs"] = epoch_key
+            self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline, self.overlays))
+            self.query_one("#chart-valcos", Chart).show(val_cos_plot(run, baseline, self.overlays))
         self._show_gates()
         self.query_one(EventLog).show(run.events)
         self.query_one(CommandLog).show(run.commands)
+        self.query_one(ConfigPane).show(run.run.get("config_json"))
+        self.query_one(SystemPane).show(run.system)
+
+    def _step_key(self) -> tuple:
+        run, baseline = self.snapshot, self.baseline
+        return (run.series, baseline.series if baseline else None, tuple(o.series for o in self.overlays),
+                len(run.events),
+                run.events[-1]["id"] if run.events else None)
+
+    def _view_key(self) -> tuple:
+        return (self.zoom, self.replay_epoch, self.show_baseline, self.baseline is None,
+                tuple(o.run_id for o in self.overlays), self.smooth, self.cursor_step)
+
+    def _draw_step_charts(self, key: tuple) -> None:
+        self._drawn["steps"], self._drawn["view"], self._charts_at = key, self._view_key(), time.monotonic()
+        run, baseline = self.snapshot, self.baseline
+        markers = event_markers(run)
+        for spec in STEP_CHARTS:
+            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers, self.overlays,
+                                                                      smooth=self.smooth, cursor=self.cursor_step))
+
+    def _draw_due_charts(self) -> None:
+        self._chart_timer = None
+        self.smooth = False
+        self.cursor_step: int | None = None     # the step charts' cursor (None: off)
+        if self.is_mounted and self.snapshot is not None and self._step_key() != self._drawn.get("steps"):
+            try:
+                self._draw_step_charts(self._step_key())
+            except NoMatches:  # torn down at exit
+                pass
 
     def _notes(self) -> list[tuple[str, str]]:
         notes = []
+        progress = eval_progress(self.snapshot)
+        if progress:
+            notes.append((progress, "bold cyan"))
         if self.snapshot.commands:
             notes.append(command_status(self.snapshot.commands[0]))
         if self.replay_epoch is not None:
@@ -132,6 +204,8 @@ class RunScreen(Screen):
             notes.append((f"ZOOM newest 1/{4 ** self.zoom} (z)", "bold"))
         if self.baseline is not None:
             notes.append((f"vs run {self.baseline.run_id} (grey)", "bright_black"))
+        if self.overlays:
+            notes.append((f"+{len(self.overlays)} marked run{'s' if len(self.overlays) > 1 else ''}", "yellow"))
         if self.app.readonly:
             notes.append(("read-only", "dim"))
         return notes
@@ -160,7 +234,7 @@ class RunScreen(Screen):
                 self.app.send_command(self.run_id, "stop")
 
         self.app.push_screen(ConfirmScreen(f"Stop run {self.run_id}? The daemon checkpoints and exits;"
-                                           " `lvmd run --resume` can continue it later.", "Stop"), answered)
+                                           f" `lvmd resume {self.run_id}` can continue it later.", "Stop"), answered)
 
     def action_replay(self, delta: int) -> None:
         last = self.snapshot.last_epoch if self.snapshot else None
@@ -190,6 +264,33 @@ class RunScreen(Screen):
     def action_zoom(self) -> None:
         self.zoom = (self.zoom + 1) % (MAX_ZOOM + 1)
         self.app.follow(zoom=self.zoom)
+
+    def action_smooth(self) -> None:
+        self.smooth = not self.smooth
+        self._redraw_step_charts()
+
+    def action_cursor(self, delta: int) -> None:
+        """Move the step charts' cursor by one bin; it starts at the newest step."""
+        if isinstance(self.focused, Input):  # ← → keep moving the text cursor of the config search
+            (self.focused.action_cursor_left if delta < 0 else self.focused.action_cursor_right)()
+            return
+        if self.snapshot is None or self.snapshot.series.last_step is None:
+            return
+        series = self.snapshot.series
+        if self.cursor_step is None:
+            step = series.last_step if delta < 0 else None
+        else:
+            step = self.cursor_step + delta * series.width
+            step = None if step > series.last_step else max(series.step_from, step)
+        self.set_cursor(step)
+
+    def set_cursor(self, step: int | None) -> None:
+        self.cursor_step = step
+        self._redraw_step_charts()
+
+    def _redraw_step_charts(self) -> None:
+        if self.snapshot is not None:
+            self._draw_step_charts(self._step_key())
 
     def action_toggle_baseline(self) -> None:
         if self.app.baseline_id is None or self.app.baseline_id == self.run_id:

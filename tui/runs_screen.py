@@ -1,4 +1,5 @@
-"""The list of runs in the database; enter opens one, b marks it as the baseline to compare."""
+"""The list of runs in the database: sort, filter, mark runs to overlay; enter opens one, b marks
+the baseline to compare."""
 from __future__ import annotations
 
 import time
@@ -7,17 +8,22 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, Input, Static
 
 from store.reader import RunSummary
 from tui.tail import TailUpdate
-from tui.widgets.runs import RunList
+from tui.widgets.runs import COLUMNS, SORTABLE, RunList
 
 
 class RunsScreen(Screen):
+    AUTO_FOCUS = "#run-list"
     BINDINGS = [
-        Binding("enter", "open", "Open", key_display="enter", tooltip="open the highlighted run"),
+        Binding("enter", "open", "Open", key_display="enter", tooltip="open the highlighted run (marked runs overlaid)"),
+        Binding("m", "mark", "Mark", tooltip="mark the highlighted run to overlay on the run screen's charts (again: unmark)"),
         Binding("b", "mark_baseline", "Baseline", tooltip="mark the highlighted run as the baseline to overlay"),
+        Binding("o", "sort(1)", "Sort", tooltip="sort by the next column (the header shows which)"),
+        Binding("O", "reverse", "Reverse", key_display="O", show=False, tooltip="reverse the sort order"),
+        Binding("slash", "filter", "Filter", key_display="/", tooltip="filter runs by name, preset or state"),
     ]
 
     def __init__(self) -> None:
@@ -26,10 +32,12 @@ class RunsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-header")
+        yield Input(placeholder="filter: words in name, preset or state (enter keeps it, esc clears)", id="runs-filter")
         yield RunList(id="run-list")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        self.query_one("#runs-filter", Input).display = False
         self.set_interval(1.0, self._tick)
         if self.app.last_update is not None:
             self.show_update(self.app.last_update)
@@ -42,13 +50,24 @@ class RunsScreen(Screen):
 
     def show_update(self, update: TailUpdate) -> None:
         self.runs = update.runs
+        if self.is_current:  # under the run screen: drawn when it comes back (on_screen_resume)
+            self._draw()
+
+    def on_screen_resume(self) -> None:
         self._draw()
 
     def _draw(self) -> None:
         now = time.time()
-        self.query_one(RunList).show(self.runs, now, self.app.baseline_id)
+        table = self.query_one(RunList)
+        table.show(self.runs, now, self.app.baseline_id, frozenset(self.app.marked_ids))
         silent = sum(r.is_stale(now) for r in self.runs)
         header = Text(f"lvmd · {self.app.db_path} · {len(self.runs)} runs", style="bold")
+        if table.filter_text:
+            header.append(f" · {len(table.runs)} match “{table.filter_text}”", style="yellow")
+        if self.app.marked_ids:
+            header.append(f" · {len(self.app.marked_ids)} marked", style="yellow")
+        label = next(c.label for c in COLUMNS if c.key == table.sort_key)
+        header.append(f" · sorted by {label} {'↓' if table.descending else '↑'}", style="dim")
         if silent:
             header.append(f" · {silent} silent (daemon gone?)", style="bold red")
         if not self.runs:
@@ -58,10 +77,24 @@ class RunsScreen(Screen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.app.open_run(int(event.row_key.value))
 
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = event.column_key.value
+        if key in SORTABLE:
+            table = self.query_one(RunList)
+            table.descending = not table.descending if table.sort_key == key else True
+            table.sort_key = key
+            self._draw()
+
     def action_open(self) -> None:
         run_id = self.query_one(RunList).selected_run_id
         if run_id is not None:
             self.app.open_run(run_id)
+
+    def action_mark(self) -> None:
+        run_id = self.query_one(RunList).selected_run_id
+        if run_id is not None:
+            self.app.marked_ids ^= {run_id}
+            self._draw()
 
     def action_mark_baseline(self) -> None:
         run_id = self.query_one(RunList).selected_run_id
@@ -70,3 +103,35 @@ class RunsScreen(Screen):
         self.app.baseline_id = None if self.app.baseline_id == run_id else run_id
         self.notify(f"baseline: run {run_id}" if self.app.baseline_id else "baseline cleared")
         self._draw()
+
+    def action_sort(self, step: int) -> None:
+        table = self.query_one(RunList)
+        table.sort_key = SORTABLE[(SORTABLE.index(table.sort_key) + step) % len(SORTABLE)]
+        self._draw()
+
+    def action_reverse(self) -> None:
+        table = self.query_one(RunList)
+        table.descending = not table.descending
+        self._draw()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.query_one(RunList).filter_text = event.value.strip()
+        self._draw()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one(RunList).focus()
+        event.input.display = bool(event.value.strip())
+
+    def on_key(self, event) -> None:
+        box = self.query_one("#runs-filter", Input)
+        if event.key == "escape" and box.has_focus:  # clear the filter
+            event.stop()
+            box.value = ""
+            box.display = False
+            self.query_one(RunList).focus()
+

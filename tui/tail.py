@@ -21,6 +21,8 @@ from textual.message import Message
 
 from store import reader
 from store.db import connect
+from store.runs import active_rate
+from store.system import latest_samples
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class TailView:
     """What the UI wants followed. Changing it wakes the tail at once."""
     run_id: int | None = None
     baseline_id: int | None = None
+    overlay_ids: tuple[int, ...] = ()  # more runs drawn over the run's charts (marked on the runs screen)
     replay_epoch: int | None = None  # show the run as it was at the end of this epoch
     target_bins: int = 128           # series bins: about the chart's width in braille dots
     zoom: int = 0                    # step charts show the newest 4^-zoom of the run's steps
@@ -52,6 +55,7 @@ class RunSnapshot:
     commands: tuple[dict, ...]       # newest first
     step_limit: int | None           # replay bound (None: live)
     last_epoch: int | None           # newest finished epoch, whatever the replay bound
+    system: tuple[dict, ...] = ()    # the daemon's newest machine sample, a row per device
 
     @property
     def run_id(self) -> int:
@@ -62,9 +66,11 @@ class TailUpdate(Message):
     """A fresh picture of the database, for `view`."""
 
     def __init__(self, view: TailView, runs: tuple[reader.RunSummary, ...],
-                 run: RunSnapshot | None, baseline: RunSnapshot | None) -> None:
+                 run: RunSnapshot | None, baseline: RunSnapshot | None,
+                 overlays: tuple[RunSnapshot, ...] = ()) -> None:
         super().__init__()
         self.view, self.runs, self.run, self.baseline = view, runs, run, baseline
+        self.overlays = overlays
 
 
 class TailFailed(Message):
@@ -81,6 +87,8 @@ class _RunTracker:
     events: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     gates: dict[int, tuple[dict, ...]] = field(default_factory=dict)
+    last_series: reader.SeriesSnapshot | None = None
+    series_shape: tuple = ()
 
     def read(self, conn: sqlite3.Connection, replay_epoch: int | None, *, preview: bool = False) -> RunSnapshot | None:
         """The run as committed now; with preview=True, only if a sampled series is worth
@@ -93,8 +101,12 @@ class _RunTracker:
             if series is None:
                 return None
         else:
-            self.series.refresh(conn)
-            series = self.series.snapshot()
+            # the same snapshot object while nothing changed: the screen skips redrawing its charts
+            changed = self.series.refresh(conn)
+            shape = (self.series.width, self.series.step_from, self.series.last_step)
+            if changed or self.last_series is None or shape != self.series_shape:
+                self.last_series, self.series_shape = self.series.snapshot(), shape
+            series = self.last_series
         # a resume deletes what was written after its checkpoint: then read these again
         if self.events and reader.events_count(conn, self.run_id, self.events[-1]["id"]) != len(self.events):
             self.events = []
@@ -116,14 +128,13 @@ class _RunTracker:
             run=run, series=series, latest=recent[0] if recent else None,
             steps_per_s=_rate(recent), events=tuple(events), epochs=tuple(epochs), evals=tuple(evals),
             gates=MappingProxyType(dict(self.gates)), commands=tuple(reader.recent_commands(conn, self.run_id)),
-            step_limit=limit, last_epoch=all_epochs[-1]["epoch"] if all_epochs else None)
+            step_limit=limit, last_epoch=all_epochs[-1]["epoch"] if all_epochs else None,
+            system=tuple(latest_samples(conn, self.run_id)))
 
 
 def _rate(rows_newest_first: list[dict]) -> float | None:
-    if len(rows_newest_first) < 2:
-        return None
-    a, b = rows_newest_first[-1], rows_newest_first[0]
-    return (b["step"] - a["step"]) / (b["t"] - a["t"]) if b["t"] > a["t"] else None
+    """Training steps/s: the same rule as `lvmd status` (paused, stopped and eval time left out)."""
+    return active_rate([(r["step"], r["t"]) for r in rows_newest_first])
 
 
 class DbTail:
@@ -207,9 +218,10 @@ class DbTail:
         """What the view shows; with preview=True, None unless the run needs a sampled first picture."""
         runs = tuple(reader.run_summaries(conn))
         run = baseline = None
+        overlays: tuple[RunSnapshot, ...] = ()
         if view.run_id is not None:
             limit = None if view.replay_epoch is None else reader.epoch_end_step(conn, view.run_id, view.replay_epoch)
-            wanted = {view.run_id, view.baseline_id} - {None}
+            wanted = {view.run_id, view.baseline_id, *view.overlay_ids} - {None}
             # keep the live, unzoomed trackers while replaying or zoomed: going back is then incremental
             self._trackers = {k: t for k, t in self._trackers.items()
                               if k[0] in wanted and k[1] in (None, limit) and k[2] in (0, view.zoom)}
@@ -219,9 +231,14 @@ class DbTail:
                 # the baseline is cut to the run's window, so the two share the x axis
                 baseline = self._tracker(view.baseline_id, limit, view, window).read(
                     conn, view.replay_epoch, preview=preview)
+            if run is not None:  # cut to the run's window too
+                overlays = tuple(o for o in (self._tracker(i, limit, view, window).read(conn, view.replay_epoch,
+                                                                                        preview=preview)
+                                             for i in view.overlay_ids if i not in (view.run_id, view.baseline_id))
+                                 if o is not None)
         if preview and run is None:
             return None
-        return TailUpdate(view, runs, run, baseline)
+        return TailUpdate(view, runs, run, baseline, overlays)
 
     def _tracker(self, run_id: int, limit: int | None, view: TailView, window: tuple[int, int | None]) -> _RunTracker:
         key = (run_id, limit, view.zoom)

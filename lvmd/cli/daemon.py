@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from lvmd.cli.main import default_db
+from lvmd.cli.tables import print_table
 from lvmd.cli.train import check_nproc, launch_foreground, nproc_arg, serve_foreground, split_config_arg
 from lvmd.config import load_config
 from lvmd.data.train_data import load_train_data
@@ -347,8 +348,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif args.run is not None:
         print(_status_block(infos[0]))
     else:
-        for info in infos:
-            print(_status_line(info))
+        print_table(STATUS_HEADERS, [_status_row(info) for info in infos], left_columns=3)
     return 0
 
 
@@ -374,18 +374,17 @@ def status_of(conn, run: dict) -> dict:
     }
 
 
-def _status_line(s: dict) -> str:
-    parts = [f"run {s['id']:>3} {s['name']:<12} {s['state']:<10}",
-             f"step {s['step']}/{s['total_steps']}", f"epoch {_epoch(s)}"]
-    if s["steps_per_s"]:
-        parts.append(f"{s['steps_per_s']:.1f} steps/s ETA {_duration(s['eta_s'])}")
-    if s["world_size"] > 1:
-        parts.append(f"{s['world_size']} ranks")
-    if s["heartbeat_age_s"] is not None:
-        parts.append(f"heartbeat {s['heartbeat_age_s']:.1f} s ago")
-    if s["last_eval"] and s["last_eval"]["gates_total"]:
-        parts.append(f"gates {s['last_eval']['gates_passed']}/{s['last_eval']['gates_total']}")
-    return "  ".join(parts)
+STATUS_HEADERS = ["run", "name", "state", "step", "epoch", "steps/s", "ETA", "ranks", "heartbeat", "gates"]
+
+
+def _status_row(s: dict) -> list[str]:
+    ev = s["last_eval"]
+    return [str(s["id"]), s["name"], s["state"], f"{s['step']}/{s['total_steps']}", _epoch(s),
+            f"{s['steps_per_s']:.1f}" if s["steps_per_s"] else "–",
+            _duration(s["eta_s"]) if s["steps_per_s"] else "–",
+            str(s["world_size"]) if s["world_size"] > 1 else "–",   # a torchrun job: its rank count
+            f"{s['heartbeat_age_s']:.1f} s" if s["heartbeat_age_s"] is not None else "–",
+            f"{ev['gates_passed']}/{ev['gates_total']}" if ev and ev["gates_total"] else "–"]
 
 
 def _status_block(s: dict) -> str:
@@ -405,7 +404,9 @@ def _status_block(s: dict) -> str:
     ev = s["last_eval"]
     if ev:
         verdict = f"{ev['gates_passed']}/{ev['gates_total']} gates" if ev["gates_total"] else f"error: {ev['error']}"
-        lines.append(f"  last 5CAT  {verdict} (eval {ev['id']}, epoch {ev['epoch']}, step {ev['step']}, {ev['trigger']})")
+        # epochs are shown counted from 1 everywhere a person reads them (the --json keeps the stored 0-based)
+        where = f"epoch {ev['epoch'] + 1}, " if ev["epoch"] is not None else ""
+        lines.append(f"  last 5CAT  {verdict} (eval {ev['id']}, {where}step {ev['step']}, {ev['trigger']})")
     if s["error"]:
         lines.append(f"  error      {s['error']}")
     if s["out_dir"]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from lvmd.data import build as databuild
 from lvmd.data import embed, textsources
 from lvmd.data import formats as data
+from lvmd.cli import progress
 from lvmd.errors import UserError
 
 # Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
@@ -76,6 +77,7 @@ def register(sub) -> None:
     r.add_argument("--max-samples", type=int, default=5000, help="windows per split for 5CAT (default 5000)")
     r.add_argument("--calibrate", metavar="NAME", default="",
                    help="also print a 5CAT threshold profile [NAME] for this embedder (lvmd/docs/calibration.md)")
+    r.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     r.set_defaults(func=cmd_report)
 
     i = dsub.add_parser("import-lnsp", help="convert the original project's articles + sequence files; "
@@ -133,7 +135,8 @@ def cmd_sequences(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lvmd.eval import datareport
 
-    rep = datareport.report(args.dir, profile=args.profile or None, max_samples=args.max_samples)
+    with progress.stages("data report", enabled=not args.no_progress) as tell:
+        rep = datareport.report(args.dir, profile=args.profile or None, max_samples=args.max_samples, progress=tell)
     toml = ""
     if args.calibrate:
         toml, rep["calibration"] = datareport.calibrate(rep, args.calibrate)

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from lvmd.cli import progress
 from lvmd.cli.daemon import cmd_command
 from lvmd.data import formats as data
 from lvmd.errors import UserError
@@ -47,6 +48,7 @@ def register(sub) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a checkpoint that holds arbitrary Python objects (runs code from the file)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.add_argument("--db", help="with RUN: SQLite file (default $LVMD_DB or ./lvmd.db)")
     p.add_argument("--timeout", type=float, default=10.0, help="with RUN: seconds to wait for the daemon")
     p.add_argument("--no-wait", action="store_true", help="with RUN: queue the command and return")
@@ -76,9 +78,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     def predict(x):
         return model(x.to(device))[1]
 
-    result = fivecat.evaluate(predict, val, ood, articles, ood_articles=ood_articles, compat=args.compat,
-                              profile=args.profile, max_samples=args.max_samples, sample=args.sample,
-                              seed=args.seed, batch_size=args.batch_size, device=device)
+    with progress.stages("5CAT", enabled=not args.no_progress) as tell:
+        result = fivecat.evaluate(predict, val, ood, articles, ood_articles=ood_articles, compat=args.compat,
+                                  profile=args.profile, max_samples=args.max_samples, sample=args.sample,
+                                  seed=args.seed, batch_size=args.batch_size, device=device, progress=tell)
     result.extra = {"checkpoint": str(args.checkpoint), "checkpoint_format": info["format"],
                     "model_kind": info["kind"], "dim": info["dim"],
                     "files": {"val": args.val, "ood": args.ood, "articles": args.articles,

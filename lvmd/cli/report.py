@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lvmd.cli.main import default_db
+from lvmd.cli.tables import print_table
 from lvmd.data import embed
 from lvmd.data import formats as data
 from lvmd.errors import UserError
@@ -28,7 +29,7 @@ from lvmd.eval.verdict import (
     render_text,
     run_table_rows,
 )
-from store.report import EXPORT_QUERIES, export_rows, open_readonly, report_data, run_table
+from store.report import EXPORT_HELP, EXPORT_QUERIES, export_rows, open_readonly, report_data, run_table
 from store.runs import resolve_run
 
 EXIT_ITERATE = 2   # `lvmd report --strict` when the verdict is iterate (as `lvmd eval` exits 2 on a fail)
@@ -69,10 +70,14 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
-    p = sub.add_parser("export", help="one table of one run as CSV or JSON lines")
+    p = sub.add_parser("export", help="one table of one run as CSV or JSON lines",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="tables:\n" + "\n".join(f"  {k:<13} {v}" for k, v in EXPORT_HELP.items()))
     p.add_argument("run", help="run id or name")
-    p.add_argument("--table", required=True, choices=list(EXPORT_QUERIES))
-    p.add_argument("--format", default="csv", choices=("csv", "jsonl"))
+    p.add_argument("--table", required=True, choices=list(EXPORT_QUERIES), metavar="TABLE",
+                   help=f"which table: {', '.join(EXPORT_QUERIES)} (listed below)")
+    p.add_argument("--format", default="csv", choices=("csv", "jsonl"),
+                   help="csv (a header line, then rows) or jsonl (one JSON object per row); default csv")
     p.add_argument("--out", help="file to write (default stdout)")
     _db(p)
     p.set_defaults(func=cmd_export)
@@ -151,7 +156,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif not summaries:
         print("no runs in this database yet")
     else:
-        print(format_table(RUN_TABLE_HEADERS, run_table_rows(summaries), left_columns=4))
+        print_table(RUN_TABLE_HEADERS, run_table_rows(summaries), left_columns=4)
     return 0
 
 
@@ -166,7 +171,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps([{"run_id": d["run"]["id"], "summary": d["summary"], "guardrails": d["guardrails"],
                            "verdict": r.verdict, "reasons": r.reasons} for d, r in items], indent=2, ensure_ascii=False))
     else:
-        print(format_table(["run", *(str(i) for i in ids)], compare_rows(items)))
+        print_table(["run", *(str(i) for i in ids)], compare_rows(items))
     return 0
 
 
@@ -227,6 +232,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         rows, vectors = None, _embed(args.text, args.embedder, bank)
     predictor, info = predict.load_checkpoint_predictor(checkpoint, device=args.device, trust=args.trust_checkpoint)
+    given = len(rows) if rows is not None else len(vectors)
+    if info.get("context_len") and given != int(info["context_len"]):
+        what = "--context" if rows is not None else "--text"
+        raise UserError(f"{what}: {given} chunks given but {checkpoint} was trained on contexts of "
+                        f"{int(info['context_len'])} chunks")
     result = predict.predict(predictor, bank, rows=rows, vectors=vectors, k=args.top_k)
     result["checkpoint"] = str(checkpoint)
     if args.json:

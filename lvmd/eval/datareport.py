@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -148,7 +149,9 @@ def levels(arts: data.Articles, article_ids: np.ndarray, seed: int) -> dict:
             "other_article_random": _mean(_rowdot(v[i[other]], v[j[other]]))}
 
 
-def report(folder: Path, *, profile: str | None = None, max_samples: int = 5000, seed: int = 0) -> dict:
+def report(folder: Path, *, profile: str | None = None, max_samples: int = 5000, seed: int = 0,
+           progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """progress(done, total, stage) after each split's statistics and each 5CAT stage."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"data report: {folder}: no such folder")
@@ -160,14 +163,22 @@ def report(folder: Path, *, profile: str | None = None, max_samples: int = 5000,
     loaded = {s: v for s, v in loaded.items() if v is not None}
     if "val" not in loaded:
         raise UserError(f"data report: {folder} has no val.npz (build one with lvmd data build or windows)")
-    out = {"dir": str(folder), "profile": name, "build": {k: build[k] for k in ("command", "options") if k in build},
-           "splits": {s: split_stats(seqs, arts, (prof.bin_low, prof.bin_high), seed) for s, (seqs, arts) in loaded.items()}}
     val, val_arts = loaded["val"]
     ood, ood_arts = loaded.get("ood", (None, None))
+    per_eval = len(fivecat.STAGES) * (2 if ood is not None else 1)
+    total = len(loaded) + per_eval * len(BASELINES)
+    tell = progress or (lambda done, total, stage: None)
+    out = {"dir": str(folder), "profile": name, "build": {k: build[k] for k in ("command", "options") if k in build},
+           "splits": {}}
+    for s, (seqs, arts) in loaded.items():
+        out["splits"][s] = split_stats(seqs, arts, (prof.bin_low, prof.bin_high), seed)
+        tell(len(out["splits"]), total, f"{s} statistics")
     out["fivecat"] = {}
-    for label, fn in BASELINES.items():
+    for i, (label, fn) in enumerate(BASELINES.items()):
+        before = len(loaded) + i * per_eval
         res = fivecat.evaluate(fn, val, ood, val_arts, ood_articles=ood_arts, profile=prof,
-                               max_samples=max_samples, seed=seed)
+                               max_samples=max_samples, seed=seed,
+                               progress=lambda done, _n, stage: tell(before + done, total, f"5CAT {label} {stage}"))
         out["fivecat"][label] = res.to_dict()
     return out
 

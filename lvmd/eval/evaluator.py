@@ -49,7 +49,10 @@ class Evaluator:
         result = fivecat.evaluate(predict, self.val, self.ood, self.articles, ood_articles=self.ood_articles,
                                   compat=self.cfg.compat, profile=self.profile,
                                   max_samples=self.cfg.eval.max_samples, seed=self.cfg.train.seed,
-                                  batch_size=EVAL_BATCH, device=device)
+                                  batch_size=EVAL_BATCH, device=device,
+                                  progress=lambda done, total, stage: self.sink.event(
+                                      "eval_progress", step=step, epoch=epoch,
+                                      detail={"done": done, "total": total, "stage": stage, "trigger": trigger}))
         finished = time.time()
         eval_id = self.sink.write_eval(eval_row(result, trigger=trigger, epoch=epoch, step=step,
                                                 started_at=started, finished_at=finished),

@@ -80,7 +80,7 @@ def _from_lvmd(ckpt: dict, path) -> tuple[nn.Module, dict]:
     model = build_model(cfg.model, dim)
     _load_state(model, ckpt["model_state"], path, "model_state")
     return model, {"format": "lvmd", "kind": cfg.model.kind, "dim": dim, "model": cfg.model,
-                   "epoch": ckpt.get("epoch"), "compat": cfg.compat}
+                   "epoch": ckpt.get("epoch"), "compat": cfg.compat, "context_len": ckpt.get("context_len")}
 
 
 def _from_original(ckpt: dict, path) -> tuple[nn.Module, dict]:
@@ -95,7 +95,7 @@ def _from_original(ckpt: dict, path) -> tuple[nn.Module, dict]:
     model = build_model(mcfg, dim)
     _load_state(model, state, path, "model_state_dict")
     return model, {"format": "lnsp", "kind": kind, "dim": dim, "model": mcfg, "epoch": ckpt.get("epoch"),
-                   "compat": "lnsp"}
+                   "compat": "lnsp", "context_len": ckpt.get("context_len") or config.get("context_length")}
 
 
 def original_model_config(kind: str, state: dict, config: dict, path: Any = "checkpoint") -> tuple[ModelConfig, int]:

@@ -23,6 +23,7 @@ from lvmd.config import RunConfig, config_from_dict
 from lvmd.data.train_data import load_train_data
 from lvmd.train.control import HEARTBEAT_SECONDS, Control, Request, ignore
 from lvmd.errors import UserError
+from lvmd.run.sysmon import SystemSampler
 from store import commands
 from store.db import connect
 from store.runs import DAEMON_LOCK, LIVE_STATES, daemon_alive, get_run, record_state
@@ -265,8 +266,12 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
         data = data or load_train_data(cfg)
         if announce is not None:     # distributed hook (lvmd.run.launch): the other ranks start now
             announce(cfg, run, checkpoint)
-        return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint,
-                              progress=progress, control_factory=lambda sink: DaemonControl(sink, db, run_id))
+        sampler = SystemSampler(db, run_id).start()  # CPU/memory/GPU into system_samples, off the loop
+        try:
+            return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint,
+                                  progress=progress, control_factory=lambda sink: DaemonControl(sink, db, run_id))
+        finally:
+            sampler.stop()
     finally:
         lock.release()
 

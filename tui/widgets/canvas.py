@@ -16,6 +16,12 @@ from rich.text import Text
 GUTTER = 7  # y-axis labels (6) + a space
 _DOT_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))  # [dx][dy]
 LOG_FLOOR = 1e-12
+DASH_GLYPHS = {"solid": "━", "dash": "╍", "dot": "┈"}
+
+
+def _dash_on(dash: str, x: int) -> bool:
+    """Does a line of this style draw in dot column x?"""
+    return dash == "solid" or (dash == "dash" and x % 6 < 4) or (dash == "dot" and x % 3 == 0)
 
 # event kind -> (glyph, style, priority): the marker row shows the most severe per cell
 MARKERS = {
@@ -32,6 +38,8 @@ class Trace:
     style: str
     value: float | None = None  # shown in the legend
     envelope: bool = True       # shade min..max behind the mean line
+    dash: str = "solid"         # solid | dash | dot: tells overlaid runs apart without colour
+    smooth: float = 0.0         # > 0: the line is an EMA (this alpha per dot column) of the means
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Plot:
     x_label: str = ""
     empty_text: str = "no data yet"
     extra: Sequence[tuple[str, str]] = field(default=())  # more legend (text, style)
+    cursor: float | None = None  # an x to read: its column is highlighted, the legend reads the bins there
 
 
 def fmt(v: float | None) -> str:
@@ -106,7 +115,7 @@ class _Grid:
 
 def draw(plot: Plot, width: int, height: int) -> list[Text]:
     """The chart as `height` lines of `width` cells: legend, plot rows, marker row."""
-    legend = _legend(plot, width)
+    legend = _readout(plot, width) if plot.cursor is not None else _legend(plot, width)
     plot_rows = height - 1 - (1 if plot.show_markers else 0)
     cols = width - GUTTER
     if plot_rows < 1 or cols < 4:
@@ -143,12 +152,16 @@ def draw(plot: Plot, width: int, height: int) -> list[Text]:
     for tr, trace_spans in zip(plot.traces, spans):
         _mean_line(grid, tr, trace_spans, py)
     lines = [legend]
+    cursor_cell = None if plot.cursor is None else px(plot.cursor) // 2
     for r in range(plot_rows):
         label = fmt(_untransform(plot.log_y, y_hi)) if r == 0 else \
-            fmt(_untransform(plot.log_y, y_lo)) if r == plot_rows - 1 else ""
+            fmt(_untransform(plot.log_y, y_lo)) if r == plot_rows - 1 else \
+            fmt(_untransform(plot.log_y, (y_hi + y_lo) / 2)) if r == plot_rows // 2 and plot_rows >= 5 else ""
         line = Text()
         line.append(label.rjust(GUTTER - 1)[:GUTTER - 1] + " ", style="dim")
         _append_cells(line, grid, r)
+        if cursor_cell is not None:
+            line.stylize("reverse", GUTTER + cursor_cell, GUTTER + cursor_cell + 1)
         lines.append(line)
     if plot.show_markers:
         lines.append(_marker_row(plot, px, cols))
@@ -209,6 +222,37 @@ def _legend(plot: Plot, width: int) -> Text:
     return text
 
 
+def bin_at(trace: Trace, x: float) -> tuple[float, float, float, float, float] | None:
+    """The point (bin) of the trace that holds x, else the nearest one; None if it has none."""
+    points = [p for p in trace.points if p[2] is not None]
+    if not points:
+        return None
+    return min(points, key=lambda p: 0 if p[0] <= x <= p[1] else min(abs(x - p[0]), abs(x - p[1])))
+
+
+def _readout(plot: Plot, width: int) -> Text:
+    """The legend while a cursor is on: where, then each labelled trace's value there (the bin's
+    mean, which is the row's value when a bin holds one step) and the bin's min..max."""
+    text = Text()
+    text.append(plot.title, style="bold")
+    shown = None
+    for tr in plot.traces:
+        point = bin_at(tr, plot.cursor) if tr.label else None
+        if point is None:
+            continue
+        if shown is None:
+            shown = point
+            span = f"{fmt_step(point[0])}" if point[0] == point[1] else f"{fmt_step(point[0])}–{fmt_step(point[1])}"
+            text.append(f" @{span}", style="reverse")
+        text.append("  ")
+        text.append(tr.label, style=tr.style)
+        text.append(f" {fmt(point[4])}")
+        if point[2] != point[3]:
+            text.append(f" [{fmt(point[2])}‥{fmt(point[3])}]", style="dim")
+    text.truncate(width)
+    return text
+
+
 def _columns(trace: Trace, px, dots_w: int) -> list[tuple[float, float, float] | None]:
     """(lo, hi, mean) per dot column, means weighted by the bins' step spans; empty columns
     between two filled ones are interpolated."""
@@ -247,14 +291,20 @@ def _envelope(grid: _Grid, trace: Trace, cols, py) -> None:
 
 def _mean_line(grid: _Grid, trace: Trace, cols, py) -> None:
     prev: int | None = None
+    ema: float | None = None
     for x, col in enumerate(cols):
         if col is None:
-            prev = None
+            prev = ema = None
             continue
-        y = py(col[2])
+        value = col[2]
+        if trace.smooth > 0:  # the band keeps the raw min..max; only the line is smoothed
+            ema = value if ema is None else ema + trace.smooth * (value - ema)
+            value = ema
+        y = py(value)
         top, bottom = (y, y) if prev is None else (min(y, prev + 1), max(y, prev - 1))
-        for yy in range(top, bottom + 1):  # join to the previous column so the line has no gaps
-            grid.dot(x, yy, trace.style)
+        if _dash_on(trace.dash, x):
+            for yy in range(top, bottom + 1):  # join to the previous column so the line has no gaps
+                grid.dot(x, yy, trace.style)
         prev = y
 
 

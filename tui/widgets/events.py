@@ -49,6 +49,8 @@ class EventLog(ScrollView, can_focus=True):
         self.events: tuple[dict, ...] = ()
 
     def show(self, events: tuple[dict, ...]) -> None:
+        if len(events) == len(self.events) and (not events or events[-1] is self.events[-1]):
+            return  # nothing new (a heartbeat): no repaint
         following = self.scroll_y >= self.max_scroll_y
         self.events = events
         self.virtual_size = Size(self.size.width, len(events))

@@ -1,4 +1,8 @@
-"""The 5CAT gate table of one eval: A–E × splits, value against threshold, green or red."""
+"""The 5CAT gate table of one eval: A–E × splits, value against threshold, ✓ green or ✗ red.
+
+The eye must decide like the code: a threshold is printed exactly (shortest form, never rounded
+across the value), the value with as many decimals as it takes to differ from the threshold on
+the side the gate decided, and a glyph says pass/fail for 16-colour and colour-blind readers."""
 from __future__ import annotations
 
 from rich.text import Text
@@ -37,9 +41,9 @@ def eval_header(ev: dict, position: int, count: int) -> Text:
 
 class GateTable(Vertical):
     DEFAULT_CSS = """
-    GateTable { height: 1fr; }
+    GateTable { height: auto; }
     GateTable > Static { height: 1; }
-    GateTable > DataTable { height: 1fr; }
+    GateTable > DataTable { height: auto; max-height: 100%; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -48,7 +52,8 @@ class GateTable(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("no 5CAT eval yet", id="eval-header")
-        yield DataTable(cursor_type="row", zebra_stripes=True)
+        # the cursor row keeps each cell's red/green (only its background changes)
+        yield DataTable(cursor_type="row", zebra_stripes=True, cursor_foreground_priority="renderable")
 
     def show(self, ev: dict | None, gates: tuple[dict, ...], position: int, count: int) -> None:
         header = self.query_one("#eval-header", Static)
@@ -76,11 +81,33 @@ class GateTable(Vertical):
 
 
 def gate_cell(g: dict | None) -> Text:
-    """`0.523 ≥.50`: the value green when it passed, red when not; the threshold dim."""
+    """`✓ 0.523 ≥0.5`: glyph and value green when it passed, red when not; the threshold dim."""
     if g is None:
         return Text("")
-    text = Text()
-    text.append("–" if g["value"] is None else f"{g['value']:.3f}", style=PASS_STYLE if g["passed"] else FAIL_STYLE)
+    style = PASS_STYLE if g["passed"] else FAIL_STYLE
+    text = Text("✓ " if g["passed"] else "✗ ", style=style)
+    op = g.get("op")
+    text.append(fmt_value(g["value"], g["threshold"], op, bool(g["passed"])), style=style)
     if g["threshold"] is not None:
-        text.append(f" {OPS.get(g.get('op'), g.get('op') or '')}{g['threshold']:.2f}", style="dim")
+        text.append(f" {OPS.get(op, op or '')}{fmt_threshold(g['threshold'])}", style="dim")
     return text
+
+
+def fmt_threshold(t: float) -> str:
+    """Shortest exact-looking form: 0.045 stays 0.045 (not 0.04), 0.5 is 0.5."""
+    return f"{t:.6g}"
+
+
+def fmt_value(value: float | None, threshold: float | None, op: str | None, passed: bool) -> str:
+    """Three decimals, more while the rounded value would read as the other verdict (or as
+    equal to a threshold it is not equal to)."""
+    if value is None:
+        return "–"
+    if threshold is None or op not in OPS:
+        return f"{value:.3f}"
+    for digits in range(3, 10):
+        shown = round(value, digits)
+        reads_pass = shown >= threshold if op == ">=" else shown <= threshold
+        if reads_pass == passed and (shown != threshold or value == threshold):
+            return f"{value:.{digits}f}"
+    return repr(value)

@@ -45,8 +45,21 @@ def command_status(cmd: dict) -> tuple[str, str]:
         return f"{verb}: sent, waiting for the daemon", "yellow"
     if state == "failed":
         return f"{verb} failed: {_result_text(cmd.get('result'))}", "bold red"
+    result = _result(cmd.get("result")) if state == "done" else {}
+    if verb == "resume" and result.get("was_paused") is False:  # the daemon answered, nothing changed
+        return f"resume: run was not paused (step {result.get('step', step)})", "yellow"
+    if verb == "pause" and result.get("note"):
+        return f"pause: run was already paused (step {result.get('step', step)})", "yellow"
     words = (DONE if state == "done" else ACKED).get(verb, verb + " at step {step}")
     return words.format(step=step if step is not None else "?"), "green"
+
+
+def _result(raw: str | None) -> dict:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _result_text(raw: str | None) -> str:
@@ -57,6 +70,17 @@ def _result_text(raw: str | None) -> str:
     if isinstance(value, dict):
         return str(value.get("error") or value)
     return "" if value is None else str(value)
+
+
+def eval_progress(run: RunSnapshot) -> str | None:
+    """`5CAT 7/12 OOD A offsets` while the run evaluates: its newest eval_progress event."""
+    if run.run["state"] != "evaluating":
+        return None
+    for event in reversed(run.events[-64:]):  # the events since the eval began are the newest few
+        if event["kind"] == "eval_progress":
+            d = _result(event["detail"])
+            return f"5CAT {d.get('done', '?')}/{d.get('total', '?')} {d.get('stage', '')}".rstrip()
+    return "5CAT starting"
 
 
 def state_text(state: str, heartbeat_at: float | None, now: float) -> Text:
@@ -90,25 +114,40 @@ class StatusBar(Widget):
         return Text("\n").join([self._where(time.time()), self._attention()])
 
     def _where(self, now: float) -> Text:
+        """Where the run is. What a glance needs (state, progress, speed, ETA, heartbeat) always
+        fits: on a narrow terminal the word `steps`, then the preset go and the name shortens."""
         r, latest = self.run.run, self.run.latest or {}
         step = latest.get("step", r.get("step") or 0)
         epoch = latest.get("epoch", r.get("epoch"))
-        line = Text()
-        line.append(f"run {r['id']} ", style="bold")
-        line.append(f"{r['name']} · {r.get('preset') or '?'} · ")
-        line.append_text(state_text(r["state"], r.get("heartbeat_at"), now))
+        tail = Text(" · ")
+        tail.append_text(state_text(r["state"], r.get("heartbeat_at"), now))
         if epoch is not None:
-            line.append(f" · e{epoch_label(epoch, r.get('total_epochs'))}")
-        line.append(f" · {step:,}" + (f"/{r['total_steps']:,}" if r.get("total_steps") else "") + " steps")
+            tail.append(f" · e{epoch_label(epoch, r.get('total_epochs'))}")
+        steps = f" · {step:,}" + (f"/{r['total_steps']:,}" if r.get("total_steps") else "")
+        tail.append(steps + " steps")
         if (r.get("world_size") or 1) > 1:     # a torchrun job: its rank count
-            line.append(f" · {r['world_size']} ranks")
+            tail.append(f" · {r['world_size']} ranks")
         rate = self.run.steps_per_s
         if r["state"] == "running" and rate and self.run.step_limit is None:  # not while replaying
-            line.append(f" · {rate:,.1f} st/s")
+            tail.append(f" · {rate:,.1f} st/s")
             if r.get("total_steps") and step < r["total_steps"]:
-                line.append(f" · ETA {fmt_duration((r['total_steps'] - step) / rate)}")
+                tail.append(f" · ETA {fmt_duration((r['total_steps'] - step) / rate)}")
         if r.get("heartbeat_at") is not None and r["state"] not in TERMINAL_STATES:
-            line.append(f" · ♥ {fmt_duration(max(0.0, now - r['heartbeat_at']))}", style="dim")
+            tail.append(f" · ♥ {fmt_duration(max(0.0, now - r['heartbeat_at']))}", style="dim")
+        width = self.content_region.width or 10**6
+        head, name, preset = f"run {r['id']} ", r["name"], f" · {r.get('preset') or '?'}"
+        if len(head) + len(name) + len(preset) + tail.cell_len > width:
+            at = tail.plain.find(steps + " steps") + len(steps)
+            tail = tail[:at] + tail[at + len(" steps"):]
+        if len(head) + len(name) + len(preset) + tail.cell_len > width:
+            preset = ""
+        room = width - len(head) - tail.cell_len
+        if len(name) > room:
+            name = name[:max(room - 1, 4)] + "…"
+        line = Text()
+        line.append(head, style="bold")
+        line.append(name + preset)
+        line.append_text(tail)
         return line
 
     def _attention(self) -> Text:

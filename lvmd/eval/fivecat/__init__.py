@@ -22,11 +22,11 @@ from lvmd.eval.fivecat.b_retrieval import MIN_ARTICLE_CHUNKS, article_ranks
 from lvmd.eval.fivecat.c_ablations import ablation_plan
 from lvmd.eval.fivecat.d_rollout import HORIZON
 from lvmd.eval.fivecat.e_bins import COMPAT_BINS, coherence
-from lvmd.eval.fivecat.evaluate import check_inputs, evaluate, retrieval_check
+from lvmd.eval.fivecat.evaluate import STAGES, check_inputs, evaluate, retrieval_check
 from lvmd.eval.fivecat.profiles import ABLATIONS, PROFILE_KEYS, Profile, load_profile, profile_names
 from lvmd.eval.fivecat.results import E_SPLIT, GATES, FiveCatResult, GateCheck, gate_checks
 
-__all__ = ["ABLATIONS", "COMPAT_BINS", "E_SPLIT", "GATES", "HORIZON", "MIN_ARTICLE_CHUNKS", "OFFSETS",
+__all__ = ["ABLATIONS", "STAGES", "COMPAT_BINS", "E_SPLIT", "GATES", "HORIZON", "MIN_ARTICLE_CHUNKS", "OFFSETS",
            "PROFILE_KEYS", "Bank", "FiveCatResult", "GateCheck", "Predict", "Profile", "ablation_plan",
            "article_ranks", "check_inputs", "coherence", "evaluate", "gate_checks", "load_profile",
            "offset_name", "profile_names", "retrieval_check"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,14 +20,20 @@ from lvmd.eval.fivecat.e_bins import COMPAT_BINS, bins
 from lvmd.eval.fivecat.profiles import Profile, load_profile
 from lvmd.eval.fivecat.results import E_SPLIT, FiveCatResult, gate_checks
 
+# What progress() reports, per split: the one prediction pass, then each test.
+STAGES = ("predict", "A offsets", "B retrieval", "C ablations", "D rollout", "E bins")
+Progress = Callable[[int, int, str], None]  # (stages done, stages in all, the stage just done)
+
 TARGET_MATCH_COS = 0.99      # a target vector and its (article, chunk) in the bank must agree this well
 
 
 def evaluate(predict: Predict, val: Sequences, ood: Sequences | None, articles: Articles, *,
              ood_articles: Articles | None = None, compat: str = "none", profile: str | Profile = "gtr-t5",
              max_samples: int = 5000, sample: str = "first", seed: int = 0, batch_size: int = 1024,
-             horizon: int = HORIZON, device: str | torch.device = "cpu") -> FiveCatResult:
-    """Run the five tests on VAL (and OOD), judge the gates; see the module docstring."""
+             horizon: int = HORIZON, device: str | torch.device = "cpu",
+             progress: Progress | None = None) -> FiveCatResult:
+    """Run the five tests on VAL (and OOD), judge the gates; see the module docstring.
+    progress(done, total, stage) is called after each stage (predict, then tests A–E) of each split."""
     if compat not in ("none", "lnsp"):
         raise UserError(f"compat: {compat!r} is not allowed; choose none or lnsp")
     if sample not in ("first", "seeded"):
@@ -46,8 +53,17 @@ def evaluate(predict: Predict, val: Sequences, ood: Sequences | None, articles: 
     bin_edges = COMPAT_BINS if lnsp else (prof.bin_low, prof.bin_high)
     started = time.perf_counter()
     run = Batched(predict, batch_size, val.dim, device)
+    total, done = len(STAGES) * len(splits), 0
+
+    def stage_done(split: str, stage: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, f"{split} {stage}")
+
     metrics = {name: _evaluate_split(run, seqs, Bank(bank), lnsp=lnsp, max_samples=max_samples,
-                                     sample=sample, seed=seed, horizon=horizon, bin_edges=bin_edges)
+                                     sample=sample, seed=seed, horizon=horizon, bin_edges=bin_edges,
+                                     stage_done=lambda stage, name=name: stage_done(name, stage))
                for name, seqs, bank in splits}
     normal = [metrics.get(s, {}).get("bin_normal_mean", math.nan) for s in ("VAL", "OOD")]
     metrics[E_SPLIT] = {"normal_delta": abs(normal[0] - normal[1])}  # NaN when either bin is empty
@@ -95,7 +111,8 @@ def check_inputs(seqs: Sequences, bank: Articles) -> None:
 
 
 def _evaluate_split(run: Batched, seqs: Sequences, bank: Bank, *, lnsp: bool, max_samples: int,
-                    sample: str, seed: int, horizon: int, bin_edges: tuple[float, float]) -> dict[str, float]:
+                    sample: str, seed: int, horizon: int, bin_edges: tuple[float, float],
+                    stage_done: Callable[[str], None] = lambda stage: None) -> dict[str, float]:
     order = _order(len(seqs), sample, seed)
     # Default: one sample of rows for all tests, each test uses those it can (SPEC). Compat: each
     # test scans in order and takes the first max_samples rows it can use (the original's loops).
@@ -121,17 +138,23 @@ def _evaluate_split(run: Batched, seqs: Sequences, bank: Bank, *, lnsp: bool, ma
     yhat_dev = run(ctx_dev)                                                   # (u, D) on the device
     yhat = yhat_dev.cpu().numpy()
     at = {g: np.searchsorted(union, cand[p]) for g, p in pos.items()}         # positions in `union`
+    stage_done(STAGES[0])
 
     out: dict[str, float] = {"samples": float(len(union))}
     out |= offset_sweep(take(yhat, at["A"]), off_rows[pos["A"]], bank, lnsp=lnsp)
+    stage_done(STAGES[1])
     out |= retrieval(take(yhat, at["B"]), aid[pos["B"]], tgt_rows[pos["B"]], bank, lnsp=lnsp)
+    stage_done(STAGES[2])
     c = at["C"]
     plan = ablation_plan(take(ctx, c), aid[pos["C"]], bank, lnsp=lnsp, seed=seed)
     out |= ablations(run, take(ctx_dev, c), take(tgt, c), take(yhat, c), plan)
+    stage_done(STAGES[3])
     d = at["D"]
     out |= rollout(run, take(ctx_dev, d), take(yhat_dev, d), future[pos["D"]], bank)
+    stage_done(STAGES[4])
     e = at["E"]
     out |= bins(take(ctx, e), rowdot(take(yhat, e), take(tgt, e)), bin_edges)
+    stage_done(STAGES[5])
     return out
 
 

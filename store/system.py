@@ -1,0 +1,31 @@
+"""Rows of `system_samples`: the daemon's machine (CPU, memory, GPUs) every few seconds."""
+from __future__ import annotations
+
+import sqlite3
+from typing import Sequence
+
+SAMPLE_COLUMNS = ("device", "name", "util", "mem_used", "mem_total", "temp_c")
+KEEP_SAMPLES_S = 3600.0  # older samples of a run are dropped as new ones come: the table stays small
+
+
+def insert_samples(conn: sqlite3.Connection, run_id: int, t: float, rows: Sequence[dict]) -> None:
+    """One sample (a row per device) in its own transaction, trimming the run's old samples."""
+    with conn:
+        conn.executemany(
+            "INSERT INTO system_samples (run_id, t, device, name, util, mem_used, mem_total, temp_c)"
+            " VALUES (?,?,?,?,?,?,?,?)", [(run_id, t, *(r.get(c) for c in SAMPLE_COLUMNS)) for r in rows])
+        conn.execute("DELETE FROM system_samples WHERE run_id = ? AND t < ?", (run_id, t - KEEP_SAMPLES_S))
+
+
+def latest_samples(conn: sqlite3.Connection, run_id: int) -> list[dict]:
+    """The newest sample of the run, a row per device (empty before the first, and on a file
+    written before the table existed, which a read-only reader does not migrate)."""
+    try:
+        rows = conn.execute(
+            "SELECT * FROM system_samples WHERE run_id = ? AND t = (SELECT MAX(t) FROM system_samples WHERE run_id = ?)"
+            " ORDER BY device", (run_id, run_id)).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    return [dict(r) for r in rows]
