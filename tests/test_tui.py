@@ -133,6 +133,15 @@ async def test_a_run_on_several_ranks_says_how_many(db, conn):
         assert "199/400 · 2 ranks" in plain(screen.query_one(StatusBar))  # at 80 columns the word `steps` gives way
 
 
+async def test_the_status_line_shows_the_resolved_precision_and_threads(db, conn):
+    run_id = make_run(db, steps=200)
+    conn.execute("UPDATE runs SET device = 'cpu', precision = 'bf16', threads = 2 WHERE id = ?", (run_id,))
+    app = LvmdTui(db, run_id=run_id)
+    async with app.run_test(size=(120, 24)) as pilot:
+        screen = await run_screen(app, pilot)
+        assert " · bf16×2 · " in plain(screen.query_one(StatusBar))
+
+
 async def test_a_committed_row_appears_without_a_key_press(db):
     run_id = make_run(db, steps=200)
     app = LvmdTui(db, run_id=run_id, fallback_s=60.0)  # only the -wal watcher can bring it

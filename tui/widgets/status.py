@@ -115,7 +115,8 @@ class StatusBar(Widget):
 
     def _where(self, now: float) -> Text:
         """Where the run is. What a glance needs (state, progress, speed, ETA, heartbeat) always
-        fits: on a narrow terminal the word `steps`, then the preset go and the name shortens."""
+        fits: on a narrow terminal the word `steps`, then the preset and precision (`bf16×2`: bf16
+        on 2 threads) go and the name shortens."""
         r, latest = self.run.run, self.run.latest or {}
         step = latest.get("step", r.get("step") or 0)
         epoch = latest.get("epoch", r.get("epoch"))
@@ -136,6 +137,8 @@ class StatusBar(Widget):
             tail.append(f" · ♥ {fmt_duration(max(0.0, now - r['heartbeat_at']))}", style="dim")
         width = self.content_region.width or 10**6
         head, name, preset = f"run {r['id']} ", r["name"], f" · {r.get('preset') or '?'}"
+        if r.get("precision"):  # as resolved on the machine (train.precision/threads may say auto)
+            preset += f" · {r['precision']}×{r.get('threads') or '?'}"
         if len(head) + len(name) + len(preset) + tail.cell_len > width:
             at = tail.plain.find(steps + " steps") + len(steps)
             tail = tail[:at] + tail[at + len(" steps"):]
