@@ -159,14 +159,11 @@ def migrate(conn: sqlite3.Connection, path: Path | str = "<db>") -> int:
     import sqlite_utils
 
     db = sqlite_utils.Database(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    from store.db import transaction
+
+    with transaction(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number in range(version, len(MIGRATIONS)):
             MIGRATIONS[number](db)
             conn.execute(f"PRAGMA user_version={number + 1}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return len(MIGRATIONS)

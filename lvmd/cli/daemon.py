@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from lvmd.errors import UserError
 from lvmd.run import daemon, launch
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get
-from store.db import connect
+from store.db import StoreError, connect
 from store.evals import latest_eval
 from store.report import throughput
 from store.runs import (
@@ -35,6 +36,7 @@ from store.runs import (
     pid_alive,
     record_state,
     resolve_run,
+    stale_runs,
     step_rate,
 )
 
@@ -122,6 +124,27 @@ def _open(args):
     return conn, db
 
 
+def _open_reader(args):
+    """A read-only connection (a read-only database file works), and what could not be written:
+    {run id: evidence} of runs whose daemon is gone but which could not be marked crashed
+    (a full disk, a read-only file), so the caller can show them as crashed anyway."""
+    db = _db_path(args)
+    conn = connect(db, readonly=True)
+    stale = stale_runs(conn)
+    unrecorded = {}
+    if stale:
+        try:
+            writer = connect(db)
+            try:
+                mark_stale_crashed(writer)
+            finally:
+                writer.close()
+        except (StoreError, sqlite3.Error) as exc:
+            why = str(exc).removeprefix(f"{db}: ")
+            unrecorded = {run["id"]: {**evidence, "not_recorded": why} for run, evidence in stale}
+    return conn, unrecorded
+
+
 def _enqueue(conn, run: dict, verb: str, args: dict | None = None) -> int:
     try:
         return enqueue(conn, run["id"], verb, args)
@@ -156,8 +179,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides)
     data = load_train_data(cfg)              # bad input fails here, before anything is written, and before torch
     from lvmd.run import runner              # loads torch: only once the config and data are known good
-    runner.make_evaluator(cfg, data, NullSink())
     db = Path(args.db or default_db()).resolve()
+    runner.preflight(cfg, db)                # profile, database and folder: before any row
+    runner.make_evaluator(cfg, data, NullSink())
     run_id, out_dir = runner.create(cfg, db, data)
     spawned = daemon.spawn(db, {"id": run_id, "out_dir": str(out_dir)}, resume=False, nproc=nproc)
     run = daemon.wait_started(db, run_id, spawned, timeout=args.timeout)
@@ -335,10 +359,10 @@ def _kill(conn, run: dict) -> int:
 
 # -- status ------------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
-    conn, _ = _open(args)
+    conn, unrecorded = _open_reader(args)
     try:
         runs = list_runs(conn) if args.run is None else [resolve_run(conn, args.run)]
-        infos = [status_of(conn, run) for run in runs]
+        infos = [status_of(conn, _as_crashed(run, unrecorded.get(run["id"]))) for run in runs]
     finally:
         conn.close()
     if args.json:
@@ -350,6 +374,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print_table(STATUS_HEADERS, [_status_row(info) for info in infos], left_columns=3)
     return 0
+
+
+def _as_crashed(run: dict, evidence: dict | None) -> dict:
+    """A run whose daemon is gone, shown crashed even where that could not be written."""
+    if evidence is None:
+        return run
+    return {**run, "state": "crashed",
+            "error": f"crashed: {evidence['reason']} (not recorded: {evidence['not_recorded']})"}
 
 
 def status_of(conn, run: dict) -> dict:
