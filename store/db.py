@@ -83,10 +83,10 @@ def check_path(path: Path, *, create: bool) -> None:
                 raise StoreError(f"{path}: {parent} is not a directory")
             break
     if path.exists():
-        try:
-            os.close(os.open(path, os.O_RDONLY))
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot read the database ({exc.strerror})") from None
+        # access(), never open()+close(): closing any descriptor of the file drops every POSIX
+        # lock this process holds on it, including those of its open SQLite connections
+        if not os.access(path, os.R_OK):
+            raise StoreError(f"{path}: cannot read the database (permission denied)")
     elif not create:
         raise StoreError(f"{path}: no such database")
 
