@@ -106,6 +106,9 @@ def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conne
         raise store_error(path, exc) from None
     try:
         if not readonly:
+            from store.schema import check_ours
+
+            check_ours(conn, path)        # before WAL mode: never change another program's file
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
