@@ -271,3 +271,43 @@ def test_reader_opens_a_wal_database_in_a_folder_it_cannot_write(tmp_path):
             update_run(connect(db), run_id, name="x")
     finally:
         db.parent.chmod(0o755)
+
+
+
+DAEMON_DISK_FULL = r"""
+set -u
+mount -t tmpfs -o size=3m tmpfs "$M"
+"$PY" -m lvmd run $OVERRIDES train.epochs=100000 --quiet --db "$M/x.db" > "$OUT/run.out" 2> "$OUT/run.err" &
+RUN=$!
+i=0; until [ -s "$M/x.db-wal" ] && [ $i -gt 20 ]; do sleep 0.25; i=$((i+1)); done
+dd if=/dev/zero of="$M/fill" bs=4k 2>/dev/null
+wait $RUN; echo "rc=$?" > "$OUT/run.rc"
+"$PY" -m lvmd status 1 --db "$M/x.db" > "$OUT/full.status" 2>&1
+rm "$M/fill"
+sleep 11
+"$PY" -m lvmd status 1 --db "$M/x.db" > "$OUT/after.status" 2>&1
+"$PY" -c 'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print(c.execute("SELECT state FROM runs").fetchone()[0], c.execute("PRAGMA integrity_check").fetchone()[0])' "$M/x.db" > "$OUT/state"
+"""
+
+
+def test_daemon_dying_of_a_full_disk_is_marked_crashed(tiny_data, tmp_path):
+    """The disk fills while a run trains: the run exits (non-zero, its error in one line) and
+    its row never stays `running`: failed where the final state could still be written, else
+    shown crashed to the next look and recorded so once there is room (issue 13 D)."""
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    overrides = " ".join([*data_overrides(tiny_data), *TINY_MODEL])
+    proc = subprocess.run([*_unshare(), "sh", "-c", DAEMON_DISK_FULL], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "M": str(mnt), "PY": sys.executable,
+                               "OUT": str(out), "OVERRIDES": overrides, "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert proc.returncode == 0, proc.stderr
+    err = (out / "run.err").read_text()
+    assert (out / "run.rc").read_text().strip() != "rc=0", err
+    assert "Traceback" not in err and "cannot rollback" not in err, err
+    assert "full" in err.strip().splitlines()[-1], err
+    # failed when the final write still found room in the -wal, else crashed by the heartbeat
+    full, after = (out / "full.status").read_text(), (out / "after.status").read_text()
+    assert any(f"): {s}" in full for s in ("failed", "crashed")) and "full" in full, full
+    state, integrity = (out / "state").read_text().split()
+    assert state in ("failed", "crashed") and f"): {state}" in after and integrity == "ok", after
