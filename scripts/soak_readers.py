@@ -6,9 +6,10 @@ no readers, then with them.
     .venv/bin/python scripts/soak_readers.py --minutes 2 --baseline-minutes 1
 
 The writer is a real `lvmd run` (a tiny amn model on synthetic D=16 data, so it commits
-hundreds of step rows a second: a harder case for the -wal than a real model). Readers are half
-the TUI's real tail (tui.tail.DbTail: one long-lived read connection, woken by the -wal changing)
-and half what `lvmd status` reads, once a second, each time on a new read-only connection.
+about a hundred step rows a second: a harder case for the -wal than a real model). Readers are a
+third the TUI's real tail (tui.tail.DbTail: one long-lived read connection, woken by the -wal
+changing), a third what `lvmd status` reads and a third what `lvmd report` reads (every step row,
+binned), each once a second on a new read-only connection.
 Targets: 0 lock errors, -wal <= 16 MB, steps/s with readers >= 90 % of without. On a shared
 machine the reader processes also take CPU from the trainer: read the loss with the load average.
 """
@@ -57,9 +58,10 @@ def reader_tail(db: str, until: float) -> dict:
     return counts
 
 
-def reader_status(db: str, until: float) -> dict:
+def reader_status(db: str, until: float, *, report: bool = False) -> dict:
     from lvmd.cli.daemon import status_of
     from store.db import connect
+    from store.report import report_data
     from store.runs import list_runs, stale_runs
 
     counts = {"updates": 0, "errors": 0, "lock_errors": 0, "messages": []}
@@ -67,8 +69,11 @@ def reader_status(db: str, until: float) -> dict:
         try:
             conn = connect(db, readonly=True)
             try:
-                stale_runs(conn)
-                [status_of(conn, run) for run in list_runs(conn)]
+                if report:    # what `lvmd report 1` reads: every step row, binned, and the views
+                    report_data(conn, 1, bins=60)
+                else:
+                    stale_runs(conn)
+                    [status_of(conn, run) for run in list_runs(conn)]
             finally:
                 conn.close()
             counts["updates"] += 1
@@ -123,13 +128,16 @@ def main() -> int:
     ap.add_argument("--baseline-minutes", type=float, default=2.0, help="alone first (default 2)")
     ap.add_argument("--readers", type=int, default=20)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    ap.add_argument("--reader", choices=("tail", "status"), help=argparse.SUPPRESS)
+    ap.add_argument("--reader", choices=("tail", "status", "report"), help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument("--until", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reader:            # one reader process
-        counts = (reader_tail if args.reader == "tail" else reader_status)(args.db, args.until)
+        if args.reader == "tail":
+            counts = reader_tail(args.db, args.until)
+        else:
+            counts = reader_status(args.db, args.until, report=args.reader == "report")
         Path(args.out).write_text(json.dumps(counts))
         return 0
 
@@ -150,7 +158,7 @@ def main() -> int:
         until = time.time() + args.minutes * 60
         readers = []
         for i in range(args.readers):
-            kind = "tail" if i % 2 == 0 else "status"
+            kind = ("tail", "status", "report")[i % 3]
             out = tmp / f"reader{i}.json"
             readers.append((kind, out, subprocess.Popen(
                 [sys.executable, __file__, "--reader", kind, "--db", str(db), "--until", str(until), "--out", str(out)],
@@ -177,8 +185,10 @@ def main() -> int:
     integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     conn.close()
 
+    kinds = [("tail", "status", "report")[i % 3] for i in range(args.readers)]
     print(f"\nsoak: 1 writer (a real `lvmd run`, tiny amn) + {args.readers} readers "
-          f"({args.readers - args.readers // 2} TUI tails, {args.readers // 2} status loops); "
+          f"({kinds.count('tail')} TUI tails, {kinds.count('status')} status loops, {kinds.count('report')} report "
+          f"loops); "
           f"{os.cpu_count()} CPUs, load average {load0:.1f} → {load1:.1f} → {load2:.1f}")
     print(f"{'phase':<16}{'minutes':>8}{'steps':>9}{'steps/s':>9}{'max WAL MB':>12}{'end WAL MB':>12}"
           f"{'lock errors':>13}{'reader reads':>14}")
