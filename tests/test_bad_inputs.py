@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_MODEL, data_overrides, lvmd
+from conftest import ROOT, TINY_MODEL, data_overrides
 
 from lvmd.cli.main import main
 
