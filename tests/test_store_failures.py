@@ -282,6 +282,7 @@ RUN=$!
 i=0; until [ -s "$M/x.db-wal" ] && [ $i -gt 20 ]; do sleep 0.25; i=$((i+1)); done
 dd if=/dev/zero of="$M/fill" bs=4k 2>/dev/null
 wait $RUN; echo "rc=$?" > "$OUT/run.rc"
+sleep 11   # a dead run's heartbeat must be older than store.runs.STALE_SECONDS to read crashed
 "$PY" -m lvmd status 1 --db "$M/x.db" > "$OUT/full.status" 2>&1
 rm "$M/fill"
 sleep 11
