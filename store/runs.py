@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from store.commands import fail_open
-from store.db import transaction
+from store.db import StoreError, connect, transaction
 from store.schema import RUN_STATES, TERMINAL_STATES
 
 LIVE_STATES = tuple(s for s in RUN_STATES if s not in TERMINAL_STATES)
@@ -222,6 +222,35 @@ def mark_stale_crashed(conn: sqlite3.Connection, *, now: float | None = None,
                         error=f"crashed: {evidence['reason']}"):
             crashed.append(run["id"])
     return crashed
+
+
+def look_readonly(path) -> tuple[sqlite3.Connection, dict[int, dict]]:
+    """What `lvmd status` opens: a read-only connection (a database we may only read works),
+    after marking stale runs crashed where that can be written. The second value holds the
+    evidence, by run id, for runs that could not be (a full disk, a read-only file), so they
+    can be shown crashed anyway (shown_crashed)."""
+    conn = connect(path, readonly=True)
+    stale = stale_runs(conn)
+    if not stale:
+        return conn, {}
+    try:
+        writer = connect(path)
+        try:
+            mark_stale_crashed(writer)
+        finally:
+            writer.close()
+    except (StoreError, sqlite3.Error) as exc:
+        why = str(exc).removeprefix(f"{path}: ")
+        return conn, {run["id"]: {**evidence, "not_recorded": why} for run, evidence in stale}
+    return conn, {}
+
+
+def shown_crashed(run: dict, evidence: dict | None) -> dict:
+    """A run whose daemon is gone, shown crashed even where that could not be written."""
+    if evidence is None:
+        return run
+    return {**run, "state": "crashed",
+            "error": f"crashed: {evidence['reason']} (not recorded: {evidence['not_recorded']})"}
 
 
 # -- what `lvmd status` shows --------------------------------------------------------------

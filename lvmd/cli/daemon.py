@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from lvmd.errors import UserError
 from lvmd.run import daemon, launch
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get
-from store.db import StoreError, connect
+from store.db import connect
 from store.evals import latest_eval
 from store.report import throughput
 from store.runs import (
@@ -35,8 +34,9 @@ from store.runs import (
     mark_stale_crashed,
     pid_alive,
     record_state,
+    look_readonly,
     resolve_run,
-    stale_runs,
+    shown_crashed,
     step_rate,
 )
 
@@ -125,24 +125,9 @@ def _open(args):
 
 
 def _open_reader(args):
-    """A read-only connection (a read-only database file works), and what could not be written:
-    {run id: evidence} of runs whose daemon is gone but which could not be marked crashed
-    (a full disk, a read-only file), so the caller can show them as crashed anyway."""
-    db = _db_path(args)
-    conn = connect(db, readonly=True)
-    stale = stale_runs(conn)
-    unrecorded = {}
-    if stale:
-        try:
-            writer = connect(db)
-            try:
-                mark_stale_crashed(writer)
-            finally:
-                writer.close()
-        except (StoreError, sqlite3.Error) as exc:
-            why = str(exc).removeprefix(f"{db}: ")
-            unrecorded = {run["id"]: {**evidence, "not_recorded": why} for run, evidence in stale}
-    return conn, unrecorded
+    """A read-only connection and the dead runs that could not be recorded crashed
+    (store.runs.look_readonly)."""
+    return look_readonly(_db_path(args))
 
 
 def _enqueue(conn, run: dict, verb: str, args: dict | None = None) -> int:
@@ -362,7 +347,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     conn, unrecorded = _open_reader(args)
     try:
         runs = list_runs(conn) if args.run is None else [resolve_run(conn, args.run)]
-        infos = [status_of(conn, _as_crashed(run, unrecorded.get(run["id"]))) for run in runs]
+        infos = [status_of(conn, shown_crashed(run, unrecorded.get(run["id"]))) for run in runs]
     finally:
         conn.close()
     if args.json:
@@ -374,14 +359,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print_table(STATUS_HEADERS, [_status_row(info) for info in infos], left_columns=3)
     return 0
-
-
-def _as_crashed(run: dict, evidence: dict | None) -> dict:
-    """A run whose daemon is gone, shown crashed even where that could not be written."""
-    if evidence is None:
-        return run
-    return {**run, "state": "crashed",
-            "error": f"crashed: {evidence['reason']} (not recorded: {evidence['not_recorded']})"}
 
 
 def status_of(conn, run: dict) -> dict:
