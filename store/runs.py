@@ -2,6 +2,7 @@
 a connection."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -11,6 +12,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from store.commands import fail_open
+from store.db import StoreError, connect, transaction
 from store.schema import RUN_STATES, TERMINAL_STATES
 
 LIVE_STATES = tuple(s for s in RUN_STATES if s not in TERMINAL_STATES)
@@ -85,14 +87,8 @@ def truncate_after(conn: sqlite3.Connection, run_id: int, step: int, epoch: int)
     transaction when one is open (the daemon's writer thread), else in its own."""
     if conn.in_transaction:
         return _truncate(conn, run_id, step, epoch)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        removed = _truncate(conn, run_id, step, epoch)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return removed
+    with transaction(conn):
+        return _truncate(conn, run_id, step, epoch)
 
 
 def _truncate(conn: sqlite3.Connection, run_id: int, step: int, epoch: int) -> dict[str, int]:
@@ -111,6 +107,16 @@ def _truncate(conn: sqlite3.Connection, run_id: int, step: int, epoch: int) -> d
     return removed
 
 
+def sync_progress(conn: sqlite3.Connection, run_id: int) -> None:
+    """runs.step/epoch from the newest step row when the heartbeat never recorded it (a run that
+    failed between two beats, e.g. on a divergence found in a telemetry block)."""
+    row = conn.execute("SELECT step, epoch FROM steps WHERE run_id = ? ORDER BY step DESC LIMIT 1",
+                       (run_id,)).fetchone()
+    if row is not None:
+        conn.execute("UPDATE runs SET step = ?, epoch = ? WHERE id = ? AND COALESCE(step, 0) < ?",
+                     (row["step"], row["epoch"], run_id, row["step"]))
+
+
 def insert_event(conn: sqlite3.Connection, run_id: int, kind: str, detail: dict | None = None, *,
                  step: int | None = None, epoch: int | None = None) -> None:
     conn.execute("INSERT INTO events (run_id, step, epoch, t, kind, detail) VALUES (?,?,?,?,?,?)",
@@ -125,10 +131,7 @@ def record_state(conn: sqlite3.Connection, run_id: int, state: str, detail: dict
     final state also fails the commands it will never do. False if the run had moved on."""
     if state not in RUN_STATES:
         raise ValueError(f"runs.state: {state!r} is not one of {', '.join(RUN_STATES)}")
-    own = not conn.in_transaction
-    if own:
-        conn.execute("BEGIN IMMEDIATE")
-    try:
+    with contextlib.nullcontext() if conn.in_transaction else transaction(conn):
         row = conn.execute("SELECT state, step, epoch FROM runs WHERE id = ?", (run_id,)).fetchone()
         changed = row is not None and row["state"] in expect
         if changed:
@@ -140,12 +143,6 @@ def record_state(conn: sqlite3.Connection, run_id: int, state: str, detail: dict
                          step=row["step"], epoch=row["epoch"])
             if state in TERMINAL_STATES:
                 fail_open(conn, run_id, f"run {state}")
-        if own:
-            conn.execute("COMMIT")
-    except BaseException:
-        if own:
-            conn.execute("ROLLBACK")
-        raise
     return changed
 
 
@@ -194,28 +191,66 @@ def daemon_alive(run: dict) -> bool:
     return pid_alive(run["pid"])
 
 
+def stale_runs(conn: sqlite3.Connection, *, now: float | None = None,
+               is_alive: Callable[[dict], bool] = daemon_alive,
+               stale_after: float = STALE_SECONDS) -> list[tuple[dict, dict]]:
+    """Every live run of this host whose process is gone and whose heartbeat is older than
+    `stale_after` s, with the evidence: (run, evidence). Reads only."""
+    now = time.time() if now is None else now
+    marks = ", ".join("?" * len(LIVE_STATES))
+    rows = conn.execute(f"SELECT * FROM runs WHERE state IN ({marks}) AND host = ? AND "
+                        "COALESCE(heartbeat_at, 0) < ?",
+                        (*LIVE_STATES, socket.gethostname(), now - stale_after)).fetchall()
+    out = []
+    for run in [dict(r) for r in rows]:
+        if is_alive(run):
+            continue
+        age = now - (run["heartbeat_at"] or 0)
+        out.append((run, {"reason": f"process {run['pid']} is gone and the heartbeat is {age:.0f} s old",
+                          "pid": run["pid"], "heartbeat_age_s": round(age, 1)}))
+    return out
+
+
 def mark_stale_crashed(conn: sqlite3.Connection, *, now: float | None = None,
                        is_alive: Callable[[dict], bool] = daemon_alive,
                        stale_after: float = STALE_SECONDS) -> list[int]:
-    """Mark `crashed` every live run of this host whose process is gone and whose heartbeat is
-    older than `stale_after` s; each gets a 'state' event with the evidence. Whichever lvmd
-    command (or the TUI) looks first does it. Returns the ids it marked."""
-    now = time.time() if now is None else now
-    alive = is_alive
-    marks = ", ".join("?" * len(LIVE_STATES))
-    rows = conn.execute(f"SELECT * FROM runs WHERE state IN ({marks}) AND host = ? AND "
-                        "COALESCE(heartbeat_at, 0) < ?", (*LIVE_STATES, socket.gethostname(), now - stale_after))
+    """Mark `crashed` every stale run (stale_runs); each gets a 'state' event with the
+    evidence. Whichever lvmd command (or the TUI) looks first does it. Returns the ids it marked."""
     crashed = []
-    for run in [dict(r) for r in rows]:
-        if alive(run):
-            continue
-        age = now - (run["heartbeat_at"] or 0)
-        evidence = {"reason": f"process {run['pid']} is gone and the heartbeat is {age:.0f} s old",
-                    "pid": run["pid"], "heartbeat_age_s": round(age, 1)}
+    for run, evidence in stale_runs(conn, now=now, is_alive=is_alive, stale_after=stale_after):
         if record_state(conn, run["id"], "crashed", evidence, expect=(run["state"],),
                         error=f"crashed: {evidence['reason']}"):
             crashed.append(run["id"])
     return crashed
+
+
+def look_readonly(path) -> tuple[sqlite3.Connection, dict[int, dict]]:
+    """What `lvmd status` opens: a read-only connection (a database we may only read works),
+    after marking stale runs crashed where that can be written. The second value holds the
+    evidence, by run id, for runs that could not be (a full disk, a read-only file), so they
+    can be shown crashed anyway (shown_crashed)."""
+    conn = connect(path, readonly=True)
+    stale = stale_runs(conn)
+    if not stale:
+        return conn, {}
+    try:
+        writer = connect(path)
+        try:
+            mark_stale_crashed(writer)
+        finally:
+            writer.close()
+    except (StoreError, sqlite3.Error) as exc:
+        why = str(exc).removeprefix(f"{path}: ")
+        return conn, {run["id"]: {**evidence, "not_recorded": why} for run, evidence in stale}
+    return conn, {}
+
+
+def shown_crashed(run: dict, evidence: dict | None) -> dict:
+    """A run whose daemon is gone, shown crashed even where that could not be written."""
+    if evidence is None:
+        return run
+    return {**run, "state": "crashed",
+            "error": f"crashed: {evidence['reason']} (not recorded: {evidence['not_recorded']})"}
 
 
 # -- what `lvmd status` shows --------------------------------------------------------------

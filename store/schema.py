@@ -146,27 +146,38 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 ]
 
 
+def check_ours(conn: sqlite3.Connection, path: Path | str = "<db>") -> int:
+    """The file's schema version, after refusing a newer lvmd's file and another program's
+    database (tables but no lvmd version): lvmd never writes into either, not even WAL mode."""
+    from store.db import StoreError
+
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(f"{path}: schema version {version} is newer than this lvmd ({len(MIGRATIONS)}); "
+                         "upgrade lvmd")
+    if version == 0:
+        foreign = conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' LIMIT 1").fetchall()
+        if foreign:
+            raise StoreError(f"{path}: not an lvmd database (it holds another program's table "
+                             f"{foreign[0][0]!r})")
+    return version
+
+
 def migrate(conn: sqlite3.Connection, path: Path | str = "<db>") -> int:
     """Bring the file up to the newest schema; returns the version. Safe to race: the
     version is re-read under the write lock, so two processes never apply one twice."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == len(MIGRATIONS):
         return version
-    if version > len(MIGRATIONS):
-        from store.db import StoreError
-
-        raise StoreError(f"{path}: schema version {version} is newer than this lvmd; upgrade lvmd")
+    check_ours(conn, path)
     import sqlite_utils
 
     db = sqlite_utils.Database(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    from store.db import transaction
+
+    with transaction(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number in range(version, len(MIGRATIONS)):
             MIGRATIONS[number](db)
             conn.execute(f"PRAGMA user_version={number + 1}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return len(MIGRATIONS)

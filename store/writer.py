@@ -16,10 +16,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from store.db import connect
+from store.db import BUSY_TIMEOUT_MS, connect
 from store.schema import STEP_COLUMNS
 
 _CLOSE = object()
+CHECKPOINT_SECONDS = 2.0         # PASSIVE checkpoint cadence of the writer thread
+TRUNCATE_BYTES = 4 * 1024 * 1024  # a -wal larger than this is reset with TRUNCATE
+TRUNCATE_WAIT_MS = 100           # how long a TRUNCATE may wait for readers before it gives up
 _STEP_INSERT = f"INSERT INTO steps ({', '.join(STEP_COLUMNS)}) VALUES ({', '.join('?' * len(STEP_COLUMNS))})"
 
 
@@ -33,6 +36,8 @@ class SqliteSink:
         self._conn = connect(self.path)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+        self.truncations = 0      # TRUNCATE checkpoints that reset the -wal (soak script reads it)
         self._thread = threading.Thread(target=self._loop, name="lvmd-sqlite-writer", daemon=True)
         self._thread.start()
 
@@ -120,6 +125,7 @@ class SqliteSink:
         if not items:
             return
         calls: list[tuple[Future, Any]] = []
+        failed: list[tuple[Future, BaseException]] = []
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -129,11 +135,14 @@ class SqliteSink:
                 elif item[0] == "sql":
                     conn.execute(item[1], item[2])
                 else:
-                    calls.append((item[2], item[1](conn)))
+                    self._run_call(conn, item, calls, failed)
             conn.execute("COMMIT")
         except BaseException as exc:  # keep the error for the caller; never lose it silently
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             waiting = [item[2] for item in items if item[0] == "call" and not item[2].done()]
             for fut in waiting:
                 fut.set_exception(exc)
@@ -142,3 +151,49 @@ class SqliteSink:
             return
         for fut, result in calls:
             fut.set_result(result)
+        for fut, exc in failed:
+            fut.set_exception(exc)
+        self._maybe_checkpoint()
+
+    @staticmethod
+    def _run_call(conn: sqlite3.Connection, item: tuple, calls: list, failed: list) -> None:
+        """One call in its own savepoint: if it raises, only its own writes are undone, never
+        the step rows and events queued with it. An error that ended the whole transaction
+        (SQLITE_FULL, I/O) fails the batch instead."""
+        _, fn, fut = item
+        conn.execute("SAVEPOINT lvmd_call")
+        try:
+            result = fn(conn)
+        except Exception as exc:
+            if not conn.in_transaction:
+                raise
+            conn.execute("ROLLBACK TO lvmd_call")
+            conn.execute("RELEASE lvmd_call")
+            failed.append((fut, exc))
+            return
+        conn.execute("RELEASE lvmd_call")
+        calls.append((fut, result))
+
+    # -- keeping the -wal small -------------------------------------------------------------
+    def _maybe_checkpoint(self) -> None:
+        """Every CHECKPOINT_SECONDS a PASSIVE checkpoint (never waits); when the -wal has grown
+        past TRUNCATE_BYTES, a TRUNCATE that waits at most TRUNCATE_WAIT_MS for readers. SQLite's
+        own auto-checkpoint cannot reset the -wal while readers keep arriving, so without this
+        the file grows for as long as a TUI or a status loop watches (issue 13 K)."""
+        now = time.monotonic()
+        if now < self._next_checkpoint:
+            return
+        self._next_checkpoint = now + CHECKPOINT_SECONDS
+        conn = self._conn
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > TRUNCATE_BYTES:
+                conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+                try:
+                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self.truncations += 0 if busy else 1
+        except (sqlite3.Error, OSError):
+            pass    # a busy checkpoint is retried at the next cadence; telemetry never waits on it

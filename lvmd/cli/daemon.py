@@ -34,7 +34,9 @@ from store.runs import (
     mark_stale_crashed,
     pid_alive,
     record_state,
+    look_readonly,
     resolve_run,
+    shown_crashed,
     step_rate,
 )
 
@@ -122,6 +124,12 @@ def _open(args):
     return conn, db
 
 
+def _open_reader(args):
+    """A read-only connection and the dead runs that could not be recorded crashed
+    (store.runs.look_readonly)."""
+    return look_readonly(_db_path(args))
+
+
 def _enqueue(conn, run: dict, verb: str, args: dict | None = None) -> int:
     try:
         return enqueue(conn, run["id"], verb, args)
@@ -156,8 +164,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides)
     data = load_train_data(cfg)              # bad input fails here, before anything is written, and before torch
     from lvmd.run import runner              # loads torch: only once the config and data are known good
-    runner.make_evaluator(cfg, data, NullSink())
     db = Path(args.db or default_db()).resolve()
+    runner.preflight(cfg, db)                # profile, database and folder: before any row
+    runner.make_evaluator(cfg, data, NullSink())
     run_id, out_dir = runner.create(cfg, db, data)
     spawned = daemon.spawn(db, {"id": run_id, "out_dir": str(out_dir)}, resume=False, nproc=nproc)
     run = daemon.wait_started(db, run_id, spawned, timeout=args.timeout)
@@ -335,10 +344,10 @@ def _kill(conn, run: dict) -> int:
 
 # -- status ------------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
-    conn, _ = _open(args)
+    conn, unrecorded = _open_reader(args)
     try:
         runs = list_runs(conn) if args.run is None else [resolve_run(conn, args.run)]
-        infos = [status_of(conn, run) for run in runs]
+        infos = [status_of(conn, shown_crashed(run, unrecorded.get(run["id"]))) for run in runs]
     finally:
         conn.close()
     if args.json:

@@ -66,6 +66,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     fivecat.load_profile(args.profile)  # a typo fails before anything is loaded
+    if args.json_out:
+        _check_json_out(Path(args.json_out))
     model, info = legacy.load_predictor(args.checkpoint, device=device, trust=args.trust_checkpoint)
     val = data.load_sequences(args.val, allow_pickle=args.allow_pickle)
     ood = data.load_sequences(args.ood, allow_pickle=args.allow_pickle) if args.ood else None
@@ -105,6 +107,15 @@ def _device(name: str) -> str:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: MPS is not available here")
     return name
+
+
+def _check_json_out(path: Path) -> None:
+    """--json names a file we can write: refused before the evaluation, not after it."""
+    if path.is_dir():
+        raise UserError(f"--json {path}: is a directory; name the file to write")
+    from lvmd.run.runner import check_folder
+
+    check_folder(path.parent, "--json")
 
 
 def write_json(path: str | Path, obj: dict) -> None:

@@ -1,20 +1,27 @@
 """The `lvmd` command. Each command family is a module of lvmd/cli/ with a
 `register(subparsers)` function; handlers return the exit code. UserError (and the store's
-one-line errors) become `lvmd: error: ...` on stderr and exit 1."""
+one-line errors) become `lvmd: error: ...` on stderr and exit 1; so does anything unexpected,
+with its traceback saved to a file (main)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import sqlite3
 import sys
+import time
+import traceback
+from pathlib import Path
 
 from lvmd import __version__
 from lvmd.errors import UserError
-from store.db import StoreError
+from store.db import StoreError, describe, meaning
 from store.runs import UnknownRun
 
 DESCRIPTION = ("Train latent-vector models with the P6b v2.1 guardrails, watch every step live, "
                "and query it all in one SQLite file.")
+
+KEEP_CRASH_LOGS = 50    # newest traceback files kept in crash_log_dir()
 
 # Order here is the order in `lvmd --help`.
 COMMAND_MODULES = [
@@ -50,23 +57,73 @@ def default_db() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # `lvmd run cfg.toml --db x.db train.epochs=3`: overrides may follow options too
-    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
+    """The one guarded entry point. Known errors (UserError, the store's) are one line; anything
+    unexpected is one line too, naming the file where an OS or SQLite error gives one, and its
+    traceback goes to a log file (crash_log_dir()) that the line names. Exit non-zero."""
+    args = None
     try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        # `lvmd run cfg.toml --db x.db train.epochs=3`: overrides may follow options too
+        stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
         return int(args.func(args) or 0)
     except (UserError, StoreError, UnknownRun) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"lvmd: error: {msg}", file=sys.stderr)
-        return getattr(exc, "exit_code", 1)
+        return _fail(_first_line(exc), getattr(exc, "exit_code", 1))
+    except sqlite3.Error as exc:
+        if meaning(exc) is None:      # not the file's or the disk's fault: keep the traceback
+            return _fail(f"{_explain(exc, args)} [{_save_traceback(exc, argv)}]", 1)
+        return _fail(_explain(exc, args), 1)  # disk full, read-only, busy, ...: the line says it all
     except KeyboardInterrupt:
         print("lvmd: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 -- the guard: no traceback ever reaches the user
+        return _fail(f"{_explain(exc, args)} [{_save_traceback(exc, argv)}]", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"lvmd: error: {message}", file=sys.stderr)
+    return code
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _explain(exc: Exception, args) -> str:
+    """One line for an error no handler turned into a UserError: the file it concerns when the
+    error names one (OSError) or is about the database (sqlite3)."""
+    if isinstance(exc, sqlite3.Error):
+        return describe(getattr(args, "db", None) or default_db(), exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or _first_line(exc)}"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def crash_log_dir() -> Path:
+    """Where unexpected errors leave their traceback: $XDG_STATE_HOME/lvmd/errors, else
+    ~/.local/state/lvmd/errors (the XDG default)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "lvmd" / "errors"
+
+
+def _save_traceback(exc: Exception, argv: list[str] | None) -> str:
+    folder = crash_log_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(f"lvmd {__version__}: lvmd {' '.join(sys.argv[1:] if argv is None else argv)}\n")
+            fh.write("".join(traceback.format_exception(exc)))
+        for old in sorted(folder.glob("*.log"))[:-KEEP_CRASH_LOGS]:
+            old.unlink(missing_ok=True)
+    except OSError as err:
+        return f"traceback not saved: {folder}: {err.strerror}"
+    return f"traceback in {path}"
 
 
 if __name__ == "__main__":

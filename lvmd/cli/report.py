@@ -79,6 +79,7 @@ def register(sub) -> None:
     p.add_argument("--format", default="csv", choices=("csv", "jsonl"),
                    help="csv (a header line, then rows) or jsonl (one JSON object per row); default csv")
     p.add_argument("--out", help="file to write (default stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     _db(p)
     p.set_defaults(func=cmd_export)
 
@@ -178,6 +179,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # -- export ----------------------------------------------------------------------------------
 @_pipe_safe
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.out and os.path.isdir(args.out):
+        raise UserError(f"{args.out}: is a directory; --out names the file to write")
+    if args.out and os.path.lexists(args.out) and not args.force:
+        raise UserError(f"{args.out}: exists; pass --force to overwrite it")
     with _reader(args) as conn:
         run_id = resolve_run(conn, args.run)["id"]
         columns, rows = export_rows(conn, run_id, args.table)
@@ -193,12 +198,21 @@ def _output(path: str | None):
     if path is None:
         yield sys.stdout
         return
+    # written beside the target and renamed over it at the end: an error leaves no half file
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        fh = open(path, "w", newline="", encoding="utf-8")
+        fh = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w", newline="", encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{path}: cannot write ({exc.strerror})") from None
-    with fh:
-        yield fh
+    try:
+        with fh:
+            yield fh
+        if target.is_dir():
+            raise UserError(f"{path}: is a directory")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_csv(fh, columns, rows) -> int:

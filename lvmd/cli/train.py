@@ -101,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = load_train_data(cfg)           # all input checked before anything is written, and before torch
     from lvmd.run import runner           # loads torch: only once the config and data are known good
     db = args.db or default_db()
+    runner.preflight(cfg, db)             # profile, database and folder: before any row
     run_id, out_dir = runner.create(cfg, db, data)
     print(f"run {run_id} ({cfg.name}, preset {cfg.loss.preset}) → {db}; checkpoints in {out_dir}", flush=True)
     if nproc > 1:

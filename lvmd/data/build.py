@@ -265,9 +265,8 @@ def import_lnsp(articles_path: Path, sequence_paths: list[Path], out: Path, *, a
     whose T context chunks and target are consecutive chunks of ONE article (checked against the
     articles file by vector, since the original's windows ran over the flat article-sorted array)."""
     arts = data.load_articles(articles_path)
-    out.mkdir(parents=True, exist_ok=True)
-    data.save_articles(out / "articles.npz", arts)
     report = {"articles": str(articles_path), "chunks": len(arts), "files": {}}
+    outputs = []   # every file is read and checked before the first one is written: nothing half-written
     for path in sequence_paths:
         seqs = data.load_sequences(path, allow_pickle=allow_pickle)
         if seqs.article_ids is None or seqs.target_indices is None:
@@ -282,10 +281,17 @@ def import_lnsp(articles_path: Path, sequence_paths: list[Path], out: Path, *, a
         if not len(keep):
             raise UserError(f"{path}: none of its {len(seqs)} windows matches consecutive chunks of one article "
                             f"of {articles_path} (gap {'/'.join(map(str, gaps))}); do the files belong together?")
-        data.save_sequences(out / Path(path).name, seqs.subset(keep),
-                            {"imported_from": str(path), "gap": best, "dropped_straddling": int(len(seqs) - len(keep))})
+        outputs.append((Path(path).name, seqs.subset(keep),
+                        {"imported_from": str(path), "gap": best, "dropped_straddling": int(len(seqs) - len(keep))}))
         report["files"][Path(path).name] = {"windows": len(seqs), "kept": int(len(keep)),
                                             "dropped_straddling": int(len(seqs) - len(keep)), "gap": best}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    data.save_articles(out / "articles.npz", arts)
+    for name, subset, meta in outputs:
+        data.save_sequences(out / name, subset, meta)
     return report
 
 

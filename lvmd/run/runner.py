@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -18,10 +20,11 @@ from lvmd.train.control import Control
 from lvmd.data.formats import file_sha256
 from lvmd.data.train_data import TrainData
 from lvmd.train.trainer import Trainer
-from store.db import connect
+from lvmd.errors import UserError
+from store.db import StoreError, check_path, connect, transaction
 from store.reader import epochs_of, latest_steps
 from store.commands import fail_open
-from store.runs import create_run, get_run, insert_event, truncate_after, update_run
+from store.runs import create_run, get_run, insert_event, sync_progress, truncate_after, update_run
 from store.writer import SqliteSink
 
 
@@ -35,9 +38,32 @@ def data_manifest(cfg: RunConfig) -> dict:
     return out
 
 
+def preflight(cfg: RunConfig, db: str | Path) -> None:
+    """What a run needs that can be checked before its row exists (nothing half-written): the
+    5CAT profile, the database path and the folder its checkpoints go to."""
+    from lvmd.eval.fivecat import load_profile
+
+    load_profile(cfg.eval.profile)      # the device is checked by hardware.resolve in create()
+    db_path = Path(db).resolve()
+    check_path(db_path, create=True)
+    check_folder(Path(cfg.out_dir) if cfg.out_dir else db_path.parent, "out_dir")
+
+
+def check_folder(path: Path, what: str) -> None:
+    """`path` is a folder we can write, or can be created under one."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"{what} {path}: {folder} is not a directory")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"{what} {path}: {folder} is not writable")
+            return
+
+
 def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
-    """Insert the run row (state starting) and fix its output folder. A device, precision or
-    model this machine cannot run is refused first, so no row is left behind."""
+    """Insert the run row (state starting) and make its output folder, in one transaction: a
+    folder that cannot be made leaves no row. A device, precision or model this machine cannot
+    run is refused first, so no row is left behind."""
     hw = hardware.resolve(cfg, data.train.dim, data.train.context_len)
     conn = connect(db)
     try:
@@ -45,15 +71,20 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
         total = cfg.train.epochs * batches
         if cfg.train.max_steps:
             total = min(total, cfg.train.max_steps)
-        run_id = create_run(conn, name=cfg.name, preset=cfg.loss.preset, compat=cfg.compat,
-                            config=config_to_dict(cfg), data=data_manifest(cfg),
-                            total_epochs=cfg.train.epochs, total_steps=total, lvmd_version=__version__)
-        update_run(conn, run_id, **hardware_fields(hw))
-        # beside the database and named after it, so two databases in one folder never share a run folder
-        db_path = Path(db).resolve()
-        out_dir = Path(cfg.out_dir) if cfg.out_dir else db_path.parent / f"{db_path.stem}-runs" / str(run_id)
-        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        update_run(conn, run_id, out_dir=str(out_dir))
+        manifest = data_manifest(cfg)
+        with transaction(conn):
+            run_id = create_run(conn, name=cfg.name, preset=cfg.loss.preset, compat=cfg.compat,
+                                config=config_to_dict(cfg), data=manifest,
+                                total_epochs=cfg.train.epochs, total_steps=total, lvmd_version=__version__)
+            update_run(conn, run_id, **hardware_fields(hw))
+            # beside the database and named after it, so two databases in one folder never share a run folder
+            db_path = Path(db).resolve()
+            out_dir = Path(cfg.out_dir) if cfg.out_dir else db_path.parent / f"{db_path.stem}-runs" / str(run_id)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise UserError(f"out_dir {out_dir}: cannot create it ({exc.strerror})") from None
+            update_run(conn, run_id, out_dir=str(out_dir))
     finally:
         conn.close()
     return run_id, out_dir
@@ -123,24 +154,31 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         except Exception as exc:  # the final state below still gets written
             error = error or f"telemetry writer: {exc}"
         # The final state goes through a fresh connection: it must land even if the sink broke.
-        finish(db, run_id, state, error=error, detail=detail)
+        try:
+            finish(db, run_id, state, error=error, detail=detail)
+        except (StoreError, sqlite3.Error) as exc:
+            # disk full, read-only: the row keeps its last heartbeat, so the next lvmd command
+            # that looks marks it crashed (store.runs.mark_stale_crashed) once it can write
+            print(f"lvmd: error: run {run_id}: cannot record its final state {state!r}: {exc}", file=sys.stderr)
+            if error is None:
+                raise
 
 
 def finish(db: str | Path, run_id: int, state: str, *, error: str | None = None, detail: dict | None = None) -> None:
     """The final state and its event; commands the run will never do are failed with it."""
     conn = connect(db)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        row = get_run(conn, run_id)
-        fields = {"state": state, "ended_at": time.time(), "heartbeat_at": time.time()}
-        if error:
-            fields["error"] = error.splitlines()[0]
-        update_run(conn, run_id, **fields)
-        insert_event(conn, run_id, "state", {"state": state, "previous": row["state"]}, step=row["step"],
-                     epoch=row["epoch"])
-        if error:
-            insert_event(conn, run_id, "error", detail or {"error": error})
-        fail_open(conn, run_id, f"run {state}")
-        conn.execute("COMMIT")
+        with transaction(conn):
+            sync_progress(conn, run_id)      # a divergence can end a run between two heartbeats
+            row = get_run(conn, run_id)
+            fields = {"state": state, "ended_at": time.time(), "heartbeat_at": time.time()}
+            if error:
+                fields["error"] = error.splitlines()[0]
+            update_run(conn, run_id, **fields)
+            insert_event(conn, run_id, "state", {"state": state, "previous": row["state"]}, step=row["step"],
+                         epoch=row["epoch"])
+            if error:
+                insert_event(conn, run_id, "error", detail or {"error": error})
+            fail_open(conn, run_id, f"run {state}")
     finally:
         conn.close()
