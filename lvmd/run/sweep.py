@@ -163,6 +163,7 @@ def create(db: Path, spec: SweepSpec, *, name: str, parallel: int) -> int:
         for label, overrides in points:
             add_config(conn, sweep_id, label, overrides)
         if spec.search == "optuna":
+            sweep_dir(db).mkdir(parents=True, exist_ok=True, mode=0o700)
             update_sweep(conn, sweep_id, study_storage=f"sqlite:///{sweep_dir(db) / 'optuna.db'}",
                          study_name=f"lvmd-sweep-{sweep_id}")
         conn.execute("COMMIT")
@@ -365,6 +366,8 @@ class Driver:
         return None
 
     def _prune(self, conn, config: dict, runs: list[dict], reason: str, culprit: dict, evidence: dict) -> None:
+        if culprit["state"] not in LIVE_STATES:
+            reason += f" (run {culprit['id']} had {culprit['state']} before the sweep looked)"
         for r in runs:
             if r["state"] in LIVE_STATES:
                 try:
