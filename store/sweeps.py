@@ -122,3 +122,40 @@ def member_values(conn: sqlite3.Connection, sweep_id: int) -> list[dict]:
         "SELECT r.sweep_config AS config, r.sweep_seed AS seed, r.state, s.*"
         " FROM runs r JOIN v_run_summary s ON s.run_id = r.id WHERE r.sweep_id = ? ORDER BY r.id", (sweep_id,))
     return [dict(r) for r in rows]
+
+
+# -- what a view of sweeps shows (the TUI's sweep groups) -------------------------------------------
+def sweep_progress(conn: sqlite3.Connection) -> list[dict]:
+    """Per sweep: runs planned, finished, training, configurations pruned, and the best
+    configuration so far by mean last-epoch margin over its finished seeds."""
+    out = []
+    for s in list_sweeps(conn):
+        seeds = len(json.loads(s["spec_json"]).get("seeds", [])) or 1
+        configs = sweep_summary(conn, s["id"])
+        states = dict(conn.execute(
+            "SELECT CASE WHEN state IN ('finished', 'stopped', 'failed', 'crashed') THEN state ELSE 'live' END,"
+            " COUNT(*) FROM runs WHERE sweep_id = ? GROUP BY 1", (s["id"],)).fetchall())
+        ranked = sorted((c for c in configs if c["finished"] and c["config_state"] != "pruned"
+                         and c["margin_mean"] is not None), key=lambda c: c["margin_mean"], reverse=True)
+        out.append({"id": s["id"], "name": s["name"], "search": s["search"], "state": s["state"],
+                    "planned": len(configs) * seeds, "finished": states.get("finished", 0),
+                    "training": states.get("live", 0), "pruned": sum(c["config_state"] == "pruned" for c in configs),
+                    "best": ranked[0]["config"] if ranked else None,
+                    "best_margin": ranked[0]["margin_mean"] if ranked else None,
+                    "best_n": ranked[0]["finished"] if ranked else 0})
+    return out
+
+
+EPOCH_BAND_COLUMNS = ("val_margin", "val_cos", "r_at_5", "skip_rate", "rho_max")
+
+
+def epoch_band(conn: sqlite3.Connection, sweep_id: int, config: str, column: str = "val_margin") -> list[dict]:
+    """A configuration's `column` per epoch over its seeds: mean, min, max and how many seeds
+    reached that epoch (an overlay: the mean line with a band)."""
+    if column not in EPOCH_BAND_COLUMNS:
+        raise ValueError(f"epoch_band: {column!r} is not one of {', '.join(EPOCH_BAND_COLUMNS)}")
+    rows = conn.execute(
+        f"SELECT e.epoch, AVG(e.{column}) AS mean, MIN(e.{column}) AS lo, MAX(e.{column}) AS hi, COUNT(*) AS n"
+        " FROM epochs e JOIN runs r ON r.id = e.run_id WHERE r.sweep_id = ? AND r.sweep_config = ?"
+        " GROUP BY e.epoch ORDER BY e.epoch", (sweep_id, config))
+    return [dict(r) for r in rows]

@@ -193,7 +193,7 @@ def create_views(conn: sqlite3.Connection, views: Mapping[str, str]) -> None:
 VIEWS_SWEEPS: dict[str, str] = {
     "v_sweep_summary": """
         WITH members AS (
-            SELECT r.sweep_id, r.sweep_config, r.sweep_seed, r.state, s.*
+            SELECT r.sweep_id, r.sweep_config, r.sweep_seed, s.*
             FROM runs r JOIN v_run_summary s ON s.run_id = r.id
             WHERE r.sweep_id IS NOT NULL
         ), done AS (

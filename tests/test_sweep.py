@@ -222,3 +222,26 @@ def test_student_t_matches_the_printed_table():
     assert (d["seeds"], d["n"], d["mean"], d["half"], d["p"], d["differs"]) == ([0, 1, 2], 3, 0.5, 0.0, 0.0, True)
     d = paired({0: 1.0}, {0: 0.0})
     assert d["n"] == 1 and d["half"] is None and d["p"] is None and not d["differs"]
+
+
+def test_a_database_from_before_sweeps_gains_them_and_keeps_its_runs(tmp_path):
+    import sqlite_utils
+
+    from store.db import connect
+    from store.schema import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    raw = sqlite3.connect(db)
+    for migration in MIGRATIONS[:3]:                       # a file written before migration 4
+        migration(sqlite_utils.Database(raw))
+    raw.execute("PRAGMA user_version=3")
+    raw.execute("INSERT INTO runs (id, name, state, config_json, created_at) VALUES (1, 'old', 'finished', '{}', 0)")
+    raw.commit()
+    raw.close()
+    conn = connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert [tuple(r) for r in conn.execute("SELECT id, name, sweep_id, sweep_config, sweep_seed FROM runs")] == [
+        (1, "old", None, None, None)]
+    assert conn.execute("SELECT COUNT(*) FROM v_sweep_summary").fetchone()[0] == 0
+    assert conn.execute("SELECT run_id FROM v_run_summary").fetchall()[0][0] == 1
+    conn.close()
