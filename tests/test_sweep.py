@@ -140,6 +140,8 @@ def test_killed_driver_and_run_resume_finishing_only_what_was_missing(db, long_d
     (run2,) = rows(db, "SELECT * FROM runs WHERE id = 2")
     assert run1["state"] == "finished" and run2["state"] == "running"
     os.kill(run2["pid"], signal.SIGKILL)          # and the run it was waiting on dies too (a reboot)
+    status = lvmd("sweep", "status", "1", "--db", db, check=True).stdout
+    assert "running, but its driver is gone (`lvmd sweep resume 1`) · 1/3 runs finished" in status
     proc = lvmd("sweep", "resume", "1", "--db", db, timeout=600, check=True)
     assert proc.stdout.splitlines()[-1] == "sweep 1 finished: 3 configurations (3 complete), 3 runs"
     assert "run 2 restarted (loss.preset=v2.1, seed 0)" in proc.stdout
@@ -208,6 +210,17 @@ def test_bad_grid_input_is_one_line_and_writes_nothing(db, tiny_data):
     assert proc.returncode == 1 and proc.stderr == "lvmd: error: --search optuna needs --trials K (K >= 1)\n"
     proc = lvmd("sweep", "resume", "7", "--db", db)
     assert proc.returncode == 1 and proc.stderr == f"lvmd: error: {Path(db).resolve()}: no such database\n"
+
+
+def test_a_configuration_whose_data_cannot_load_fails_alone(db, tiny_data):
+    missing = tiny_data / "missing.npz"
+    proc = lvmd("sweep", *data_overrides(tiny_data), *TINY_MODEL, "train.epochs=1",
+                "--grid", f"data.train={missing},{tiny_data / 'train.npz'}", "--parallel", "1", "--db", db,
+                timeout=300, check=True)
+    assert proc.stdout.splitlines()[-1] == "sweep 1 finished: 2 configurations (1 complete, 1 failed), 1 runs"
+    failed, complete = rows(db, "SELECT state, reason FROM sweep_configs ORDER BY created_at, rowid")
+    assert failed["state"] == "failed" and str(missing) in failed["reason"] and complete["state"] == "complete"
+    assert [r["state"] for r in rows(db, "SELECT state FROM runs")] == ["finished"]
 
 
 def test_student_t_matches_the_printed_table():

@@ -10,7 +10,9 @@ from pathlib import Path
 from lvmd.cli.main import default_db
 from lvmd.errors import UserError
 from lvmd.eval.verdict import format_table
+from lvmd.run.sweep import LOCK_FILE, sweep_dir
 from store.db import connect
+from store.runs import lock_held
 from store.sweeps import UnknownSweep, get_sweep, list_sweeps, sweep_summary
 
 SUBCOMMANDS = ("resume", "status")
@@ -158,7 +160,10 @@ def _status(args) -> int:
         spec = json.loads(s["spec_json"])
         planned = len(spec["seeds"]) * len(s["configs"])
         done = sum(c["finished"] for c in s["configs"])
-        print(f"sweep {s['id']} {s['name']!r} · {s['search']} · {s['state']} · {done}/{planned} runs finished")
+        state = s["state"]
+        if state == "running" and not lock_held(sweep_dir(db, s["id"]) / LOCK_FILE):
+            state = f"running, but its driver is gone (`lvmd sweep resume {s['id']}`)"
+        print(f"sweep {s['id']} {s['name']!r} · {s['search']} · {state} · {done}/{planned} runs finished")
         rows = [[c["config"], c["config_state"], f"{c['finished']}/{len(spec['seeds'])}",
                  "–" if c["margin_mean"] is None else f"{c['margin_mean']:+.4f}", c["reason"] or ""]
                 for c in s["configs"]]

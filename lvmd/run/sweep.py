@@ -287,10 +287,15 @@ class Driver:
             else:
                 run_id, how = self._restart(conn, run), "restarted"
                 self.restart.discard(run["id"])
-        except UserError as exc:   # its row is marked failed; the sweep goes on with the others
+        except UserError as exc:   # a run row that exists is marked failed; the sweep goes on
             self.say(f"sweep {self.id}: {label} seed {seed}: {exc}")
             if run is not None:
                 self.restart.discard(run["id"])
+            elif not any(r["sweep_config"] == label and r["sweep_seed"] == seed for r in members(conn, self.id)):
+                # failed before a row existed (its data): the configuration cannot run at all
+                set_config(conn, self.id, label, "failed", reason=str(exc))
+                if self.search:
+                    self.search.tell(config, None, "failed")
             return
         self.say(f"sweep {self.id}: run {run_id} {how} ({label}, seed {seed})")
 
