@@ -119,10 +119,12 @@ def grid_points(grid: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]
 
 def member_config(spec: SweepSpec, overrides: list[str], seed: int, name: str, threads: int) -> RunConfig:
     """The resolved config of one member: the file, the sweep's overrides, the configuration's,
-    its seed and name (and train.threads when the file leaves it to torch, so N runs share the CPU)."""
+    its seed and name; train.threads "auto" becomes an even share of the CPUs (auto measures the
+    CPUs free at one moment, and N members starting one after another would each see a different
+    share)."""
     extra = [f"train.seed={seed}", f"name={json.dumps(name)}"]
     cfg = load_config(spec.config, [*spec.overrides, *overrides, *extra])
-    if cfg.train.threads == 0 and threads:
+    if cfg.train.threads == "auto" and threads:
         cfg = load_config(spec.config, [*spec.overrides, *overrides, *extra, f"train.threads={threads}"])
     return cfg
 
@@ -138,7 +140,7 @@ def default_parallel() -> int:
 
     if torch.cuda.is_available():
         return torch.cuda.device_count()
-    return max(1, (os.cpu_count() or 1) // 2)
+    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def sweep_dir(db: Path, sweep_id: int | None = None) -> Path:
@@ -206,7 +208,7 @@ class Driver:
         self.id = sweep_id
         self.spec = SweepSpec.from_dict(json.loads(self.sweep["spec_json"]))
         self.parallel = self.sweep["parallel"]
-        self.threads = max(1, (os.cpu_count() or 1) // self.parallel)
+        self.threads = max(1, len(os.sched_getaffinity(0)) // self.parallel)
         self.data: dict = {}                  # loaded training data by data config (shared by members)
         self.checked: dict[int, int] = {}     # run id → epochs already judged by the pruner
         self.restart: set[int] = set()        # stopped/crashed members this driver restarts
@@ -300,8 +302,8 @@ class Driver:
         self.say(f"sweep {self.id}: run {run_id} {how} ({label}, seed {seed})")
 
     def _start_new(self, config: dict, seed: int) -> int:
+        from lvmd.data.train_data import load_train_data
         from lvmd.run import runner
-        from lvmd.train.trainer import load_train_data
 
         name = run_name(self.sweep["name"], config["overrides"], seed)
         cfg = member_config(self.spec, config["overrides"], seed, name, self.threads)
