@@ -47,6 +47,7 @@ POLL_SECONDS = 1.0          # the driver looks at its runs this often (a few ind
 START_SECONDS = 300.0       # how long one daemon may take to report running (loaded machines)
 OBJECTIVES = {"margin": "last_margin", "val_cos": "last_val_cos", "r_at_5": "last_r_at_5"}
 LOCK_FILE = "sweep.lock"
+MAX_RESTARTS = 3            # restarts of one crashed member by one driver before it is left crashed
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ class Driver:
         self.data: dict = {}                  # loaded training data by data config (shared by members)
         self.checked: dict[int, int] = {}     # run id → epochs already judged by the pruner
         self.restart: set[int] = set()        # stopped/crashed members this driver restarts
+        self.restarts: dict[int, int] = {}    # run id → restarts by this driver
         self.stop_asked = False
         self.search = None
         if self.spec.search == "optuna":
@@ -246,8 +248,10 @@ class Driver:
             while not self.stop_asked:
                 mark_stale_crashed(conn)
                 runs = members(conn, self.id)
-                # a member that crashes while this driver runs is restarted; one a user stopped is not
-                self.restart |= {r["id"] for r in runs if r["state"] == "crashed"}
+                # a member that crashes while this driver runs is restarted (a few times: a run that
+                # crashes again and again needs a person); one a user stopped is not
+                self.restart |= {r["id"] for r in runs if r["state"] == "crashed"
+                                 and self.restarts.get(r["id"], 0) < MAX_RESTARTS}
                 self._judge(conn, runs)
                 configs = configs_of(conn, self.id)
                 live = [r for r in runs if r["state"] in LIVE_STATES]
@@ -287,8 +291,9 @@ class Driver:
             if run is None:
                 run_id, how = self._start_new(config, seed), "started"
             else:
-                run_id, how = self._restart(conn, run), "restarted"
                 self.restart.discard(run["id"])
+                self.restarts[run["id"]] = self.restarts.get(run["id"], 0) + 1
+                run_id, how = self._restart(conn, run), "restarted"
         except UserError as exc:   # a run row that exists is marked failed; the sweep goes on
             self.say(f"sweep {self.id}: {label} seed {seed}: {exc}")
             if run is not None:
@@ -417,8 +422,8 @@ class Driver:
         text = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         self.say(f"sweep {self.id} {state}: {len(configs)} configurations ({text}), {len(runs)} runs")
         if waiting:
-            ids = ", ".join(str(r["id"]) for r in waiting)
-            self.say(f"  runs {ids} were stopped by hand; `lvmd sweep resume {self.id}` continues them")
+            ids = ", ".join(f"{r['id']} ({r['state']})" for r in waiting)
+            self.say(f"  runs {ids} did not finish; `lvmd sweep resume {self.id}` continues them")
         return state
 
 
