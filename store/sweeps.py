@@ -1,4 +1,4 @@
-"""Rows of `sweeps` and `sweep_configs`, and the sweep columns of `runs` (migration 6).
+"""Rows of `sweeps` and `sweep_configs`, and the sweep columns of `runs` (migration 7).
 
 A sweep is a set of configurations × seeds; every member is an ordinary run (its own row, lock
 and daemon) tagged with runs.sweep_id, sweep_config (the configuration's label) and sweep_seed.

@@ -186,7 +186,7 @@ def create_views(conn: sqlite3.Connection, views: Mapping[str, str]) -> None:
         conn.execute(f"CREATE VIEW {name} AS {select.strip()}")
 
 
-# Sweeps (migration 6): one row per sweep and configuration. The numbers are over the
+# Sweeps (migration 7): one row per sweep and configuration. The numbers are over the
 # configuration's *finished* runs (one per seed), from v_run_summary's last-epoch values; the
 # 95 % intervals need Student's t, which `lvmd compare --sweep` applies to margin_sd / sqrt(n).
 # sqrt() is SQLite's math function (3.35+, on in Python's and the CLI's builds).
