@@ -316,6 +316,7 @@ class Driver:
         if key not in self.data:
             self.data[key] = load_train_data(cfg)   # bad data fails here, before a run row exists
             runner.make_evaluator(cfg, self.data[key], NullSink())
+        runner.preflight(cfg, self.db)                 # profile, database and folder: before any row
         run_id, out_dir = runner.create(cfg, self.db, self.data[key], sweep=(self.id, config["label"], seed))
         spawned = daemon.spawn(self.db, {"id": run_id, "out_dir": str(out_dir)}, resume=False)
         daemon.wait_started(self.db, run_id, spawned, timeout=START_SECONDS)
