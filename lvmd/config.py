@@ -193,6 +193,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         base = path.resolve().parent
     for item in overrides:
         key, value = parse_override(item)
+        if not isinstance(value, str) and _hint(key) is str:
+            value = item.split("=", 1)[1].strip()   # loss.prev=true is the string "true", not TOML's bool
         _set_dotted(user, key, value)
     cfg = config_from_dict(user)
     return _resolve_paths(cfg, base)
@@ -357,6 +359,16 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
             raise ConfigError(f"{key}: {part!r} is not a section")
         d = nxt
     d[parts[-1]] = value
+
+
+def _hint(key: str) -> Any:
+    """The declared type of a dotted config key (None when there is no such key)."""
+    cls: Any = RunConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        cls = typing.get_type_hints(cls).get(part)
+    return cls
 
 
 def _get_dotted(cfg: Any, key: str) -> Any:

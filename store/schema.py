@@ -44,6 +44,8 @@ RUN_STATES = (
 TERMINAL_STATES = ("stopped", "finished", "failed", "crashed")
 COMMAND_VERBS = ("pause", "resume", "eval", "checkpoint", "stop")
 COMMAND_STATES = ("pending", "acked", "done", "failed")
+SWEEP_STATES = ("running", "stopped", "finished")          # stopped: its driver ended before every run did
+SWEEP_CONFIG_STATES = ("open", "complete", "pruned", "failed")
 
 
 def _m001_core(db: sqlite_utils.Database) -> None:
@@ -136,6 +138,30 @@ def _m006_system_samples(db: sqlite_utils.Database) -> None:
     db["system_samples"].create_index(["run_id", "t"])
 
 
+def _m007_sweeps(db: sqlite_utils.Database) -> None:
+    """Sweeps (lvmd sweep): a `sweeps` row, one `sweep_configs` row per configuration (a grid
+    point or an Optuna trial) and, on each member run, runs.sweep_id / sweep_config / sweep_seed;
+    the view v_sweep_summary (store/views.py VIEWS_SWEEPS). Self-contained: needs only m001."""
+    from store.views import VIEWS_SWEEPS, create_views
+
+    db["sweeps"].create({
+        "id": int, "name": str, "state": str, "search": str, "config_path": str, "spec_json": str,
+        "parallel": int, "study_storage": str, "study_name": str, "host": str, "pid": int,
+        "created_at": float, "updated_at": float, "ended_at": float,
+    }, pk="id", not_null={"name", "state", "search", "spec_json", "created_at"})
+    db["sweep_configs"].create({
+        "sweep_id": int, "label": str, "overrides_json": str, "trial": int, "state": str,
+        "objective": float, "reason": str, "created_at": float,
+    }, pk=("sweep_id", "label"), foreign_keys=[("sweep_id", "sweeps", "id")],
+        not_null={"sweep_id", "label", "overrides_json", "state", "created_at"})
+    # ALTER TABLE ADD COLUMN may carry REFERENCES when the default is NULL (no table rebuild)
+    db.execute("ALTER TABLE runs ADD COLUMN sweep_id INTEGER REFERENCES sweeps(id)")
+    db.execute("ALTER TABLE runs ADD COLUMN sweep_config TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN sweep_seed INTEGER")
+    db.execute("CREATE INDEX idx_runs_sweep ON runs (sweep_id, sweep_config, sweep_seed)")
+    create_views(db.conn, VIEWS_SWEEPS)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
@@ -143,6 +169,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m004_run_hardware,
     _m005_world_size,
     _m006_system_samples,
+    _m007_sweeps,
 ]
 
 

@@ -184,3 +184,37 @@ def create_views(conn: sqlite3.Connection, views: Mapping[str, str]) -> None:
         conn.execute(f"DROP VIEW IF EXISTS {name}")
     for name, select in views.items():
         conn.execute(f"CREATE VIEW {name} AS {select.strip()}")
+
+
+# Sweeps (migration 7): one row per sweep and configuration. The numbers are over the
+# configuration's *finished* runs (one per seed), from v_run_summary's last-epoch values; the
+# 95 % intervals need Student's t, which `lvmd compare --sweep` applies to margin_sd / sqrt(n).
+# sqrt() is SQLite's math function (3.35+, on in Python's and the CLI's builds).
+VIEWS_SWEEPS: dict[str, str] = {
+    "v_sweep_summary": """
+        WITH members AS (
+            SELECT r.sweep_id, r.sweep_config, r.sweep_seed, s.*
+            FROM runs r JOIN v_run_summary s ON s.run_id = r.id
+            WHERE r.sweep_id IS NOT NULL
+        ), done AS (
+            SELECT * FROM members WHERE state = 'finished'
+        )
+        SELECT w.id AS sweep_id, w.name AS sweep, w.search, w.state AS sweep_state,
+               c.label AS config, c.trial, c.state AS config_state, c.objective, c.reason,
+               (SELECT COUNT(*) FROM members m WHERE m.sweep_id = w.id AND m.sweep_config = c.label) AS runs,
+               COUNT(d.run_id) AS finished,
+               GROUP_CONCAT(d.sweep_seed, ',') AS seeds,
+               AVG(d.last_margin) AS margin_mean,
+               CASE WHEN COUNT(d.last_margin) > 1 THEN sqrt(MAX(0, (SUM(d.last_margin * d.last_margin)
+                    - SUM(d.last_margin) * SUM(d.last_margin) / COUNT(d.last_margin)) / (COUNT(d.last_margin) - 1)))
+               END AS margin_sd,
+               MIN(d.last_margin) AS margin_min, MAX(d.last_margin) AS margin_max,
+               AVG(d.last_val_cos) AS val_cos_mean, AVG(d.last_r_at_5) AS r_at_5_mean,
+               AVG(d.last_gates_passed) AS gates_mean, AVG(d.skip_rate) AS skip_rate_mean,
+               MAX(d.rho_max) AS rho_max
+        FROM sweeps w
+        JOIN sweep_configs c ON c.sweep_id = w.id
+        LEFT JOIN done d ON d.sweep_id = w.id AND d.sweep_config = c.label
+        GROUP BY w.id, c.label
+        ORDER BY w.id, c.created_at, c.label""",
+}

@@ -56,3 +56,9 @@ def test_resolved_config_round_trips_through_json():
     cfg = load_config(None, ["loss.preset=v1", "train.epochs=3"])
     again = config_from_dict(json.loads(json.dumps(config_to_dict(cfg))))
     assert again == cfg
+
+
+def test_a_string_key_keeps_the_text_of_its_override():
+    # TOML reads `true` and `1` as a bool and a number; loss.prev and name are strings
+    cfg = load_config(None, ["loss.prev=true", "name=1", "train.threads=2"])
+    assert (cfg.loss.prev, cfg.name, cfg.train.threads) == ("true", "1", 2)

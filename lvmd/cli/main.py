@@ -27,6 +27,7 @@ KEEP_CRASH_LOGS = 50    # newest traceback files kept in crash_log_dir()
 COMMAND_MODULES = [
     "lvmd.cli.train",
     "lvmd.cli.daemon",
+    "lvmd.cli.sweep",
     "lvmd.cli.data",
     "lvmd.cli.tui",
     "lvmd.cli.eval",

@@ -19,6 +19,16 @@ from lvmd.data import embed
 from lvmd.data import formats as data
 from lvmd.errors import UserError
 from lvmd.eval import predict
+from lvmd.eval.sweepstats import (
+    COMPARE_HEADERS,
+    DEFAULT_BASELINE,
+    DIFF_HEADERS,
+    compare_sweep,
+    compare_table_rows,
+    diff_table_rows,
+    render_verdict,
+    sweep_verdict,
+)
 from lvmd.eval.verdict import (
     ITERATE,
     RUN_TABLE_HEADERS,
@@ -31,6 +41,7 @@ from lvmd.eval.verdict import (
 )
 from store.report import EXPORT_HELP, EXPORT_QUERIES, export_rows, open_readonly, report_data, run_table
 from store.runs import resolve_run
+from store.sweeps import UnknownSweep, configs_of, get_sweep, member_values
 
 EXIT_ITERATE = 2   # `lvmd report --strict` when the verdict is iterate (as `lvmd eval` exits 2 on a fail)
 
@@ -42,6 +53,9 @@ def register(sub) -> None:
                                    "promote or iterate. Thresholds default to the seed's (SPEC §5).")
     p.add_argument("run", nargs="?", help="run id or name (default: the newest run)")
     _db(p)
+    p.add_argument("--sweep", help="a sweep's verdict: the best configuration over its seeds (lvmd sweep)")
+    p.add_argument("--baseline", default=DEFAULT_BASELINE,
+                   help=f"with --sweep: the configuration to beat, a label or KEY=VALUE (default {DEFAULT_BASELINE})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_ITERATE} when the verdict is iterate")
     p.add_argument("--bins", type=int, default=60, help="width of the curves in characters (default 60)")
@@ -64,8 +78,13 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("compare", help="final metrics and guardrail statistics of runs side by side")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids or names (two or more)")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or names (two or more)")
     _db(p)
+    p.add_argument("--sweep", help="compare a sweep's configurations: mean ± 95 %% CI over seeds, paired "
+                                   "differences from the baseline")
+    p.add_argument("--baseline", default=DEFAULT_BASELINE,
+                   help=f"with --sweep: a configuration label or KEY=VALUE swapped into each configuration "
+                        f"(default {DEFAULT_BASELINE})")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
@@ -138,6 +157,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     th = Thresholds(rho_cap=args.rho_cap, skip_share_max=args.skip_max, pos_floor=args.pos_floor,
                     margin_min=args.margin_min, r_at_5_min=args.r5_min, val_cos_min=args.val_cos_min,
                     gates_min=args.gates_min)
+    if args.sweep is not None:
+        return _report_sweep(args, th)
     with _reader(args) as conn:
         data = report_data(conn, resolve_run(conn, args.run)["id"], bins=max(args.bins, 1))
     report = build_report(data, th)
@@ -163,6 +184,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 @_pipe_safe
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.sweep is not None:
+        if args.runs:
+            raise UserError("compare: give runs or --sweep, not both")
+        return _compare_sweep(args)
     if len(args.runs) < 2:
         raise UserError("compare: name two or more runs")
     with _reader(args) as conn:
@@ -174,6 +199,50 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print_table(["run", *(str(i) for i in ids)], compare_rows(items))
     return 0
+
+
+def _sweep_rows(conn, ref: str, baseline: str) -> tuple[dict, list[dict]]:
+    try:
+        sweep = get_sweep(conn, ref)
+    except UnknownSweep as exc:
+        raise UserError(str(exc)) from None
+    return sweep, compare_sweep(configs_of(conn, sweep["id"]), member_values(conn, sweep["id"]), baseline=baseline)
+
+
+def _compare_sweep(args: argparse.Namespace) -> int:
+    with _reader(args) as conn:
+        sweep, rows = _sweep_rows(conn, args.sweep, args.baseline)
+    if args.json:
+        print(json.dumps({"sweep": {k: sweep[k] for k in ("id", "name", "search", "state")},
+                          "baseline": args.baseline, "level": 0.95, "configs": rows}, indent=2, ensure_ascii=False))
+        return 0
+    print(f"sweep {sweep['id']} {sweep['name']!r}: last-epoch values, mean ± 95 % CI over finished seeds (t, n−1)")
+    print(format_table(COMPARE_HEADERS, compare_table_rows(rows)))
+    diffs = diff_table_rows(rows)
+    if diffs:
+        print(f"\ndifference from the baseline ({args.baseline}), paired by seed: mean ± 95 % CI, paired t-test p")
+        print(format_table(DIFF_HEADERS, diffs, left_columns=2))
+    else:
+        print(f"\nno configuration has a baseline {args.baseline!r} to be compared with")
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    for r in pruned:
+        print(f"pruned: {r['config']}: {r['reason']}")
+    return 0
+
+
+def _report_sweep(args: argparse.Namespace, th: Thresholds) -> int:
+    with _reader(args) as conn:
+        sweep, rows = _sweep_rows(conn, args.sweep, args.baseline)
+        runs = [run_id for r in rows for run_id in r["runs"]]
+        reports = {run_id: build_report(report_data(conn, run_id, bins=0), th) for run_id in runs}
+    seeds = len(json.loads(sweep["spec_json"])["seeds"])
+    verdict = sweep_verdict(rows, reports, planned_seeds=seeds, objective=json.loads(sweep["spec_json"])["objective"])
+    if args.json:
+        print(json.dumps({"sweep": {k: sweep[k] for k in ("id", "name", "search", "state")}, **verdict},
+                         indent=2, ensure_ascii=False))
+    else:
+        print(render_verdict(sweep, verdict))
+    return EXIT_ITERATE if args.strict and verdict["verdict"] == ITERATE else 0
 
 
 # -- export ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from store.db import StoreError, check_path, connect, transaction
 from store.reader import epochs_of, latest_steps
 from store.commands import fail_open
 from store.runs import create_run, get_run, insert_event, sync_progress, truncate_after, update_run
+from store.sweeps import tag_run
 from store.writer import SqliteSink
 
 
@@ -60,10 +61,12 @@ def check_folder(path: Path, what: str) -> None:
             return
 
 
-def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
+def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int, str, int] | None = None
+           ) -> tuple[int, Path]:
     """Insert the run row (state starting) and make its output folder, in one transaction: a
     folder that cannot be made leaves no row. A device, precision or model this machine cannot
-    run is refused first, so no row is left behind."""
+    run is refused first, so no row is left behind. sweep: (sweep id, configuration label,
+    seed) of a sweep member, tagged in the same transaction."""
     hw = hardware.resolve(cfg, data.train.dim, data.train.context_len)
     conn = connect(db)
     try:
@@ -77,6 +80,8 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData) -> tuple[int, Path]:
                                 config=config_to_dict(cfg), data=manifest,
                                 total_epochs=cfg.train.epochs, total_steps=total, lvmd_version=__version__)
             update_run(conn, run_id, **hardware_fields(hw))
+            if sweep is not None:
+                tag_run(conn, run_id, *sweep)
             # beside the database and named after it, so two databases in one folder never share a run folder
             db_path = Path(db).resolve()
             out_dir = Path(cfg.out_dir) if cfg.out_dir else db_path.parent / f"{db_path.stem}-runs" / str(run_id)

@@ -1,0 +1,161 @@
+"""Rows of `sweeps` and `sweep_configs`, and the sweep columns of `runs` (migration 7).
+
+A sweep is a set of configurations × seeds; every member is an ordinary run (its own row, lock
+and daemon) tagged with runs.sweep_id, sweep_config (the configuration's label) and sweep_seed.
+Plain functions over a connection; the planning and the driving are lvmd/run/sweep.py's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from typing import Any
+
+from store.runs import insert_event
+from store.schema import SWEEP_CONFIG_STATES, SWEEP_STATES
+
+
+class UnknownSweep(LookupError):
+    pass
+
+
+def create_sweep(conn: sqlite3.Connection, *, name: str, search: str, config_path: str, spec: dict,
+                 parallel: int) -> int:
+    now = time.time()
+    cur = conn.execute(
+        "INSERT INTO sweeps (name, state, search, config_path, spec_json, parallel, host, pid, created_at,"
+        " updated_at) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (name, search, config_path, json.dumps(spec, sort_keys=True), parallel, socket.gethostname(),
+         os.getpid(), now, now))
+    return int(cur.lastrowid)
+
+
+def update_sweep(conn: sqlite3.Connection, sweep_id: int, **fields: Any) -> None:
+    if "state" in fields and fields["state"] not in SWEEP_STATES:
+        raise ValueError(f"sweeps.state: {fields['state']!r} is not one of {', '.join(SWEEP_STATES)}")
+    fields.setdefault("updated_at", time.time())
+    cols = ", ".join(f"{k} = ?" for k in fields)
+    conn.execute(f"UPDATE sweeps SET {cols} WHERE id = ?", (*fields.values(), sweep_id))
+
+
+def get_sweep(conn: sqlite3.Connection, ref: str | int | None) -> dict:
+    """A sweep by id, or (None) the newest one."""
+    if ref is None:
+        row = conn.execute("SELECT * FROM sweeps ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise UnknownSweep("no sweeps in this database yet")
+        return dict(row)
+    if not str(ref).isdigit():
+        raise UnknownSweep(f"sweep id {ref!r}: expected a number")
+    row = conn.execute("SELECT * FROM sweeps WHERE id = ?", (int(ref),)).fetchone()
+    if row is None:
+        raise UnknownSweep(f"no sweep {ref} in this database")
+    return dict(row)
+
+
+def list_sweeps(conn: sqlite3.Connection) -> list[dict]:
+    return [dict(r) for r in conn.execute("SELECT * FROM sweeps ORDER BY id")]
+
+
+# -- configurations ------------------------------------------------------------------------------
+def add_config(conn: sqlite3.Connection, sweep_id: int, label: str, overrides: list[str], *,
+               trial: int | None = None) -> None:
+    conn.execute("INSERT OR IGNORE INTO sweep_configs (sweep_id, label, overrides_json, trial, state, created_at)"
+                 " VALUES (?, ?, ?, ?, 'open', ?)", (sweep_id, label, json.dumps(overrides), trial, time.time()))
+
+
+def configs_of(conn: sqlite3.Connection, sweep_id: int) -> list[dict]:
+    rows = conn.execute("SELECT * FROM sweep_configs WHERE sweep_id = ? ORDER BY created_at, rowid", (sweep_id,))
+    return [{**dict(r), "overrides": json.loads(r["overrides_json"])} for r in rows]
+
+
+def set_config(conn: sqlite3.Connection, sweep_id: int, label: str, state: str, *, objective: float | None = None,
+               reason: str | None = None) -> None:
+    if state not in SWEEP_CONFIG_STATES:
+        raise ValueError(f"sweep_configs.state: {state!r} is not one of {', '.join(SWEEP_CONFIG_STATES)}")
+    conn.execute("UPDATE sweep_configs SET state = ?, objective = ?, reason = ? WHERE sweep_id = ? AND label = ?",
+                 (state, objective, reason, sweep_id, label))
+
+
+# -- member runs ---------------------------------------------------------------------------------
+def tag_run(conn: sqlite3.Connection, run_id: int, sweep_id: int, label: str, seed: int) -> None:
+    conn.execute("UPDATE runs SET sweep_id = ?, sweep_config = ?, sweep_seed = ? WHERE id = ?",
+                 (sweep_id, label, seed, run_id))
+
+
+def members(conn: sqlite3.Connection, sweep_id: int) -> list[dict]:
+    """The sweep's runs (oldest first) with their number of finished epochs."""
+    rows = conn.execute(
+        "SELECT r.*, (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs_done"
+        " FROM runs r WHERE r.sweep_id = ? ORDER BY r.id", (sweep_id,))
+    return [dict(r) for r in rows]
+
+
+def record_pruned(conn: sqlite3.Connection, run_id: int, detail: dict, *, step: int | None, epoch: int | None
+                  ) -> None:
+    """A `pruned` event on a member run: why the sweep stopped it (or discounted it)."""
+    insert_event(conn, run_id, "pruned", detail, step=step, epoch=epoch)
+
+
+def guardrail_events(conn: sqlite3.Connection, run_id: int) -> list[dict]:
+    """The run's collapse warnings, oldest first (step, epoch and the evidence)."""
+    rows = conn.execute("SELECT step, epoch, detail FROM events WHERE run_id = ? AND kind = 'collapse_warning'"
+                        " ORDER BY id", (run_id,))
+    return [{"step": r["step"], "epoch": r["epoch"], **json.loads(r["detail"] or "{}")} for r in rows]
+
+
+def last_epoch(conn: sqlite3.Connection, run_id: int) -> dict | None:
+    row = conn.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch DESC LIMIT 1", (run_id,)).fetchone()
+    return None if row is None else dict(row)
+
+
+def sweep_summary(conn: sqlite3.Connection, sweep_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute("SELECT * FROM v_sweep_summary WHERE sweep_id = ?", (sweep_id,))]
+
+
+def member_values(conn: sqlite3.Connection, sweep_id: int) -> list[dict]:
+    """Per member run: its sweep tags, state and v_run_summary's last-epoch numbers (what
+    `lvmd compare --sweep` aggregates over seeds)."""
+    rows = conn.execute(
+        "SELECT r.sweep_config AS config, r.sweep_seed AS seed, r.state, s.*"
+        " FROM runs r JOIN v_run_summary s ON s.run_id = r.id WHERE r.sweep_id = ? ORDER BY r.id", (sweep_id,))
+    return [dict(r) for r in rows]
+
+
+# -- what a view of sweeps shows (the TUI's sweep groups) -------------------------------------------
+def sweep_progress(conn: sqlite3.Connection) -> list[dict]:
+    """Per sweep: runs planned, finished, training, configurations pruned, and the best
+    configuration so far by mean last-epoch margin over its finished seeds."""
+    out = []
+    for s in list_sweeps(conn):
+        seeds = len(json.loads(s["spec_json"]).get("seeds", [])) or 1
+        configs = sweep_summary(conn, s["id"])
+        states = dict(conn.execute(
+            "SELECT CASE WHEN state IN ('finished', 'stopped', 'failed', 'crashed') THEN state ELSE 'live' END,"
+            " COUNT(*) FROM runs WHERE sweep_id = ? GROUP BY 1", (s["id"],)).fetchall())
+        ranked = sorted((c for c in configs if c["finished"] and c["config_state"] != "pruned"
+                         and c["margin_mean"] is not None), key=lambda c: c["margin_mean"], reverse=True)
+        out.append({"id": s["id"], "name": s["name"], "search": s["search"], "state": s["state"],
+                    "planned": len(configs) * seeds, "finished": states.get("finished", 0),
+                    "training": states.get("live", 0), "pruned": sum(c["config_state"] == "pruned" for c in configs),
+                    "best": ranked[0]["config"] if ranked else None,
+                    "best_margin": ranked[0]["margin_mean"] if ranked else None,
+                    "best_n": ranked[0]["finished"] if ranked else 0})
+    return out
+
+
+EPOCH_BAND_COLUMNS = ("val_margin", "val_cos", "r_at_5", "skip_rate", "rho_max")
+
+
+def epoch_band(conn: sqlite3.Connection, sweep_id: int, config: str, column: str = "val_margin") -> list[dict]:
+    """A configuration's `column` per epoch over its seeds: mean, min, max and how many seeds
+    reached that epoch (an overlay: the mean line with a band)."""
+    if column not in EPOCH_BAND_COLUMNS:
+        raise ValueError(f"epoch_band: {column!r} is not one of {', '.join(EPOCH_BAND_COLUMNS)}")
+    rows = conn.execute(
+        f"SELECT e.epoch, AVG(e.{column}) AS mean, MIN(e.{column}) AS lo, MAX(e.{column}) AS hi, COUNT(*) AS n"
+        " FROM epochs e JOIN runs r ON r.id = e.run_id WHERE r.sweep_id = ? AND r.sweep_config = ?"
+        " GROUP BY e.epoch ORDER BY e.epoch", (sweep_id, config))
+    return [dict(r) for r in rows]
