@@ -2,6 +2,7 @@
 import json
 import math
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +38,9 @@ def test_run_writes_one_complete_row_per_optimizer_step(finished_run, tiny_data)
     assert db.execute(f"SELECT count(*) FROM steps WHERE {nulls}").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM epochs").fetchone()[0] == 2
     assert json.loads(config)["train"]["epochs"] == 2
-    assert (work / "t-runs" / "1" / "last.pt").exists() and (work / "t-runs" / "1" / "best.pt").exists()
+    out_dir = Path(db.execute("SELECT out_dir FROM runs").fetchone()[0])
+    assert out_dir.parent.name.startswith("t.db-runs-") and out_dir.name == "1"
+    assert (out_dir / "last.pt").exists() and (out_dir / "best.pt").exists()
     kinds = {r[0] for r in db.execute("SELECT DISTINCT kind FROM events")}
     assert {"state", "checkpoint"} <= kinds
 

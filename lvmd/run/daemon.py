@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,11 +26,13 @@ from lvmd.errors import UserError
 from lvmd.run.sysmon import SystemSampler
 from store import commands
 from store.db import connect
-from store.runs import DAEMON_LOCK, LIVE_STATES, daemon_alive, get_run, record_state
+from store.runs import (DAEMON_LOCK, LIVE_STATES, daemon_alive, database_id, get_run, insert_event, lock_held,
+                        record_state, update_run)
 
 CHECK_SECONDS = 0.25        # while training, look for commands this often (one indexed read)
 PAUSED_WAKE_SECONDS = 1.0   # while paused, wake at least this often (heartbeat, signal flags)
 PID_FILE = "daemon.pid"
+OWNER_FILE = "run.json"     # which database and run own a run folder
 LOG_FILE = "daemon.log"
 CHECKPOINT = "last.pt"
 
@@ -40,11 +42,16 @@ class RunLock:
     """An flock on <out_dir>/daemon.lock held for the daemon's whole life, and a pidfile beside
     it. The kernel releases the flock when the process dies, so a lock left by a killed daemon
     is simply free again; the lock file itself is never removed (that would race). The pidfile
-    is removed only by the process that wrote it (DESIGN rule 5)."""
+    is removed only by the process that wrote it (DESIGN rule 5); it names the pid and the
+    process's start time, so `lvmd stop --force` can tell our daemon from a recycled pid.
 
-    def __init__(self, run: dict):
+    `owner` ({db, db_id, run_id}) is written to <out_dir>/run.json under the lock: a folder
+    that another database's run (or another run) has claimed is refused, never shared."""
+
+    def __init__(self, run: dict, owner: dict | None = None):
         self.run_id = run["id"]
         self.out_dir = Path(run["out_dir"])
+        self.owner = owner
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -58,28 +65,93 @@ class RunLock:
                 time.sleep(0.05)
         else:
             os.close(fd)
-            holder = self._read_pid()
+            holder = read_pidfile(self.out_dir)[0]
             raise UserError(f"run {self.run_id} already has a daemon"
                             f"{f' (pid {holder})' if holder else ''}; `lvmd stop {self.run_id}` stops it")
         self.fd = fd
-        tmp = self.out_dir / f".{PID_FILE}.{os.getpid()}"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-            fh.write(f"{os.getpid()}\n")
-        os.replace(tmp, self.out_dir / PID_FILE)
+        try:
+            if self.owner is not None:
+                self._claim_folder()
+        except BaseException:
+            os.close(fd)
+            self.fd = None
+            raise
+        _write_private(self.out_dir / PID_FILE, f"{os.getpid()} {process_start_time(os.getpid()) or ''}\n")
+
+    def _claim_folder(self) -> None:
+        path = self.out_dir / OWNER_FILE
+        try:
+            mine = json.loads(path.read_text())
+        except FileNotFoundError:
+            mine = None
+        except (OSError, ValueError):
+            mine = {}
+        if mine is not None:
+            same_run = (mine.get("db_id"), mine.get("run_id")) == (self.owner["db_id"], self.owner["run_id"])
+            other_db = mine.get("db") and mine["db"] != self.owner["db"] and Path(mine["db"]).exists()
+            if not same_run or other_db:
+                raise UserError(f"{self.out_dir}: this folder belongs to run {mine.get('run_id')} of "
+                                f"{mine.get('db') or 'another database'}; run {self.run_id} of {self.owner['db']} "
+                                "will not share it (give it its own out_dir)")
+        if mine != self.owner:               # new, or the database file moved
+            _write_private(path, json.dumps(self.owner, sort_keys=True) + "\n")
 
     def release(self) -> None:
         if self.fd is None:
             return
-        if self._read_pid() == os.getpid():
+        if read_pidfile(self.out_dir)[0] == os.getpid():
             (self.out_dir / PID_FILE).unlink(missing_ok=True)
         os.close(self.fd)
         self.fd = None
 
-    def _read_pid(self) -> int | None:
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def read_pidfile(out_dir: str | Path) -> tuple[int | None, str | None]:
+    """(pid, start time) from a run folder's pidfile; (None, None) when there is none."""
+    try:
+        fields = (Path(out_dir) / PID_FILE).read_text().split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot): with the pid, names one process
+    for the life of the machine. None where there is no /proc or no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def not_our_daemon(run: dict) -> str | None:
+    """Why the run's pid must not be signalled (None when it is its daemon): the pid must be
+    the one in the run folder's pidfile, started at the time written there, and the folder's
+    lock must be held. A pidfile without a start time (an older lvmd) needs an lvmd cmdline."""
+    pid = run["pid"]
+    file_pid, started = read_pidfile(run["out_dir"]) if run.get("out_dir") else (None, None)
+    if file_pid != pid:
+        return f"its pidfile names {file_pid or 'no process'}, not pid {pid}"
+    if not lock_held(Path(run["out_dir"]) / DAEMON_LOCK):
+        return "no process holds its run lock"
+    now = process_start_time(pid)
+    if started is not None and now != started:
+        return f"pid {pid} is another process now (started at {now}, not {started})"
+    if started is None:
         try:
-            return int((self.out_dir / PID_FILE).read_text().strip())
-        except (OSError, ValueError):
-            return None
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return f"pid {pid} cannot be checked"
+        if not any(b"lvmd" in part for part in cmdline):
+            return f"pid {pid} is not an lvmd process"
+    return None
 
 
 # -- the control the daemon trains under -----------------------------------------------------
@@ -238,16 +310,21 @@ def _timer(seconds: float) -> Iterator[None]:
 
 # -- serving a run in this process -----------------------------------------------------------
 def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=None, resume: bool = False,
-          progress: Callable[[dict], None] | None = None, announce: Callable | None = None) -> str:
+          progress: Callable[[dict], None] | None = None, announce: Callable | None = None,
+          allow_pickle: bool = False, allow_data_change: bool = False) -> str:
     """Train run `run_id` in this process under its lock: a fresh row made by runner.create, or
-    (resume) a stopped or crashed run from its last checkpoint. Returns the final state."""
+    (resume) a stopped or crashed run from its last checkpoint. Returns the final state.
+
+    Without `cfg` the config is the one stored in the row, but opt-ins that run code
+    (data.allow_pickle) never come from the database: only from `allow_pickle`, which the
+    user gave on this command line (or in the config file `lvmd start` read just now)."""
     from lvmd.run import runner
 
     db = Path(db).resolve()
     conn = connect(db)
     try:
         run = get_run(conn, run_id)
-        lock = RunLock(run)
+        lock = RunLock(run, owner={"db": str(db), "db_id": database_id(conn), "run_id": run_id})
         lock.acquire()
         try:
             if resume:
@@ -256,30 +333,84 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
                 raise UserError(f"run {run_id} is {run['state']}; `lvmd resume {run_id}` continues it")
             else:
                 checkpoint = None
+            if cfg is None:
+                stored = config_from_dict(json.loads(run["config_json"]))
+                cfg = replace(stored, data=replace(stored.data, allow_pickle=allow_pickle))
+            if resume:
+                check_data_unchanged(cfg, run, allow_change=allow_data_change)
+        except UserError as exc:
+            if resume:                       # the run stays resumable; say why this try failed
+                _note_error(conn, run_id, str(exc))
+            lock.release()
+            raise
         except BaseException:
             lock.release()
             raise
     finally:
         conn.close()
     try:
-        cfg = cfg or config_from_dict(json.loads(run["config_json"]))
-        data = data or load_train_data(cfg)
+        from lvmd.train.checkpoint import remove_temp_files
+
+        removed = remove_temp_files(run["out_dir"])   # under the lock: only a dead writer made these
+        try:
+            data = data or load_train_data(cfg)
+        except UserError as exc:
+            if resume:
+                _note_error(db, run_id, str(exc))
+            raise
         if announce is not None:     # distributed hook (lvmd.run.launch): the other ranks start now
             announce(cfg, run, checkpoint)
         sampler = SystemSampler(db, run_id).start()  # CPU/memory/GPU into system_samples, off the loop
         try:
-            return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint,
-                                  progress=progress, control_factory=lambda sink: DaemonControl(sink, db, run_id))
+            return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint, resume=resume,
+                                  progress=progress, temp_removed=[str(p) for p in removed],
+                                  control_factory=lambda sink: DaemonControl(sink, db, run_id))
         finally:
             sampler.stop()
     finally:
         lock.release()
 
 
-def resumable_checkpoint(conn, run: dict, *, locked: bool) -> Path:
-    """The checkpoint a resume of `run` starts from, after checking the run may be resumed. A
-    run still marked live whose daemon is gone is marked crashed first; `locked` says the
-    caller holds the run's lock, which proves that."""
+def _note_error(db_or_conn, run_id: int, error: str) -> None:
+    """An 'error' event (and the row's error) for a resume that failed before training: the
+    state is left as it was (stopped or crashed), so the run can be resumed once it is fixed."""
+    conn = connect(db_or_conn) if isinstance(db_or_conn, (str, Path)) else db_or_conn
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if get_run(conn, run_id)["state"] in ("stopped", "crashed"):
+            insert_event(conn, run_id, "error", {"error": error, "during": "resume"})
+            update_run(conn, run_id, error=error.splitlines()[0])
+        conn.execute("COMMIT")
+    except Exception:                        # the one-line error still reaches the user
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    finally:
+        if conn is not db_or_conn:
+            conn.close()
+
+
+def check_data_unchanged(cfg: RunConfig, run: dict, *, allow_change: bool) -> None:
+    """Resume re-checks every data file's sha256 against the one stored at create."""
+    from lvmd.data.formats import file_sha256
+
+    stored = json.loads(run["data_json"] or "{}")
+    for key, entry in sorted(stored.items()):
+        path = getattr(cfg.data, key, "") or entry.get("path")
+        try:
+            now = file_sha256(path)
+        except OSError as exc:
+            raise UserError(f"data.{key}: {path}: cannot be read to check it ({exc.strerror or exc})") from None
+        if now != entry.get("sha256") and not allow_change:
+            raise UserError(f"data.{key}: {path} has changed since run {run['id']} was created "
+                            f"(sha256 {now[:12]}…, was {str(entry.get('sha256'))[:12]}…); "
+                            "pass --allow-data-change to resume on the new file")
+
+
+def resumable_checkpoint(conn, run: dict, *, locked: bool) -> Path | None:
+    """The checkpoint a resume of `run` starts from (None: it died before its first one, so it
+    starts over at step 0), after checking the run may be resumed. A run still marked live
+    whose daemon is gone is marked crashed first; `locked` says the caller holds the run's
+    lock, which proves that."""
     run_id, state = run["id"], run["state"]
     if state in LIVE_STATES:
         if not locked and daemon_alive(run):
@@ -289,9 +420,7 @@ def resumable_checkpoint(conn, run: dict, *, locked: bool) -> Path:
     elif state not in ("stopped", "crashed"):
         raise UserError(f"run {run_id} is {state}; only a stopped or crashed run can be resumed")
     path = Path(run["out_dir"]) / CHECKPOINT
-    if not path.exists():
-        raise UserError(f"run {run_id} has no checkpoint to resume from ({path} is missing)")
-    return path
+    return path if path.exists() else None
 
 
 # -- a detached daemon -----------------------------------------------------------------------
@@ -303,18 +432,23 @@ class Spawned:
     log_offset: int
 
 
-def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1) -> Spawned:
+def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1, allow_pickle: bool = False,
+          allow_data_change: bool = False) -> Spawned:
     """`lvmd serve` for the run, detached: its own session, stdin /dev/null, stdout and stderr
     appended to <out_dir>/daemon.log (owner-only; a resumed run's daemon appends to it). With
-    nproc > 1 the process is torchrun and rank 0, its child, is the run's daemon."""
+    nproc > 1 the process is torchrun and rank 0, its child, is the run's daemon. The opt-ins
+    travel on its command line, never through the database."""
     from lvmd.run.launch import torchrun_argv
 
     log = Path(run["out_dir"]) / LOG_FILE
+    Path(run["out_dir"]).mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     argv = torchrun_argv(nproc, ["serve", "--db", str(db), str(run["id"])])
+    argv += (["--resume"] if resume else []) + (["--allow-pickle"] if allow_pickle else []) \
+        + (["--allow-data-change"] if allow_data_change else [])
     try:
         offset = os.fstat(fd).st_size
-        proc = subprocess.Popen(argv + (["--resume"] if resume else []), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=fd, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
@@ -325,9 +459,11 @@ def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1) -> Spawned:
 START_GRACE_S = 2.0
 
 
-def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> dict:
+def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float, resume: bool = False) -> dict:
     """Block until the spawned daemon records itself live (its pid, past `starting`) and return
-    the row; if it exits first, raise its own error (from the row, else from its log)."""
+    the row; if it exits first, raise its own error (from the row, else from its log). A fresh
+    row its daemon never touched is marked failed; a resume never writes a state here: if another
+    daemon won the run (two resumes at once), the run is healthy and this one just says so."""
     proc = daemon.proc
     deadline = time.monotonic() + timeout
     live_since = None
@@ -348,7 +484,11 @@ def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> d
                     return run                      # a run so short it was over before we looked
                 error = ((_started_by(run["pid"], proc.pid) and run["error"]) or last_error(daemon.log, daemon.log_offset)
                          or f"exit status {proc.returncode}")
-                record_state(conn, run_id, "failed", {"error": error}, expect=("starting",), error=error)
+                if resume and (lock_held(Path(run["out_dir"]) / DAEMON_LOCK) or "already has a daemon" in error):
+                    raise UserError(f"run {run_id} is already being resumed or running (another daemon holds "
+                                    f"its lock); `lvmd status {run_id}` shows it")
+                if not resume and not _started_by(run["pid"], proc.pid):   # died before it could say so
+                    record_state(conn, run_id, "failed", {"error": error}, expect=("starting",), error=error)
                 raise UserError(f"run {run_id} did not start: {error} (log: {daemon.log})")
             if time.monotonic() > deadline:
                 raise UserError(f"run {run_id} is still starting after {timeout:.0f} s; see {daemon.log}")

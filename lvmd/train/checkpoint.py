@@ -44,10 +44,38 @@ def _write_atomically(path: str | Path, fill: Callable[[BinaryIO], None]) -> Pat
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
+        fsync_dir(path.parent)           # the rename itself must survive a power cut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a directory, making the renames in it durable (a no-op where the OS refuses)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the `.NAME.*.tmp` files a killed writer left in `folder` (the daemon calls it under
+    the run's lock, so no live writer of this run owns one). Returns what it removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.pt.*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
