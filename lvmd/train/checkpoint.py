@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from lvmd.errors import UserError
+from store.holdpoints import hold
 
 FORMAT = "lvmd-checkpoint-1"
 
@@ -43,6 +44,7 @@ def _write_atomically(path: str | Path, fill: Callable[[BinaryIO], None]) -> Pat
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
+        hold("checkpoint")                   # crash tests: a kill -9 between the temp file and the rename
         os.replace(tmp, path)
         fsync_dir(path.parent)           # the rename itself must survive a power cut
     except BaseException:

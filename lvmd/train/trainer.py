@@ -26,6 +26,7 @@ from lvmd.train import checkpoint, distributed, hardware
 from lvmd.train.control import Control, Request
 from lvmd.train.guardrails import DEVICE_METRICS, guarded_loss
 from lvmd.train.models import build_model
+from store.holdpoints import hold
 from store.schema import STEP_METRICS
 
 PACKED = DEVICE_METRICS + ("grad_norm",)          # order of the per-step device tensor
@@ -356,6 +357,7 @@ class Trainer:
             raise RuntimeError("no 5CAT evaluator: set data.articles (and data.val) to evaluate")
         self.telemetry.flush()
         with self.control.evaluating():
+            hold("fivecat")                  # crash tests: a kill -9 during the 5CAT
             return self.evaluator.full(self.predict, trigger=trigger, device=self.device,
                                        epoch=self.epoch if epoch is None else epoch, step=self.step)
 
