@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 KINDS = ("train", "fivecat", "checkpoint", "commit")
 EPOCHS = 3
-CONFIG = ["model.kind=amn", "model.amn_d=8", "model.hidden=16", "train.threads=1", "train.batch_size=4",
-          f"train.epochs={EPOCHS}", "train.checkpoint_every=40", "eval.fivecat_every=1", "eval.max_samples=60",
+CONFIG = ["model.kind=amn", "model.amn_d=8", "model.hidden=16", "train.threads=1", "train.batch_size=2",
+          f"train.epochs={EPOCHS}", "train.checkpoint_every=80", "eval.fivecat_every=1", "eval.max_samples=60",
           "eval.check_samples=30", "watch.action=warn"]
-HOLD_AFTER = {"fivecat": (1, EPOCHS), "checkpoint": (1, 6), "commit": (6, 12)}   # commit 6+: past start-up
+HOLD_AFTER = {"fivecat": (1, EPOCHS), "checkpoint": (1, 6), "commit": (6, 16)}   # commit 6+: past start-up
 WAIT_SECONDS = 180.0
 
 
@@ -77,6 +77,14 @@ def row(db: Path) -> dict:
         conn.close()
 
 
+def last_step(db: Path) -> int:
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute("SELECT COALESCE(max(step), 0) FROM steps WHERE run_id = 1").fetchone()[0]
+    finally:
+        conn.close()
+
+
 def hold_env(kind: str, holds: Path, rng: random.Random) -> dict:
     if kind == "train":
         return {"LVMD_HOLD": ""}
@@ -88,11 +96,16 @@ def hold_env(kind: str, holds: Path, rng: random.Random) -> dict:
 def kill_in_window(db: Path, kind: str, holds: Path, seen: int, rng: random.Random) -> bool:
     """SIGKILL the run's daemon inside the window; False if the run finished first."""
     deadline = time.monotonic() + WAIT_SECONDS
-    if kind == "train":
-        time.sleep(rng.uniform(0.0, 1.5))
+    if kind == "train":                  # at a random step of what is left
         run = row(db)
-        if run["state"] in ("finished", "failed"):
-            return False
+        target = rng.randint(run["step"] + 1, max(run["step"] + 1, int(run["total_steps"] * 0.9)))
+        while True:
+            run = row(db)
+            if run["state"] in ("finished", "failed", "crashed", "stopped") or time.monotonic() > deadline:
+                return False
+            if last_step(db) >= target:
+                break
+            time.sleep(0.02)
         pid = run["pid"]
     else:
         while True:

@@ -288,3 +288,37 @@ def test_resume_refuses_a_changed_data_file_unless_allowed(db, files, tmp_path):
     out = lvmd("resume", "1", "--allow-data-change", "--db", db, check=True).stdout
     assert out.startswith("run 1 resumed")
     lvmd("stop", "1", "--db", db, check=True)
+
+
+# -- B: `lvmd resume` right after a kill -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    """Epochs of thousands of steps: no epoch-end checkpoint within a test."""
+    out = tmp_path_factory.mktemp("resumable_big")
+    arts = data.synth_articles(n_articles=400, min_chunks=12, max_chunks=20, dim=16, seed=4)
+    data.save_articles(out / "articles.npz", arts)
+    data.write_splits(data.load_articles(out / "articles.npz"), out, context=5, gap=0, val=0.05, ood=0.0, seed=0,
+                      source=str(out / "articles.npz"))
+    return out
+
+
+def test_resume_right_after_a_kill_works_even_before_the_first_checkpoint(db, big):
+    """Killed while paused and before any checkpoint (epochs far longer than the test): the resume
+    typed at once restarts the run from step 0; killed again while training, again at once."""
+    lvmd("start", *overrides(big), *LONG, "train.batch_size=1", "--db", db, check=True)
+    wait_for(lambda: query(db, "SELECT count(*) FROM steps")[0][0] > 5, 60, "some steps")
+    lvmd("pause", "1", "--db", db, check=True)
+    pid = row(db)["pid"]
+    assert not list(Path(row(db)["out_dir"]).glob("last.pt"))
+    os.kill(pid, signal.SIGKILL)
+    out = lvmd("resume", "1", "--db", db, check=True).stdout
+    assert out.startswith("run 1 resumed from step 0 (running")
+    wait_for(lambda: query(db, "SELECT count(*) FROM steps")[0][0] > 10, 60, "steps after the restart")
+    os.kill(row(db)["pid"], signal.SIGKILL)
+    assert lvmd("resume", "1", "--db", db, check=True).stdout.startswith("run 1 resumed from step 0 (running")
+    wait_for(lambda: query(db, "SELECT count(*) FROM steps")[0][0] > 10, 60, "steps after the second restart")
+    lvmd("stop", "1", "--db", db, check=True)
+    steps = [s for (s,) in query(db, "SELECT step FROM steps ORDER BY step")]
+    assert steps == list(range(1, len(steps) + 1))
+    details = [json.loads(d) for (d,) in query(db, "SELECT detail FROM events WHERE kind = 'resume' ORDER BY id")]
+    assert [d["checkpoint"] for d in details] == [None, None] and details[0]["removed"]["steps"] > 5
