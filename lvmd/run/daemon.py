@@ -475,9 +475,10 @@ def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float, resu
             if ours and run["state"] in LIVE_STATES and run["state"] != "starting":
                 # "running" is said once a step has landed or the daemon has lived START_GRACE_S
                 # past it: a first step that crashes (a kernel this CPU lacks) is reported here.
-                live_since = live_since or time.monotonic()
+                if live_since is None:           # the row as it went live: a resume's step is where it resumed
+                    live_since, first_live = time.monotonic(), run
                 if (run["step"] or 0) >= 1 or time.monotonic() - live_since >= START_GRACE_S:
-                    return run
+                    return {**run, "step": first_live["step"], "epoch": first_live["epoch"]}
             if proc.poll() is not None:
                 run = get_run(conn, run_id)
                 if _started_by(run["pid"], proc.pid) and run["state"] in ("finished", "stopped"):
