@@ -131,12 +131,12 @@ def test_an_old_database_is_migrated_and_its_runs_keep_their_folders(tmp_path, f
     shutil.move(folder, old)
     (old / "run.json").unlink()
     conn = sqlite3.connect(db)
-    conn.executescript(f"DROP TABLE db_properties; PRAGMA user_version = 6; "
+    conn.executescript(f"DROP TABLE db_properties; PRAGMA user_version = 7; "
                        f"UPDATE runs SET out_dir = '{old}', state = 'stopped';")
     conn.close()
     proc = lvmd("resume", "1", "--foreground", "--quiet", "--db", str(db))
     assert proc.returncode == 0 and proc.stdout.strip().endswith("run 1 finished"), proc.stderr
-    assert query(db, "PRAGMA user_version")[0][0] >= 7 and query(db, "SELECT count(*) FROM db_properties")[0][0] == 1
+    assert query(db, "PRAGMA user_version")[0][0] >= 8 and query(db, "SELECT count(*) FROM db_properties")[0][0] == 1
     assert row(db)["out_dir"] == str(old) and json.loads((old / "run.json").read_text())["run_id"] == 1
 
 
