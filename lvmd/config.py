@@ -32,8 +32,8 @@ class RampStage:
 
 
 V21_RAMP = (RampStage(3, 0.02, 0.10), RampStage(6, 0.03, 0.15), RampStage(9, 0.04, 0.20), RampStage(10**9, 0.05, 0.25))
-# v1's "2x ramp" (SPEC §3): margin and share double per stage; lvmd's reading of the original.
-V1_RAMP = (RampStage(3, 0.02, 0.10), RampStage(6, 0.04, 0.20), RampStage(10**9, 0.08, 0.40))
+# v1 (SPEC §3), the documented original: e<2: .02/.10, e<5: .04/.20, else .05/.25.
+V1_RAMP = (RampStage(2, 0.02, 0.10), RampStage(5, 0.04, 0.20), RampStage(10**9, 0.05, 0.25))
 # v2.2: epochs 1–2, 3–4, 5–8, 9+ in the original's 1-based count = e<2, e<4, e<8, rest.
 V22_RAMP = (RampStage(2, 0.02, 0.15, 0.35), RampStage(4, 0.04, 0.25, 0.45),
             RampStage(8, 0.06, 0.35, 0.50), RampStage(10**9, 0.07, 0.35, 0.50))
@@ -105,7 +105,7 @@ class TrainConfig:
     flush_seconds: float = 0.5  # SQLite commit interval
     last_slot_noise: float = 0.0  # share of rows whose ctx[-1] is corrupted (compat lnsp: 0.15)
     noise_sigma: float = 0.03
-    swap_share: float = 0.05    # of the corrupted rows, share swapped with ctx[-2]
+    swap_share: float = 0.05    # of the corrupted rows, share whose ctx[-1] is replaced by ctx[-2]
     max_steps: int = 0          # stop after N optimizer steps (0 = no limit)
     # Several processes (torchrun, `--nproc N`): batch_size above is the GLOBAL batch, split over
     # the ranks, so N ranks take the same steps as one process (lvmd/train/distributed.py).
@@ -138,7 +138,7 @@ class WatchConfig:
 class RunConfig:
     name: str = "run"
     compat: str = "none"        # none | lnsp (reproduce the original, defects included)
-    out_dir: str = ""           # checkpoints and logs; default <db dir>/<db name>-runs/<run id>
+    out_dir: str = ""           # checkpoints and logs; default <db dir>/<db file name>-runs-<db id>/<run id>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -42,6 +42,12 @@ def insert_eval(conn: sqlite3.Connection, run_id: int, eval_row: Mapping[str, An
     return eval_id
 
 
+def has_epoch_eval(conn: sqlite3.Connection, run_id: int, epoch: int) -> bool:
+    """Is the end-of-epoch 5CAT of `epoch` in the database (written whole, in one transaction)?"""
+    return conn.execute("SELECT 1 FROM evals WHERE run_id = ? AND epoch = ? AND trigger = 'epoch' LIMIT 1",
+                        (run_id, epoch)).fetchone() is not None
+
+
 def latest_eval(conn: sqlite3.Connection, run_id: int) -> dict | None:
     """The newest evals row of a run (highest id), or None."""
     rows = _dicts(conn.execute("SELECT * FROM evals WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,)))

@@ -42,6 +42,15 @@ def create_run(conn: sqlite3.Connection, *, name: str, preset: str, compat: str,
     return int(cur.lastrowid)
 
 
+def database_id(conn: sqlite3.Connection) -> str | None:
+    """The database's own random id (migration 8); None on a file opened read-only before it."""
+    try:
+        row = conn.execute("SELECT value FROM db_properties WHERE key = 'db_id'").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return row[0] if row else None
+
+
 def update_run(conn: sqlite3.Connection, run_id: int, **fields: Any) -> None:
     if "state" in fields and fields["state"] not in RUN_STATES:
         raise ValueError(f"runs.state: {fields['state']!r} is not one of {', '.join(RUN_STATES)}")

@@ -162,6 +162,16 @@ def _m007_sweeps(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_SWEEPS)
 
 
+def _m008_database_id(db: sqlite_utils.Database) -> None:
+    """A random id per database file, so run folders are keyed by the database itself (two
+    databases with one stem in one folder never share one). Old files get theirs here; their
+    runs keep the out_dir their rows name."""
+    import uuid
+
+    db.conn.execute("CREATE TABLE IF NOT EXISTS db_properties (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.conn.execute("INSERT OR IGNORE INTO db_properties (key, value) VALUES ('db_id', ?)", (uuid.uuid4().hex,))
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
@@ -170,6 +180,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m005_world_size,
     _m006_system_samples,
     _m007_sweeps,
+    _m008_database_id,
 ]
 
 

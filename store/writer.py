@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from store.db import BUSY_TIMEOUT_MS, connect
+from store.holdpoints import hold
 from store.schema import STEP_COLUMNS
 
 _CLOSE = object()
@@ -136,6 +137,7 @@ class SqliteSink:
                     conn.execute(item[1], item[2])
                 else:
                     self._run_call(conn, item, calls, failed)
+            hold("commit")                   # crash tests: a kill -9 inside the transaction
             conn.execute("COMMIT")
         except BaseException as exc:  # keep the error for the caller; never lose it silently
             if conn.in_transaction:

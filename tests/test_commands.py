@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lvmd.run.daemon import PID_FILE, RunLock
+from lvmd.run.daemon import PID_FILE, RunLock, process_start_time
 from lvmd.errors import UserError
 from store import commands
 from store.db import connect
@@ -127,7 +127,7 @@ def test_the_lock_decides_liveness_once_a_daemon_has_taken_it(conn, tmp_path):
     assert daemon_alive(run)                                 # no lock file yet: the pid decides
     lock = RunLock(run)
     lock.acquire()
-    assert (tmp_path / "run1" / PID_FILE).read_text().strip() == str(os.getpid())
+    assert (tmp_path / "run1" / PID_FILE).read_text().split() == [str(os.getpid()), process_start_time(os.getpid())]
     assert lock_held(tmp_path / "run1" / DAEMON_LOCK) and daemon_alive(run)
     with pytest.raises(UserError, match=rf"run 1 already has a daemon \(pid {os.getpid()}\)"):
         RunLock(run).acquire()

@@ -130,7 +130,8 @@ def test_pause_resume_stop_reach_both_ranks(tiny_data, db):
     assert max_step(db, 1) == paused and run_row(db, 1)["state"] == "paused"
     assert pid_alive(r0) and pid_alive(r1)                   # rank 1 waits in rank 0's broadcast
     open_files = [os.readlink(f) for f in Path(f"/proc/{r1}/fd").iterdir() if f.is_symlink()]
-    assert not [f for f in open_files if f.startswith(db)], open_files
+    # the database and its -wal/-shm (the run folder, "<db name>-runs-<id>", shares the prefix)
+    assert not [f for f in open_files if f in (db, f"{db}-wal", f"{db}-shm", f"{db}-journal")], open_files
 
     lvmd("resume", "1", "--db", db, "--timeout", "60", check=True)
     wait_for(lambda: max_step(db, 1) >= paused + 32, 120, "both ranks to step again")

@@ -122,7 +122,8 @@ def test_under_compat_the_oracle_shows_the_originals_defects(bank, splits):
     assert m["margin_+1"] < 0 and not res.gates["A"]  # its "+1" was the chunk after the target
     assert [c.metric for c in res.checks if c.gate == "A"][:2] == ["m_+1", "margin_+1"]
     assert m["rollout"] < 0.95  # scored from t+1: a perfect rollout looks imperfect
-    assert m["r_at_1"] <= 1.0
+    # its ranks compare against a separately rounded float: a perfect prediction is often 2nd
+    assert 0.5 < m["r_at_1"] < 1.0 and m["r_at_5"] == 1.0 and fixed.metrics["VAL"]["r_at_1"] == 1.0
     # its cross_article only moved ctx[0] into the last slot, a far milder change
     assert m["delta_cross_article"] > fixed.metrics["VAL"]["delta_cross_article"] + 0.3
 

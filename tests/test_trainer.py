@@ -2,6 +2,7 @@
 import json
 import math
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +38,9 @@ def test_run_writes_one_complete_row_per_optimizer_step(finished_run, tiny_data)
     assert db.execute(f"SELECT count(*) FROM steps WHERE {nulls}").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM epochs").fetchone()[0] == 2
     assert json.loads(config)["train"]["epochs"] == 2
-    assert (work / "t-runs" / "1" / "last.pt").exists() and (work / "t-runs" / "1" / "best.pt").exists()
+    out_dir = Path(db.execute("SELECT out_dir FROM runs").fetchone()[0])
+    assert out_dir.parent.name.startswith("t.db-runs-") and out_dir.name == "1"
+    assert (out_dir / "last.pt").exists() and (out_dir / "best.pt").exists()
     kinds = {r[0] for r in db.execute("SELECT DISTINCT kind FROM events")}
     assert {"state", "checkpoint"} <= kinds
 
@@ -143,3 +146,20 @@ def test_checkpoint_every_n_steps(tiny_data, tmp_path):
     Trainer(cfg, load_train_data(cfg), sink, out_dir=tmp_path).run()
     steps = [e["step"] for e in sink.events if e["kind"] == "checkpoint"]
     assert [s for s in steps if s % 7 == 0] == list(range(7, len(sink.steps) + 1, 7))
+
+
+def test_compat_corruption_replaces_ctx_last_by_ctx_second_last_never_swaps():
+    """SPEC §3: in swap_share of the corrupted rows the original replaced ctx[-1] by ctx[-2];
+    ctx[-2] and the rest stay as they were."""
+    from lvmd.train.trainer import corrupt_last_slot
+
+    ctx = F.normalize(torch.randn(64, 5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    out = corrupt_last_slot(ctx, share=1.0, sigma=0.03, swap_share=1.0)
+    assert torch.equal(out[:, :-1], ctx[:, :-1]) and torch.equal(out[:, -1], ctx[:, -2])
+    noisy = corrupt_last_slot(ctx, share=1.0, sigma=0.03, swap_share=0.0)
+    assert torch.equal(noisy[:, :-1], ctx[:, :-1]) and not torch.equal(noisy[:, -1], ctx[:, -1])
+    assert torch.allclose(noisy[:, -1].norm(dim=-1), torch.ones(64)) and (noisy[:, -1] * ctx[:, -1]).sum(-1).min() > 0.9
+    assert torch.equal(corrupt_last_slot(ctx, share=0.0, sigma=0.03, swap_share=1.0), ctx)
+    torch.manual_seed(1)
+    mixed = corrupt_last_slot(ctx.repeat(50, 1, 1), share=0.5, sigma=0.03, swap_share=0.2)
+    assert torch.equal(mixed[:, :-1], ctx.repeat(50, 1, 1)[:, :-1])            # only the last slot ever changes

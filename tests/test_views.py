@@ -232,9 +232,18 @@ def test_edge_cases_are_what_they_claim(edge_db):
 
 
 def test_real_run_filled_every_view(real_db):
+    """One run of 2 epochs with an evaluation per epoch: each view holds exactly the rows its
+    base tables say, and the numbers that tie them together agree."""
     conn = open_readonly(real_db)
-    for view in VIEWS:
-        assert conn.execute(f"SELECT COUNT(*) FROM {view}").fetchone()[0] > 0, view
+    count = {view: conn.execute(f"SELECT COUNT(*) FROM {view}").fetchone()[0] for view in VIEWS}
+    gates = conn.execute("SELECT COUNT(*) FROM (SELECT DISTINCT eval_id, split, gate FROM gates)").fetchone()[0]
+    (evals,), (epochs,), (steps,) = (conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()
+                                     for t in ("evals", "epochs", "steps"))
+    assert (evals, epochs) == (2, 2) and gates >= 2 * 5
+    assert count == {"v_run_summary": 1, "v_gates": gates, "v_epoch_steps": 2, "v_skip_rate_by_epoch": 2,
+                     "v_guardrail_checks": 1}
+    summary = dict(conn.execute("SELECT * FROM v_run_summary").fetchone())
+    assert summary["steps"] == steps and summary["epochs_done"] == 2 and summary["state"] == "finished"
     conn.close()
 
 

@@ -47,6 +47,7 @@ WAIT_SECONDS = 10.0        # how long a command verb waits for the daemon by def
 START_SECONDS = 120.0      # how long start/resume wait for the daemon to report running
 TERM_WAIT_SECONDS = 10.0   # after the grace period and SIGTERM, how long stop still waits
 FORCE_WAIT_SECONDS = 5.0
+DYING_SECONDS = 3.0        # how long resume lets a daemon that was just killed finish dying
 
 
 def register(sub) -> None:
@@ -56,6 +57,7 @@ def register(sub) -> None:
     _db_arg(p)
     p.add_argument("--timeout", type=float, default=START_SECONDS, help="seconds to wait for the daemon to run")
     nproc_arg(p)
+    _allow_pickle_arg(p)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("serve", help="train an existing run row in this process (what start and resume spawn)")
@@ -63,6 +65,8 @@ def register(sub) -> None:
     _db_arg(p)
     p.add_argument("--resume", action="store_true", help="continue a stopped or crashed run from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _allow_pickle_arg(p)
+    _allow_data_change_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("stop", help="stop a run: checkpoint, state stopped, exit")
@@ -94,7 +98,19 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output (--foreground)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="restart on N local processes (default: as many as the run last had)")
+    _allow_pickle_arg(p)
+    _allow_data_change_arg(p)
     p.set_defaults(func=cmd_resume, verb="resume")
+
+
+def _allow_pickle_arg(p) -> None:
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read the original's pickled NPZ metadata (runs code from the file; never taken from the DB)")
+
+
+def _allow_data_change_arg(p) -> None:
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume even though a data file's sha256 differs from the one stored at create")
 
 
 def _db_arg(p) -> None:
@@ -161,14 +177,15 @@ def _result(cmd: dict) -> dict:
 def cmd_start(args: argparse.Namespace) -> int:
     nproc = check_nproc(args.nproc)
     config, overrides = split_config_arg(args.config, args.overrides)
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides + (["data.allow_pickle=true"] if args.allow_pickle else []))
     data = load_train_data(cfg)              # bad input fails here, before anything is written, and before torch
     from lvmd.run import runner              # loads torch: only once the config and data are known good
     db = Path(args.db or default_db()).resolve()
     runner.preflight(cfg, db)                # profile, database and folder: before any row
     runner.make_evaluator(cfg, data, NullSink())
     run_id, out_dir = runner.create(cfg, db, data)
-    spawned = daemon.spawn(db, {"id": run_id, "out_dir": str(out_dir)}, resume=False, nproc=nproc)
+    spawned = daemon.spawn(db, {"id": run_id, "out_dir": str(out_dir)}, resume=False, nproc=nproc,
+                           allow_pickle=cfg.data.allow_pickle)     # the config file the user passed now
     run = daemon.wait_started(db, run_id, spawned, timeout=args.timeout)
     print(f"run {run_id} {run['state']} (pid {run['pid']}); log {spawned.log}", flush=True)
     return 0
@@ -183,7 +200,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_id = resolve_run(conn, args.run)["id"]
     finally:
         conn.close()
-    return serve_foreground(str(db), run_id, resume=args.resume, quiet=args.quiet)
+    return serve_foreground(str(db), run_id, resume=args.resume, quiet=args.quiet,
+                            allow_pickle=args.allow_pickle, allow_data_change=args.allow_data_change)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -202,6 +220,11 @@ def _send(conn, run: dict, args: argparse.Namespace) -> int:
     if args.no_wait:
         print(f"run {run_id}: {verb} queued (command {command_id})")
         return 0
+    return _report(conn, run_id, command_id, args)
+
+
+def _report(conn, run_id: int, command_id: int, args: argparse.Namespace) -> int:
+    verb = args.verb
     cmd = _await(conn, command_id, args.timeout)
     result = _result(cmd)
     if cmd["state"] == "failed":
@@ -234,29 +257,69 @@ def _done_line(run_id: int, verb: str, cmd: dict, result: dict) -> str:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """A paused run with a live daemon takes a `resume` command; a stopped or crashed run (or
-    one whose daemon is gone) restarts from its last checkpoint under the same id."""
+    one whose daemon is gone) restarts from its last checkpoint under the same id. A run that
+    is already running says so and exits non-zero."""
 
     conn, db = _open(args)
     try:
         run = resolve_run(conn, args.run)
-        if run["state"] in LIVE_STATES and daemon_alive(run):
+        if run["state"] in LIVE_STATES and _alive_settled(run, paused=run["state"] == "paused"):
             if args.foreground:
                 raise UserError(f"run {run['id']} is {run['state']} in pid {run['pid']}; "
                                 f"`lvmd resume {run['id']}` (no --foreground) unpauses it")
-            return _send(conn, run, args)
+            if run["state"] != "paused":
+                raise UserError(f"run {run['id']} is already {run['state']} (pid {run['pid']}); nothing to resume")
+            sent = _send_resume(conn, run, args)
+            if sent is not None:
+                return sent
+            run = get_run(conn, run["id"])     # its daemon died before taking it: restart below
         daemon.resumable_checkpoint(conn, run, locked=False)   # marks it crashed if its daemon is gone
     finally:
         conn.close()
     nproc = check_nproc(args.nproc if args.nproc is not None else run.get("world_size") or 1)
+    opts = {"allow_pickle": args.allow_pickle, "allow_data_change": args.allow_data_change}
     if args.foreground and nproc > 1:
-        return launch_foreground(str(db), run["id"], nproc, quiet=args.quiet, resume=True)
+        return launch_foreground(str(db), run["id"], nproc, quiet=args.quiet, resume=True, **opts)
     if args.foreground:
-        return serve_foreground(str(db), run["id"], resume=True, quiet=args.quiet)
-    spawned = daemon.spawn(db, run, resume=True, nproc=nproc)
-    run = daemon.wait_started(db, run["id"], spawned, timeout=max(args.timeout, START_SECONDS))
+        return serve_foreground(str(db), run["id"], resume=True, quiet=args.quiet, **opts)
+    spawned = daemon.spawn(db, run, resume=True, nproc=nproc, **opts)
+    run = daemon.wait_started(db, run["id"], spawned, timeout=max(args.timeout, START_SECONDS), resume=True)
     print(f"run {run['id']} resumed from step {run['step']} ({run['state']}, pid {run['pid']}); log {spawned.log}",
           flush=True)
     return 0
+
+
+def _alive_settled(run: dict, *, paused: bool) -> bool:
+    """daemon_alive, allowing a daemon killed a moment ago to finish dying: a kill -9 frees the
+    run's lock only once the kernel has torn the process down, which a resume typed right
+    after it can beat. A running daemon holds its lock for good, so this waits only when the
+    answer is 'already running' anyway."""
+    deadline = time.monotonic() + (0.0 if paused else DYING_SECONDS)
+    while daemon_alive(run):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _send_resume(conn, run: dict, args: argparse.Namespace) -> int | None:
+    """The resume command to a paused daemon; None if that daemon turns out dead before it
+    takes it (then the command is failed and the caller restarts the run)."""
+    command_id = _enqueue(conn, run, "resume")
+    if args.no_wait:
+        print(f"run {run['id']}: resume queued (command {command_id})")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        cmd = get(conn, command_id)
+        if cmd["state"] != "pending":
+            break
+        if not daemon_alive(get_run(conn, run["id"])):
+            record_state(conn, run["id"], "crashed", {"reason": "its daemon died before taking a resume"},
+                         expect=LIVE_STATES, error="crashed: its daemon is gone")
+            return None
+        time.sleep(0.05)
+    return _report(conn, run["id"], command_id, args)
 
 
 # -- stop --------------------------------------------------------------------------------------
@@ -328,7 +391,12 @@ def _kill(conn, run: dict) -> int:
 
     if run["host"] != socket.gethostname():
         raise UserError(f"run {run['id']} runs on {run['host']}; --force works on that host only")
-    killed = _signal(run, signal.SIGKILL)
+    killed = False
+    if daemon_alive(run):
+        why = daemon.not_our_daemon(run)
+        if why is not None:
+            raise UserError(f"run {run['id']}: pid {run['pid']} is not its daemon ({why}); not killed")
+        killed = _signal(run, signal.SIGKILL)
     deadline = time.monotonic() + FORCE_WAIT_SECONDS
     while daemon_alive(get_run(conn, run["id"])) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--db", help="SQLite file (default $LVMD_DB or ./lvmd.db)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     nproc_arg(p)
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read the original's pickled NPZ metadata (runs code from the file); same as data.allow_pickle=true")
     p.set_defaults(func=cmd_run)
 
 
@@ -97,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if launch.follower():                 # torchrun rank > 0: rank 0 checks input and hands over the job
         return serve_foreground(None, None, quiet=True)
     config, overrides = split_config_arg(args.config, args.overrides)
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides + (["data.allow_pickle=true"] if args.allow_pickle else []))
     data = load_train_data(cfg)           # all input checked before anything is written, and before torch
     from lvmd.run import runner           # loads torch: only once the config and data are known good
     db = args.db or default_db()
@@ -109,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve_foreground(db, run_id, cfg=cfg, data=data, quiet=args.quiet)
 
 
-def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: bool = False) -> int:
+def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: bool = False,
+                      allow_pickle: bool = False, allow_data_change: bool = False) -> int:
     """`lvmd serve RUN` on nproc processes under torchrun, in the foreground. If the job died
     without recording it (a rank killed, torchrun tearing the rest down), the run is marked
     crashed here, as a later `lvmd status` would."""
@@ -119,7 +122,8 @@ def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: 
     from store.runs import LIVE_STATES, daemon_alive, get_run, record_state
 
     args = ["serve", "--db", str(Path(db).resolve()), str(run_id)] + (["--resume"] if resume else []) \
-        + (["--quiet"] if quiet else [])
+        + (["--quiet"] if quiet else []) + (["--allow-pickle"] if allow_pickle else []) \
+        + (["--allow-data-change"] if allow_data_change else [])
     code = launch.run_job(nproc, args)
     conn = connect(db)
     try:
@@ -132,18 +136,20 @@ def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: 
     return code
 
 
-def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False, cfg=None, data=None) -> int:
+def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False, cfg=None, data=None,
+                     allow_pickle: bool = False, allow_data_change: bool = False) -> int:
     """Train a run row in this process (lvmd run, lvmd serve, lvmd resume --foreground) under
     the daemon's lock and control, so it takes pause/eval/checkpoint/stop commands too."""
 
     progress = None if quiet or launch.follower() else Progress()
     try:
+        opts = {"allow_pickle": allow_pickle, "allow_data_change": allow_data_change}
         if launch.launched():             # distributed hook: one rank of a torchrun job
-            state = launch.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress)
+            state = launch.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress, **opts)
             if state is None:             # a rank > 0: rank 0 reports the run
                 return 0
         else:
-            state = daemon.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress)
+            state = daemon.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress, **opts)
     except UserError:
         raise
     except Exception as exc:

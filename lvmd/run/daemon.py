@@ -8,14 +8,12 @@ can pause, evaluate and stop a foreground run as well. Importing this module loa
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,63 +21,17 @@ from lvmd.config import RunConfig, config_from_dict
 from lvmd.data.train_data import load_train_data
 from lvmd.train.control import HEARTBEAT_SECONDS, Control, Request, ignore
 from lvmd.errors import UserError
+from lvmd.run.runlock import OWNER_FILE, PID_FILE, RunLock, not_our_daemon, process_start_time, read_pidfile  # noqa: F401 (re-exported)
 from lvmd.run.sysmon import SystemSampler
 from store import commands
 from store.db import connect
-from store.runs import DAEMON_LOCK, LIVE_STATES, daemon_alive, get_run, record_state
+from store.runs import (DAEMON_LOCK, LIVE_STATES, daemon_alive, database_id, get_run, insert_event, lock_held,
+                        record_state, update_run)
 
 CHECK_SECONDS = 0.25        # while training, look for commands this often (one indexed read)
 PAUSED_WAKE_SECONDS = 1.0   # while paused, wake at least this often (heartbeat, signal flags)
-PID_FILE = "daemon.pid"
 LOG_FILE = "daemon.log"
 CHECKPOINT = "last.pt"
-
-
-# -- one daemon per run ----------------------------------------------------------------------
-class RunLock:
-    """An flock on <out_dir>/daemon.lock held for the daemon's whole life, and a pidfile beside
-    it. The kernel releases the flock when the process dies, so a lock left by a killed daemon
-    is simply free again; the lock file itself is never removed (that would race). The pidfile
-    is removed only by the process that wrote it (DESIGN rule 5)."""
-
-    def __init__(self, run: dict):
-        self.run_id = run["id"]
-        self.out_dir = Path(run["out_dir"])
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.out_dir / DAEMON_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        for attempt in range(5):           # a status probe holds a shared lock for microseconds
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                time.sleep(0.05)
-        else:
-            os.close(fd)
-            holder = self._read_pid()
-            raise UserError(f"run {self.run_id} already has a daemon"
-                            f"{f' (pid {holder})' if holder else ''}; `lvmd stop {self.run_id}` stops it")
-        self.fd = fd
-        tmp = self.out_dir / f".{PID_FILE}.{os.getpid()}"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-            fh.write(f"{os.getpid()}\n")
-        os.replace(tmp, self.out_dir / PID_FILE)
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        if self._read_pid() == os.getpid():
-            (self.out_dir / PID_FILE).unlink(missing_ok=True)
-        os.close(self.fd)
-        self.fd = None
-
-    def _read_pid(self) -> int | None:
-        try:
-            return int((self.out_dir / PID_FILE).read_text().strip())
-        except (OSError, ValueError):
-            return None
 
 
 # -- the control the daemon trains under -----------------------------------------------------
@@ -238,16 +190,21 @@ def _timer(seconds: float) -> Iterator[None]:
 
 # -- serving a run in this process -----------------------------------------------------------
 def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=None, resume: bool = False,
-          progress: Callable[[dict], None] | None = None, announce: Callable | None = None) -> str:
+          progress: Callable[[dict], None] | None = None, announce: Callable | None = None,
+          allow_pickle: bool = False, allow_data_change: bool = False) -> str:
     """Train run `run_id` in this process under its lock: a fresh row made by runner.create, or
-    (resume) a stopped or crashed run from its last checkpoint. Returns the final state."""
+    (resume) a stopped or crashed run from its last checkpoint. Returns the final state.
+
+    Without `cfg` the config is the one stored in the row, but opt-ins that run code
+    (data.allow_pickle) never come from the database: only from `allow_pickle`, which the
+    user gave on this command line (or in the config file `lvmd start` read just now)."""
     from lvmd.run import runner
 
     db = Path(db).resolve()
     conn = connect(db)
     try:
         run = get_run(conn, run_id)
-        lock = RunLock(run)
+        lock = RunLock(run, owner={"db": str(db), "db_id": database_id(conn), "run_id": run_id})
         lock.acquire()
         try:
             if resume:
@@ -256,30 +213,84 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
                 raise UserError(f"run {run_id} is {run['state']}; `lvmd resume {run_id}` continues it")
             else:
                 checkpoint = None
+            if cfg is None:
+                stored = config_from_dict(json.loads(run["config_json"]))
+                cfg = replace(stored, data=replace(stored.data, allow_pickle=allow_pickle))
+            if resume:
+                check_data_unchanged(cfg, run, allow_change=allow_data_change)
+        except UserError as exc:
+            if resume:                       # the run stays resumable; say why this try failed
+                _note_error(conn, run_id, str(exc))
+            lock.release()
+            raise
         except BaseException:
             lock.release()
             raise
     finally:
         conn.close()
     try:
-        cfg = cfg or config_from_dict(json.loads(run["config_json"]))
-        data = data or load_train_data(cfg)
+        from lvmd.train.checkpoint import remove_temp_files
+
+        removed = remove_temp_files(run["out_dir"])   # under the lock: only a dead writer made these
+        try:
+            data = data or load_train_data(cfg)
+        except UserError as exc:
+            if resume:
+                _note_error(db, run_id, str(exc))
+            raise
         if announce is not None:     # distributed hook (lvmd.run.launch): the other ranks start now
             announce(cfg, run, checkpoint)
         sampler = SystemSampler(db, run_id).start()  # CPU/memory/GPU into system_samples, off the loop
         try:
-            return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint,
-                                  progress=progress, control_factory=lambda sink: DaemonControl(sink, db, run_id))
+            return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint, resume=resume,
+                                  progress=progress, temp_removed=[str(p) for p in removed],
+                                  control_factory=lambda sink: DaemonControl(sink, db, run_id))
         finally:
             sampler.stop()
     finally:
         lock.release()
 
 
-def resumable_checkpoint(conn, run: dict, *, locked: bool) -> Path:
-    """The checkpoint a resume of `run` starts from, after checking the run may be resumed. A
-    run still marked live whose daemon is gone is marked crashed first; `locked` says the
-    caller holds the run's lock, which proves that."""
+def _note_error(db_or_conn, run_id: int, error: str) -> None:
+    """An 'error' event (and the row's error) for a resume that failed before training: the
+    state is left as it was (stopped or crashed), so the run can be resumed once it is fixed."""
+    conn = connect(db_or_conn) if isinstance(db_or_conn, (str, Path)) else db_or_conn
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if get_run(conn, run_id)["state"] in ("stopped", "crashed"):
+            insert_event(conn, run_id, "error", {"error": error, "during": "resume"})
+            update_run(conn, run_id, error=error.splitlines()[0])
+        conn.execute("COMMIT")
+    except Exception:                        # the one-line error still reaches the user
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    finally:
+        if conn is not db_or_conn:
+            conn.close()
+
+
+def check_data_unchanged(cfg: RunConfig, run: dict, *, allow_change: bool) -> None:
+    """Resume re-checks every data file's sha256 against the one stored at create."""
+    from lvmd.data.formats import file_sha256
+
+    stored = json.loads(run["data_json"] or "{}")
+    for key, entry in sorted(stored.items()):
+        path = getattr(cfg.data, key, "") or entry.get("path")
+        try:
+            now = file_sha256(path)
+        except OSError as exc:
+            raise UserError(f"data.{key}: {path}: cannot be read to check it ({exc.strerror or exc})") from None
+        if now != entry.get("sha256") and not allow_change:
+            raise UserError(f"data.{key}: {path} has changed since run {run['id']} was created "
+                            f"(sha256 {now[:12]}…, was {str(entry.get('sha256'))[:12]}…); "
+                            "pass --allow-data-change to resume on the new file")
+
+
+def resumable_checkpoint(conn, run: dict, *, locked: bool) -> Path | None:
+    """The checkpoint a resume of `run` starts from (None: it died before its first one, so it
+    starts over at step 0), after checking the run may be resumed. A run still marked live
+    whose daemon is gone is marked crashed first; `locked` says the caller holds the run's
+    lock, which proves that."""
     run_id, state = run["id"], run["state"]
     if state in LIVE_STATES:
         if not locked and daemon_alive(run):
@@ -289,9 +300,7 @@ def resumable_checkpoint(conn, run: dict, *, locked: bool) -> Path:
     elif state not in ("stopped", "crashed"):
         raise UserError(f"run {run_id} is {state}; only a stopped or crashed run can be resumed")
     path = Path(run["out_dir"]) / CHECKPOINT
-    if not path.exists():
-        raise UserError(f"run {run_id} has no checkpoint to resume from ({path} is missing)")
-    return path
+    return path if path.exists() else None
 
 
 # -- a detached daemon -----------------------------------------------------------------------
@@ -303,18 +312,23 @@ class Spawned:
     log_offset: int
 
 
-def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1) -> Spawned:
+def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1, allow_pickle: bool = False,
+          allow_data_change: bool = False) -> Spawned:
     """`lvmd serve` for the run, detached: its own session, stdin /dev/null, stdout and stderr
     appended to <out_dir>/daemon.log (owner-only; a resumed run's daemon appends to it). With
-    nproc > 1 the process is torchrun and rank 0, its child, is the run's daemon."""
+    nproc > 1 the process is torchrun and rank 0, its child, is the run's daemon. The opt-ins
+    travel on its command line, never through the database."""
     from lvmd.run.launch import torchrun_argv
 
     log = Path(run["out_dir"]) / LOG_FILE
+    Path(run["out_dir"]).mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     argv = torchrun_argv(nproc, ["serve", "--db", str(db), str(run["id"])])
+    argv += (["--resume"] if resume else []) + (["--allow-pickle"] if allow_pickle else []) \
+        + (["--allow-data-change"] if allow_data_change else [])
     try:
         offset = os.fstat(fd).st_size
-        proc = subprocess.Popen(argv + (["--resume"] if resume else []), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=fd, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
@@ -325,9 +339,11 @@ def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1) -> Spawned:
 START_GRACE_S = 2.0
 
 
-def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> dict:
+def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float, resume: bool = False) -> dict:
     """Block until the spawned daemon records itself live (its pid, past `starting`) and return
-    the row; if it exits first, raise its own error (from the row, else from its log)."""
+    the row; if it exits first, raise its own error (from the row, else from its log). A fresh
+    row its daemon never touched is marked failed; a resume never writes a state here: if another
+    daemon won the run (two resumes at once), the run is healthy and this one just says so."""
     proc = daemon.proc
     deadline = time.monotonic() + timeout
     live_since = None
@@ -339,16 +355,21 @@ def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float) -> d
             if ours and run["state"] in LIVE_STATES and run["state"] != "starting":
                 # "running" is said once a step has landed or the daemon has lived START_GRACE_S
                 # past it: a first step that crashes (a kernel this CPU lacks) is reported here.
-                live_since = live_since or time.monotonic()
+                if live_since is None:           # the row as it went live: a resume's step is where it resumed
+                    live_since, first_live = time.monotonic(), run
                 if (run["step"] or 0) >= 1 or time.monotonic() - live_since >= START_GRACE_S:
-                    return run
+                    return {**run, "step": first_live["step"], "epoch": first_live["epoch"]}
             if proc.poll() is not None:
                 run = get_run(conn, run_id)
                 if _started_by(run["pid"], proc.pid) and run["state"] in ("finished", "stopped"):
                     return run                      # a run so short it was over before we looked
                 error = ((_started_by(run["pid"], proc.pid) and run["error"]) or last_error(daemon.log, daemon.log_offset)
                          or f"exit status {proc.returncode}")
-                record_state(conn, run_id, "failed", {"error": error}, expect=("starting",), error=error)
+                if resume and (lock_held(Path(run["out_dir"]) / DAEMON_LOCK) or "already has a daemon" in error):
+                    raise UserError(f"run {run_id} is already being resumed or running (another daemon holds "
+                                    f"its lock); `lvmd status {run_id}` shows it")
+                if not resume and not _started_by(run["pid"], proc.pid):   # died before it could say so
+                    record_state(conn, run_id, "failed", {"error": error}, expect=("starting",), error=error)
                 raise UserError(f"run {run_id} did not start: {error} (log: {daemon.log})")
             if time.monotonic() > deadline:
                 raise UserError(f"run {run_id} is still starting after {timeout:.0f} s; see {daemon.log}")

@@ -52,7 +52,7 @@ def run_job(nproc: int, lvmd_args: list[str]) -> int:
 
 
 def serve(db: str | Path | None, run_id: int | None, *, resume: bool = False, cfg=None, data=None,
-          progress: Callable[[dict], None] | None = None) -> str | None:
+          progress: Callable[[dict], None] | None = None, **opts) -> str | None:
     """Train a run as one rank of a torchrun job. Rank 0: lvmd.run.daemon.serve, which hands
     the job to the others once it holds the lock (announce); its final state. Others: None."""
     from lvmd.train import distributed
@@ -62,12 +62,13 @@ def serve(db: str | Path | None, run_id: int | None, *, resume: bool = False, cf
         _follow(d)
         state = None
     else:
-        state = _lead(d, db, run_id, resume=resume, cfg=cfg, data=data, progress=progress)
+        state = _lead(d, db, run_id, resume=resume, cfg=cfg, data=data, progress=progress, **opts)
     distributed.close()          # on an error the process simply ends (a lost peer could hang a teardown)
     return state
 
 
-def _lead(d, db, run_id, *, resume, cfg, data, progress) -> str:
+def _lead(d, db, run_id, *, resume, cfg, data, progress, **opts) -> str:
+    """opts: daemon.serve's opt-ins (allow_pickle, allow_data_change), from this rank's command line."""
     from lvmd.config import config_to_dict
     from lvmd.run import daemon
 
@@ -80,7 +81,8 @@ def _lead(d, db, run_id, *, resume, cfg, data, progress) -> str:
         announced = True
 
     try:
-        return daemon.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress, announce=announce)
+        return daemon.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress, announce=announce,
+                            **opts)
     except BaseException as exc:
         if not announced:                   # the others wait for the job: tell them it is off
             d.broadcast_object({"error": f"{type(exc).__name__}: {exc}"})

@@ -22,9 +22,10 @@ from lvmd.data.train_data import TrainData
 from lvmd.train.trainer import Trainer
 from lvmd.errors import UserError
 from store.db import StoreError, check_path, connect, transaction
+from store.evals import has_epoch_eval
 from store.reader import epochs_of, latest_steps
 from store.commands import fail_open
-from store.runs import create_run, get_run, insert_event, sync_progress, truncate_after, update_run
+from store.runs import create_run, database_id, get_run, insert_event, sync_progress, truncate_after, update_run
 from store.sweeps import tag_run
 from store.writer import SqliteSink
 
@@ -82,9 +83,7 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int,
             update_run(conn, run_id, **hardware_fields(hw))
             if sweep is not None:
                 tag_run(conn, run_id, *sweep)
-            # beside the database and named after it, so two databases in one folder never share a run folder
-            db_path = Path(db).resolve()
-            out_dir = Path(cfg.out_dir) if cfg.out_dir else db_path.parent / f"{db_path.stem}-runs" / str(run_id)
+            out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(db, database_id(conn), run_id)
             try:
                 out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as exc:
@@ -99,6 +98,13 @@ def hardware_fields(hw: hardware.Hardware) -> dict:
     return {"device": str(hw.device), "precision": hw.precision, "threads": hw.threads}
 
 
+def default_out_dir(db: str | Path, db_id: str, run_id: int) -> Path:
+    """Beside the database, keyed by the file itself: its full name (x.db and x.lvmd differ)
+    and its random id (a copy of x.db made elsewhere, then moved here, still differs)."""
+    db_path = Path(db).resolve()
+    return db_path.parent / f"{db_path.name}-runs-{db_id[:12]}" / str(run_id)
+
+
 def make_evaluator(cfg: RunConfig, data: TrainData, sink):
     """5CAT needs the articles bank; without it the run trains and validates only."""
     if data.articles is None:
@@ -111,12 +117,20 @@ def make_evaluator(cfg: RunConfig, data: TrainData, sink):
 
 def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: TrainData, *,
             control_factory: Callable[[SqliteSink], Control] | None = None,
-            resume_from: Path | None = None, progress: Callable[[dict], None] | None = None) -> str:
-    """Train; returns the final state. The run row ends finished, stopped or failed.
+            resume_from: Path | None = None, resume: bool = False,
+            progress: Callable[[dict], None] | None = None, temp_removed: list[str] | None = None) -> str:
+    """Train; returns the final state. The row ends finished or stopped; a failure leaves it
+    crashed (resumable once the cause is fixed: a bad last.pt, a full disk), except a diverged
+    run, which is failed (resuming would diverge again).
 
-    With resume_from, the checkpoint is loaded first and what the previous process wrote after
-    its step is removed (store.runs.truncate_after), so the steps continue with no gap and no
-    duplicate. lvmd.run.daemon.serve is the usual caller (it holds the run's lock)."""
+    A resume (resume_from, or `resume` with no checkpoint: a run that died before its first,
+    which starts over at step 0) removes what the previous process wrote after the checkpoint's
+    step (store.runs.truncate_after), so the steps continue with no gap and no duplicate; an
+    epoch evaluation the checkpoint owes (killed during its 5CAT) is run before training on.
+    lvmd.run.daemon.serve is the usual caller (it holds the run's lock)."""
+    from lvmd.train.trainer import TrainingDiverged
+
+    resume = resume or resume_from is not None
     sink = SqliteSink(db, run_id, flush_seconds=cfg.train.flush_seconds)
     control = (control_factory or (lambda s: Control(s)))(sink)
     dist = distributed.current()
@@ -124,7 +138,7 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         from lvmd.train.dist_control import LeaderControl
 
         control = LeaderControl(control, dist, every=cfg.train.telemetry_block)
-    state, error, detail = "failed", None, None
+    state, error, detail = "crashed", None, None
     try:
         sink.update_run(pid=os.getpid(), host=socket.gethostname(), started_at=time.time(), ended_at=None, error=None,
                         world_size=dist.world if dist else 1)
@@ -132,13 +146,18 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         watch = CollapseWatch(cfg, sink, act=control.request)
         trainer = Trainer(cfg, data, sink, out_dir=out_dir, control=control,
                           evaluator=make_evaluator(cfg, data, sink), progress=progress, watch=watch)
-        if resume_from is not None:
-            trainer.load_checkpoint(resume_from)
+        if resume:
+            if resume_from is not None:
+                trainer.load_checkpoint(resume_from)
             removed = sink.call(lambda conn: truncate_after(conn, run_id, trainer.step, trainer.epoch))
+            due = trainer.eval_due
+            if due is not None and sink.call(lambda conn: has_epoch_eval(conn, run_id, due)):
+                trainer.eval_due = None          # the 5CAT finished before the process died
             watch.restore(*sink.call(lambda conn: (epochs_of(conn, run_id),
                                                    latest_steps(conn, run_id, cfg.watch.skip_window)[::-1])))
             sink.event("resume", step=trainer.step, epoch=trainer.epoch,
-                       detail={"checkpoint": str(resume_from), "removed": removed})
+                       detail={"checkpoint": str(resume_from) if resume_from else None, "removed": removed,
+                               "eval_rerun": trainer.eval_due, "temp_removed": temp_removed or []})
         sink.update_run(**hardware_fields(trainer.hardware))  # this process's: resume may run elsewhere
         sink.event("hardware", step=trainer.step, epoch=trainer.epoch,
                    detail={**hardware_fields(trainer.hardware), "why": trainer.hardware.why})
@@ -147,8 +166,7 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         state = trainer.run()
         return state
     except BaseException as exc:
-        if distributed.peer_lost(exc):   # distributed hook: another rank died; the job is down
-            state = "crashed"
+        state = "failed" if isinstance(exc, TrainingDiverged) else "crashed"
         error = f"{type(exc).__name__}: {exc}".strip()
         detail = {"error": error, "traceback": traceback.format_exc(limit=8)}
         raise
@@ -158,6 +176,7 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
             sink.close()
         except Exception as exc:  # the final state below still gets written
             error = error or f"telemetry writer: {exc}"
+            state = "crashed" if state in ("finished", "stopped") else state
         # The final state goes through a fresh connection: it must land even if the sink broke.
         try:
             finish(db, run_id, state, error=error, detail=detail)

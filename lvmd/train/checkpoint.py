@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from lvmd.errors import UserError
+from store.holdpoints import hold
 
 FORMAT = "lvmd-checkpoint-1"
 
@@ -43,11 +44,40 @@ def _write_atomically(path: str | Path, fill: Callable[[BinaryIO], None]) -> Pat
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
+        hold("checkpoint")                   # crash tests: a kill -9 between the temp file and the rename
         os.replace(tmp, path)
+        fsync_dir(path.parent)           # the rename itself must survive a power cut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a directory, making the renames in it durable (a no-op where the OS refuses)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Remove the `.NAME.*.tmp` files a killed writer left in `folder` (the daemon calls it under
+    the run's lock, so no live writer of this run owns one). Returns what it removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.pt.*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -22,7 +22,9 @@ def adaptive_lambda(mse: torch.Tensor, l_dir: torch.Tensor, frac: float, *, lam_
                     lam_max: float, rho_cap: float, rho_boost: float = 0.0):
     """G4: λ = clamp(mse·frac/Ldir, λmin, λmax); ρ = λ·Ldir/mse; if ρ > cap: λ ← λ·cap/ρ.
 
-    v2.2 (rho_boost > 0): first, if ρ < rho_boost·frac, scale λ up by frac/ρ (ρ as a target).
+    v2.2 (rho_boost > 0): first, if ρ < rho_boost·frac, scale λ up by frac/ρ (ρ as a target),
+    clamped again to [λmin, λmax]. The cap comes last and only lowers λ, so λ ≤ λmax always
+    (the cap may take λ under λmin, as G4 says: ρ ≤ cap wins over the floor).
     Returns (λ, ρ after the cap, ρ before the cap, attenuated flag); no gradient flows.
     rho_cap = 0 disables the cap (preset v1).
     """
@@ -31,7 +33,9 @@ def adaptive_lambda(mse: torch.Tensor, l_dir: torch.Tensor, frac: float, *, lam_
     rho = lam * l_dir / mse.clamp_min(EPS)
     if rho_boost > 0:
         low = rho < rho_boost * frac
-        lam = torch.where(low, lam * frac / rho.clamp_min(EPS), lam)
+        # SPEC §3 v2.2: λ is clamped to [λmin, λmax] after every scaling; the boost must not
+        # take λ past λmax (mse·frac/Ldir alone can be 0.0455 > 0.03)
+        lam = torch.where(low, lam * frac / rho.clamp_min(EPS), lam).clamp(lam_min, lam_max)
         rho = lam * l_dir / mse.clamp_min(EPS)
     rho_pre = rho
     if rho_cap > 0:

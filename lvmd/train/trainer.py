@@ -26,6 +26,7 @@ from lvmd.train import checkpoint, distributed, hardware
 from lvmd.train.control import Control, Request
 from lvmd.train.guardrails import DEVICE_METRICS, guarded_loss
 from lvmd.train.models import build_model
+from store.holdpoints import hold
 from store.schema import STEP_METRICS
 
 PACKED = DEVICE_METRICS + ("grad_norm",)          # order of the per-step device tensor
@@ -55,14 +56,14 @@ def to_device(seqs: Sequences, cfg: RunConfig, articles: Articles | None, device
 
 def corrupt_last_slot(ctx: torch.Tensor, *, share: float, sigma: float, swap_share: float) -> torch.Tensor:
     """compat lnsp: the original corrupted ctx[-1] in `share` of rows: Gaussian noise (σ), or in
-    `swap_share` of those a swap of the last two slots. Branch-free; uses the global RNG."""
+    `swap_share` of those ctx[-1] replaced by ctx[-2] (ctx[-2] itself stays: not a swap, SPEC §3).
+    Branch-free; uses the global RNG."""
     b = ctx.size(0)
     hit = torch.rand(b, device=ctx.device) < share                       # (B,)
-    swap = hit & (torch.rand(b, device=ctx.device) < swap_share)
+    replace = hit & (torch.rand(b, device=ctx.device) < swap_share)
     noisy = F.normalize(ctx[:, -1] + sigma * torch.randn_like(ctx[:, -1]), dim=-1)
-    last = torch.where(swap[:, None], ctx[:, -2], torch.where(hit[:, None], noisy, ctx[:, -1]))
-    second = torch.where(swap[:, None], ctx[:, -1], ctx[:, -2])
-    return torch.cat([ctx[:, :-2], second[:, None], last[:, None]], dim=1)
+    last = torch.where(replace[:, None], ctx[:, -2], torch.where(hit[:, None], noisy, ctx[:, -1]))
+    return torch.cat([ctx[:, :-1], last[:, None]], dim=1)
 
 
 # -- telemetry ---------------------------------------------------------------------------
@@ -179,6 +180,9 @@ class Trainer:
         self.batch = 0        # next batch index within the epoch
         self.step = 0         # optimizer steps done
         self.best: float | None = None
+        # An epoch whose end-of-epoch 5CAT is owed: set in the checkpoint that ends the epoch and
+        # cleared once the 5CAT is written, so a process killed during it re-runs it on resume.
+        self.eval_due: int | None = None
         self.telemetry = TelemetryBuffer(sink, block=t.telemetry_block, flush_seconds=t.flush_seconds,
                                          on_rows=self._on_rows)
         if not self.main:        # distributed hook: rank 0 alone records the (global) telemetry
@@ -223,6 +227,9 @@ class Trainer:
         cfg, split = self.cfg, self.train_split
         bs = cfg.train.batch_size
         self.model.train()
+        if self.eval_due is not None and self.evaluator is not None:   # resumed past a lost epoch 5CAT
+            self.run_fivecat(trigger="epoch", epoch=self.eval_due)
+            self.eval_due = None
         while self.epoch < cfg.train.epochs and self.step < self.total_steps:
             stage = stage_for_epoch(cfg.loss.ramp, self.epoch)
             order = self.epoch_order(self.epoch)
@@ -301,13 +308,15 @@ class Trainer:
         run_full = self.evaluator is not None and every and (self.epoch + 1) % every == 0
         finished_epoch = self.epoch
         self.epoch, self.batch = self.epoch + 1, 0
+        self.eval_due = finished_epoch if run_full else None
         improved = self._is_best(val)
-        last = self.save_checkpoint("last")
+        last = self.save_checkpoint("last")      # the epoch's commit: it names the 5CAT still owed
         if improved and self.main:
             best = checkpoint.copy(last, self.checkpoint_path("best"))
             self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": "best", "path": str(best)})
         if run_full:
             self.run_fivecat(trigger="epoch", epoch=finished_epoch)
+            self.eval_due = None
 
     def _is_best(self, val: dict) -> bool:
         metric = self.cfg.train.best_metric
@@ -348,6 +357,7 @@ class Trainer:
             raise RuntimeError("no 5CAT evaluator: set data.articles (and data.val) to evaluate")
         self.telemetry.flush()
         with self.control.evaluating():
+            hold("fivecat")                  # crash tests: a kill -9 during the 5CAT
             return self.evaluator.full(self.predict, trigger=trigger, device=self.device,
                                        epoch=self.epoch if epoch is None else epoch, step=self.step)
 
@@ -382,6 +392,7 @@ class Trainer:
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "best": self.best if self.best is not None else math.nan,
             "epoch_stats": dict(vars(self.telemetry.stats)),  # a mid-epoch resume keeps the epoch's aggregates
+            "eval_due": -1 if self.eval_due is None else self.eval_due,
         }
         if ranks is not None:
             state.update(world_size=self.dist.world, rng_ranks=ranks)
@@ -411,6 +422,8 @@ class Trainer:
         self.epoch, self.batch, self.step = int(state["epoch"]), int(state["batch"]), int(state["step"])
         self.best = None if math.isnan(state["best"]) else float(state["best"])
         vars(self.telemetry.stats).update(state["epoch_stats"])
+        due = int(state.get("eval_due", -1))     # older checkpoints have none
+        self.eval_due = None if due < 0 else due
 
 
 class SilentTelemetry(TelemetryBuffer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lvmd.eval.fivecat.arrays import Bank, mean, rowdot, unit
+from lvmd.eval.fivecat.arrays import Bank, mean
 
 MIN_ARTICLE_CHUNKS = 6       # B ranks only within articles of at least this many chunks
 
@@ -23,19 +23,45 @@ def retrieval(yhat: np.ndarray, aid: np.ndarray, tgt_rows: np.ndarray, bank: Ban
 
 def article_ranks(yhat: np.ndarray, aid: np.ndarray, tgt_rows: np.ndarray, bank: Bank, *, lnsp: bool) -> np.ndarray:
     """rank = 1 + #chunks of the article scoring strictly higher than the target; one matrix
-    product per article. Default: the target's score is read from that same product, so ties
-    favour the target. Compat: the target's score is a separately computed float (the
-    original's defect: rounding alone ranks a perfect prediction 2nd about half the time)."""
+    product per article, the target's score read from that same product, so ties favour the
+    target. Compat: lnsp_article_ranks."""
     ranks = np.empty(len(yhat), np.int64)
+    for idx, start, end in _article_groups(aid, bank):
+        if lnsp:
+            ranks[idx] = lnsp_article_ranks(yhat[idx], tgt_rows[idx] - start, bank.art.vectors[start:end])
+            continue
+        chunks = bank.unit(np.arange(start, end))                          # (L, D)
+        scores = np.einsum("gd,ld->gl", yhat[idx], chunks)  # (g, L); not BLAS: its threads thrash on tiny products
+        target = scores[np.arange(len(idx)), tgt_rows[idx] - start]
+        ranks[idx] = 1 + (scores > target[:, None]).sum(1)
+    return ranks
+
+
+def _article_groups(aid: np.ndarray, bank: Bank):
+    """(sample indices, first bank row, end row) per article, articles in id order."""
     order = np.argsort(aid, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(aid[order])) + 1) if len(order) else []
     for idx in groups:
         start, end = bank.span(aid[idx[:1]])
-        chunks = bank.unit(np.arange(start[0], end[0]))                   # (L, D)
-        scores = np.einsum("gd,ld->gl", yhat[idx], chunks)  # (g, L); not BLAS: its threads thrash on tiny products
-        if lnsp:
-            target = rowdot(yhat[idx], unit(chunks[tgt_rows[idx] - start[0]]))
-        else:
-            target = scores[np.arange(len(idx)), tgt_rows[idx] - start[0]]
-        ranks[idx] = 1 + (scores > target[:, None]).sum(1)
+        yield idx, int(start[0]), int(end[0])
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    """The original's l2_normalize: x / (‖x‖ + 1e-9), float32 in, float32 out."""
+    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-9)
+
+
+def lnsp_article_ranks(yhat: np.ndarray, targets: np.ndarray, article: np.ndarray) -> np.ndarray:
+    """The original's test B, one sample at a time in its exact float32 arithmetic (its tie defect
+    lives in the last bits, so no vectorised form would reproduce it): the article's vectors
+    normalised twice as it did (once for the whole file, once per article), then per sample
+    sims = article_vecs @ l2n(ŷ), true = float(np.dot(l2n(ŷ), l2n(target row))), rank =
+    1 + #{sims > true}. A matrix-vector product per sample (BLAS gemv), as the original."""
+    article_vecs = l2n(l2n(np.asarray(article, np.float32)))
+    ranks = np.empty(len(yhat), np.int64)
+    for i, (v, t) in enumerate(zip(np.asarray(yhat, np.float32), targets)):
+        q = l2n(v)
+        sims = article_vecs @ q
+        true = float(np.dot(q, l2n(article_vecs[t])))
+        ranks[i] = int(np.sum(sims > true) + 1)
     return ranks
