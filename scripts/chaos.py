@@ -18,7 +18,6 @@ right after a kill exited 0.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal

@@ -3,7 +3,6 @@ streamed per batch, with the same order and the same numbers as the in-memory pa
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

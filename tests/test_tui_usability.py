@@ -2,7 +2,6 @@
 speed, the right words after stop and resume, 80×24, and no redraw while nothing changes."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest

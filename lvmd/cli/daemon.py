@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from lvmd.cli.main import default_db
+from lvmd.cli.status import STATUS_HEADERS, status_block, status_of, status_row
 from lvmd.cli.tables import print_table
 from lvmd.cli.train import check_nproc, launch_foreground, nproc_arg, serve_foreground, split_config_arg
 from lvmd.config import load_config
@@ -23,21 +24,18 @@ from lvmd.run import daemon, launch
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get
 from store.db import connect
-from store.evals import latest_eval
-from store.report import throughput
 from store.runs import (
     LIVE_STATES,
     TERMINAL_STATES,
     daemon_alive,
     get_run,
     list_runs,
+    look_readonly,
     mark_stale_crashed,
     pid_alive,
     record_state,
-    look_readonly,
     resolve_run,
     shown_crashed,
-    step_rate,
 )
 
 # Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
@@ -179,7 +177,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides + (["data.allow_pickle=true"] if args.allow_pickle else []))
     data = load_train_data(cfg)              # bad input fails here, before anything is written, and before torch
-    from lvmd.run import runner              # loads torch: only once the config and data are known good
+    from lvmd.run import runner  # loads torch: only once the config and data are known good
     db = Path(args.db or default_db()).resolve()
     runner.preflight(cfg, db)                # profile, database and folder: before any row
     runner.make_evaluator(cfg, data, NullSink())
@@ -423,82 +421,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif not infos:
         print("no runs in this database yet")
     elif args.run is not None:
-        print(_status_block(infos[0]))
+        print(status_block(infos[0]))
     else:
-        print_table(STATUS_HEADERS, [_status_row(info) for info in infos], left_columns=3)
+        print_table(STATUS_HEADERS, [status_row(info) for info in infos], left_columns=3)
     return 0
-
-
-def status_of(conn, run: dict) -> dict:
-    """What `lvmd status` shows of one run, as plain data (the --json form)."""
-    live = run["state"] in LIVE_STATES
-    rate = step_rate(conn, run["id"]) if run["state"] == "running" else None
-    speed = throughput(conn, run) if rate else {"samples_per_s_per_rank": None}
-    left = max((run["total_steps"] or 0) - (run["step"] or 0), 0)
-    ev = latest_eval(conn, run["id"])
-    return {
-        "id": run["id"], "name": run["name"], "state": run["state"], "preset": run["preset"],
-        "pid": run["pid"] if live else None, "host": run["host"],
-        "epoch": run["epoch"], "total_epochs": run["total_epochs"],      # epoch counted from 0, as stored
-        "step": run["step"], "total_steps": run["total_steps"],
-        "steps_per_s": rate, "eta_s": left / rate if rate else None,
-        "world_size": run.get("world_size") or 1, "samples_per_s_per_rank": speed["samples_per_s_per_rank"],
-        "heartbeat_age_s": time.time() - run["heartbeat_at"] if live and run["heartbeat_at"] else None,
-        "last_eval": None if ev is None else {k: ev.get(k) for k in (
-            "id", "epoch", "step", "trigger", "gates_passed", "gates_total", "verdict_3of5", "error")},
-        "device": run.get("device"), "precision": run.get("precision"), "threads": run.get("threads"),
-        "error": run["error"], "out_dir": run["out_dir"],
-    }
-
-
-STATUS_HEADERS = ["run", "name", "state", "step", "epoch", "steps/s", "ETA", "ranks", "heartbeat", "gates"]
-
-
-def _status_row(s: dict) -> list[str]:
-    ev = s["last_eval"]
-    return [str(s["id"]), s["name"], s["state"], f"{s['step']}/{s['total_steps']}", _epoch(s),
-            f"{s['steps_per_s']:.1f}" if s["steps_per_s"] else "–",
-            _duration(s["eta_s"]) if s["steps_per_s"] else "–",
-            str(s["world_size"]) if s["world_size"] > 1 else "–",   # a torchrun job: its rank count
-            f"{s['heartbeat_age_s']:.1f} s" if s["heartbeat_age_s"] is not None else "–",
-            f"{ev['gates_passed']}/{ev['gates_total']}" if ev and ev["gates_total"] else "–"]
-
-
-def _status_block(s: dict) -> str:
-    lines = [f"run {s['id']} ({s['name']}, preset {s['preset']}): {s['state']}"]
-    if s["pid"]:
-        lines.append(f"  pid        {s['pid']} on {s['host']}" + (f" (rank 0 of {s['world_size']})" if s["world_size"] > 1 else ""))
-    pct = 100 * s["step"] / s["total_steps"] if s["total_steps"] else 0.0
-    lines.append(f"  progress   epoch {_epoch(s)}, step {s['step']}/{s['total_steps']} ({pct:.1f} %)")
-    if s["precision"]:
-        lines.append(f"  hardware   {s['device']} {s['precision']} {s['threads']} thread{'s' * (s['threads'] != 1)}")
-    if s["steps_per_s"]:
-        per_rank = s["samples_per_s_per_rank"]
-        lines.append(f"  speed      {s['steps_per_s']:.1f} steps/s, ETA {_duration(s['eta_s'])}"
-                     + (f"; {s['world_size']} ranks × {per_rank:.0f} samples/s" if per_rank else ""))
-    if s["heartbeat_age_s"] is not None:
-        lines.append(f"  heartbeat  {s['heartbeat_age_s']:.1f} s ago")
-    ev = s["last_eval"]
-    if ev:
-        verdict = f"{ev['gates_passed']}/{ev['gates_total']} gates" if ev["gates_total"] else f"error: {ev['error']}"
-        # epochs are shown counted from 1 everywhere a person reads them (the --json keeps the stored 0-based)
-        where = f"epoch {ev['epoch'] + 1}, " if ev["epoch"] is not None else ""
-        lines.append(f"  last 5CAT  {verdict} (eval {ev['id']}, {where}step {ev['step']}, {ev['trigger']})")
-    if s["error"]:
-        lines.append(f"  error      {s['error']}")
-    if s["out_dir"]:
-        lines.append(f"  folder     {s['out_dir']}")
-    return "\n".join(lines)
-
-
-def _epoch(s: dict) -> str:
-    shown = min(s["epoch"] + 1, s["total_epochs"]) if s["total_epochs"] else s["epoch"] + 1
-    return f"{shown}/{s['total_epochs']}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    m, sec = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
