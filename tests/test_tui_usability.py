@@ -314,9 +314,18 @@ async def test_smoothing_toggles_an_ema_line_over_the_same_band(db):
         smoothed = chart_text(chart)
         assert chart.plot.traces[0].smooth > 0 and "ρ ~EMA" in smoothed.splitlines()[0]
         assert smoothed != raw and chart.plot.traces[0].points == screen.snapshot.series.trace("rho")  # data as is
+        # a live row arriving keeps the smoothing and the cursor (a due redraw once reset both)
+        await pilot.press("left")
+        cursor = screen.cursor_step
+        sink = SqliteSink(db, run_id, flush_seconds=0.0)
+        sink.log_steps(step_rows([400]))
+        sink.close()
+        await wait_for(pilot, lambda: screen.snapshot.series.last_step == 400, "step 400")
+        await wait_for(pilot, lambda: chart.plot.traces[0].points == screen.snapshot.series.trace("rho"), "the redraw")
+        assert screen.smooth and chart.plot.traces[0].smooth > 0 and screen.cursor_step == cursor is not None
         await pilot.press("S")
         await pilot.pause()
-        assert chart_text(chart) == raw
+        assert not chart.plot.traces[0].smooth
 
 
 async def test_config_tab_lists_the_resolved_config_and_searches_it(db):

@@ -181,8 +181,6 @@ class RunScreen(Screen):
 
     def _draw_due_charts(self) -> None:
         self._chart_timer = None
-        self.smooth = False
-        self.cursor_step: int | None = None     # the step charts' cursor (None: off)
         if self.is_mounted and self.snapshot is not None and self._step_key() != self._drawn.get("steps"):
             try:
                 self._draw_step_charts(self._step_key())
