@@ -55,7 +55,8 @@ def status_block(s: dict) -> str:
     if s["steps_per_s"]:
         per_rank = s["samples_per_s_per_rank"]
         lines.append(f"  speed      {s['steps_per_s']:.1f} steps/s, ETA {_duration(s['eta_s'])}"
-                     + (f"; {s['world_size']} ranks × {per_rank:.0f} samples/s" if per_rank else ""))
+                     + (f"; {s['world_size']} ranks × {per_rank:.0f} samples/s" if per_rank and s["world_size"] > 1
+                        else f"; {per_rank:.0f} samples/s" if per_rank else ""))
     if s["heartbeat_age_s"] is not None:
         lines.append(f"  heartbeat  {s['heartbeat_age_s']:.1f} s ago")
     ev = s["last_eval"]
