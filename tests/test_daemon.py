@@ -112,7 +112,7 @@ def test_start_pause_resume_eval_stop_and_resume_continues(db, data):
     one_line_error(lvmd("serve", str(run_id), "--resume", "--db", db), "already has a daemon", f"pid {pid}")
     one_line_error(lvmd("resume", str(run_id), "--foreground", "--db", db), "is running")
     before, t0 = cpu_seconds(pid), time.monotonic()
-    wait_for(lambda: max_step(db, run_id) > 50, 20, "some training")
+    wait_for(lambda: max_step(db, run_id) > 50, 60, "some training")
     time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
     assert (cpu_seconds(pid) - before) / (time.monotonic() - t0) > 0.05    # the probe sees a busy daemon
 
@@ -137,7 +137,7 @@ def test_start_pause_resume_eval_stop_and_resume_continues(db, data):
     # resume, then evaluate mid-epoch
     out = lvmd("resume", str(run_id), "--db", db, check=True).stdout
     assert out == f"run {run_id} resumed at step {paused_at}\n"
-    wait_for(lambda: max_step(db, run_id) > paused_at + 20, 20, "training after resume")
+    wait_for(lambda: max_step(db, run_id) > paused_at + 20, 60, "training after resume")
     out = lvmd("eval", str(run_id), "--db", db, "--timeout", "30", check=True).stdout
     match = re.fullmatch(rf"run {run_id} evaluated at step (\d+): (\d)/5 gates \(eval (\d+)\)\n", out)
     assert match, out
@@ -161,9 +161,9 @@ def test_start_pause_resume_eval_stop_and_resume_continues(db, data):
     out = lvmd("resume", str(run_id), "--db", db, check=True).stdout
     assert re.match(rf"run {run_id} resumed from step {stopped_at} \(running, pid \d+\)", out), out
     new_pid = run_row(db, run_id)["pid"]
-    wait_for(lambda: max_step(db, run_id) > stopped_at + 30, 20, "training after the restart")
+    wait_for(lambda: max_step(db, run_id) > stopped_at + 30, 60, "training after the restart")
     os.kill(new_pid, signal.SIGTERM)
-    wait_for(lambda: run_row(db, run_id)["state"] == "stopped" and not pid_alive(new_pid), 20, "SIGTERM stop")
+    wait_for(lambda: run_row(db, run_id)["state"] == "stopped" and not pid_alive(new_pid), 60, "SIGTERM stop")
     assert assert_contiguous(db, run_id) == run_row(db, run_id)["step"]
     ((detail,),) = query(db, "SELECT detail FROM events WHERE kind = 'resume' AND step = ?", stopped_at)
     assert json.loads(detail)["removed"]["steps"] == 0
@@ -175,17 +175,17 @@ def test_start_pause_resume_eval_stop_and_resume_continues(db, data):
 def test_kill_9_is_seen_as_crashed_and_resume_drops_the_rows_after_the_checkpoint(db, data):
     run_id = start(db, *data, *RUN, "train.batch_size=2")    # long epochs: no epoch-end checkpoint here
     pid = run_row(db, run_id)["pid"]
-    wait_for(lambda: max_step(db, run_id) > 20, 20, "some training")
+    wait_for(lambda: max_step(db, run_id) > 20, 60, "some training")
     os.kill(pid, signal.SIGUSR1)                                   # evaluate now, by signal
     wait_for(lambda: query(db, "SELECT 1 FROM evals WHERE run_id = ? AND trigger = 'signal'", run_id), 30,
              "an evals row from SIGUSR1")
     out = lvmd("checkpoint", str(run_id), "--db", db, check=True).stdout
     checkpoint_at = int(re.fullmatch(rf"run {run_id} checkpoint at step (\d+): .*last\.pt\n", out)[1])
-    wait_for(lambda: max_step(db, run_id) > checkpoint_at + 20, 20, "rows after the checkpoint")
+    wait_for(lambda: max_step(db, run_id) > checkpoint_at + 20, 60, "rows after the checkpoint")
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    wait_for(lambda: not pid_alive(pid), 5, "the kill")
-    wait_for(lambda: status(db, run_id)["state"] == "crashed", 25, "status to say crashed", interval=1.0)
+    wait_for(lambda: not pid_alive(pid), 30, "the kill")
+    wait_for(lambda: status(db, run_id)["state"] == "crashed", 60, "status to say crashed", interval=1.0)
     assert time.monotonic() - killed > 5                   # only once the heartbeat is stale too
     evidence = json.loads(query(db, "SELECT detail FROM events WHERE kind = 'state' ORDER BY id DESC LIMIT 1")[0][0])
     assert evidence["state"] == "crashed" and evidence["pid"] == pid and "is gone" in evidence["reason"]
@@ -196,7 +196,7 @@ def test_kill_9_is_seen_as_crashed_and_resume_drops_the_rows_after_the_checkpoin
     assert resumed_from == checkpoint_at < left_behind
     ((detail,),) = query(db, "SELECT detail FROM events WHERE kind = 'resume'")
     assert json.loads(detail)["removed"]["steps"] == left_behind - resumed_from > 0
-    wait_for(lambda: max_step(db, run_id) > left_behind + 10, 20, "training after the resume")
+    wait_for(lambda: max_step(db, run_id) > left_behind + 10, 60, "training after the resume")
     assert re.match(rf"run {run_id} stopped at step \d+", lvmd("stop", str(run_id), "--db", db, check=True).stdout)
     assert_contiguous(db, run_id)
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
@@ -222,7 +222,7 @@ def test_errors_are_one_line_with_a_nonzero_exit(db, data, tmp_path):
 
 def test_collapse_with_action_pause_pauses_the_daemon(db, data):
     run_id = start(db, *data, *RUN, *COLLAPSE, "watch.action=pause")
-    wait_for(lambda: run_row(db, run_id)["state"] == "paused", 20, "the watch to pause the run")
+    wait_for(lambda: run_row(db, run_id)["state"] == "paused", 60, "the watch to pause the run")
     ((step, detail),) = query(db, "SELECT step, detail FROM events WHERE kind = 'collapse_warning'")
     warning = json.loads(detail)
     over = {s["symptom"]: s for s in warning["symptoms"]}["rho_over_cap"]
@@ -247,7 +247,10 @@ def test_collapse_with_action_stop_stops_a_foreground_run(db, data):
     # stopping the run again as soon as a fresh window fills.
     stopped_at = max_step(db, 1)
     lvmd("resume", "1", "--db", db, check=True)
-    wait_for(lambda: max_step(db, 1) > stopped_at + 5 * 16, 20, "several watch windows after the resume")
+    wait_for(lambda: max_step(db, 1) > stopped_at + 5 * 16, 60, "several watch windows after the resume")
     assert run_row(db, 1)["state"] == "running"
     assert query(db, "SELECT count(*) FROM events WHERE kind = 'collapse_warning'") == [(1,)]
-    lvmd("stop", "1", "--db", db, check=True)
+    # by now the symptom may have cleared and come back, and the watch stopped the run again (seen
+    # under load): that is the watch working, so the last stop may find nothing to stop
+    out = lvmd("stop", "1", "--db", db)
+    assert out.returncode == 0 or "is stopped; there is nothing to stop" in out.stderr, out.stderr

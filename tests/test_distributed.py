@@ -150,7 +150,7 @@ def test_pause_resume_stop_reach_both_ranks(tiny_data, db):
 
 def test_killed_rank_crashes_the_run_and_one_process_finishes_it(tiny_data, db):
     db, pids = db
-    total = 240
+    total = 1200  # long enough that a starved test process still finds the job alive (240 could finish first)
     torchrun, r0, r1 = start_pair(db, pids, [*data_overrides(tiny_data), *LONG, f"train.max_steps={total}",
                                              "train.checkpoint_every=20"])
     wait_for(lambda: max_step(db, 1) >= 45, 120, "a few checkpoints")

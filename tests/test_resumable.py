@@ -225,7 +225,7 @@ def test_stop_force_never_kills_a_process_that_is_not_the_runs_daemon(db, files,
         conn.commit()
         conn.close()
         assert lvmd("stop", "1", "--force", "--db", db, check=True).stdout.startswith("run 1 stopped")
-        wait_for(lambda: not pid_alive(daemon_pid), 10, "the daemon to die")
+        wait_for(lambda: not pid_alive(daemon_pid), 30, "the daemon to die")
         assert stranger.poll() is None
     finally:
         stranger.kill()
