@@ -138,6 +138,7 @@ def main() -> int:
             counts = reader_tail(args.db, args.until)
         else:
             counts = reader_status(args.db, args.until, report=args.reader == "report")
+        counts["cpu_s"] = time.process_time()      # what this reader took from the machine
         Path(args.out).write_text(json.dumps(counts))
         return 0
 
@@ -201,6 +202,12 @@ def main() -> int:
     print(f"max WAL: {max(alone['wal_max_mb'], together['wal_max_mb']):.2f} MB   (target <= 16 MB)")
     print(f"lock errors: {lock_errors}, other reader errors: {reader_errors - sum(c['lock_errors'] for c in counts)}"
           f"   (target 0); integrity_check: {integrity}")
+    minutes = args.minutes
+    for kind in ("tail", "status", "report"):
+        cpu = [c.get("cpu_s", 0.0) for k, c in zip(kinds, counts) if k == kind]
+        if cpu:
+            print(f"  {kind:<7} readers: {len(cpu)}, CPU {sum(cpu):.0f} s in all "
+                  f"({100 * sum(cpu) / (minutes * 60):.0f} % of one core), {max(cpu):.1f} s the most")
     for c in counts:
         for m in c["messages"]:
             print(f"  reader error: {m}")

@@ -13,6 +13,7 @@ from typing import Iterator
 
 from store.db import StoreError, connect
 from store.schema import MIGRATIONS, STEP_METRICS
+from store.step_blocks import BLOCK_STEPS, block_series
 
 # `lvmd export --table X`: the query of each table, filtered to one run, in time order.
 EXPORT_QUERIES = {
@@ -40,6 +41,9 @@ EXPORT_HELP = {
 # Names the 5CAT writer (lvmd/eval/fivecat.py) gives the retrieval metric and the validation split.
 R_AT_5_METRIC = "r_at_5"
 VAL_SPLIT = "VAL"
+# A run this many 64-step blocks per chart bin long is binned from step_blocks: a bin then takes
+# whole blocks (its edges move by < 64 steps) and reads 1/64 of the rows.
+BLOCKS_PER_BIN = 4
 
 
 def open_readonly(path: str | os.PathLike) -> sqlite3.Connection:
@@ -72,8 +76,8 @@ def epoch_rows(conn: sqlite3.Connection, run_id: int) -> list[dict]:
     """The epochs rows joined with that epoch's step aggregates (ratio, pos, neg, skips)."""
     rows = conn.execute(
         "SELECT e.*, s.steps, s.skips, s.attenuations, s.ratio_mean, s.pos_mean, s.neg_mean"
-        " FROM epochs e LEFT JOIN v_epoch_steps s ON s.run_id = e.run_id AND s.epoch = e.epoch"
-        " WHERE e.run_id = ? ORDER BY e.epoch", (run_id,))
+        " FROM epochs e LEFT JOIN (SELECT * FROM v_epoch_steps WHERE run_id = ?) s ON s.epoch = e.epoch"
+        " WHERE e.run_id = ? ORDER BY e.epoch", (run_id, run_id))
     return [dict(r) for r in rows]
 
 
@@ -85,9 +89,14 @@ def step_series(conn: sqlite3.Connection, run_id: int, columns: tuple[str, ...],
         raise ValueError(f"steps has no metric {unknown[0]!r}")
     if bins <= 0:
         return {c: [] for c in columns}
-    lo, hi = conn.execute("SELECT MIN(step), MAX(step) FROM steps WHERE run_id = ?", (run_id,)).fetchone()
+    # two subqueries: each is one index probe, MIN and MAX in one SELECT would read every row
+    lo, hi = conn.execute("SELECT (SELECT MIN(step) FROM steps WHERE run_id = ?),"
+                          " (SELECT MAX(step) FROM steps WHERE run_id = ?)", (run_id, run_id)).fetchone()
     if lo is None:
         return {c: [] for c in columns}
+    if hi - lo + 1 >= bins * BLOCK_STEPS * BLOCKS_PER_BIN:  # a long run: from its 64-step sums
+        rows = block_series(conn, run_id, columns, lo, hi, bins)
+        return {c: [r[i + 1] for r in rows] for i, c in enumerate(columns)}
     means = ", ".join(f"AVG({c})" for c in columns)
     rows = conn.execute(
         f"SELECT CAST((step - ?) * ? / (? - ? + 1) AS INTEGER) AS bin, {means}"

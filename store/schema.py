@@ -172,6 +172,16 @@ def _m008_database_id(db: sqlite_utils.Database) -> None:
     db.conn.execute("INSERT OR IGNORE INTO db_properties (key, value) VALUES ('db_id', ?)", (uuid.uuid4().hex,))
 
 
+def _m009_step_blocks(db: sqlite_utils.Database) -> None:
+    """step_blocks: the steps summed per run, epoch and 64 steps, kept by triggers
+    (store/step_blocks.py); the step views read it (store/views.py VIEWS_V3)."""
+    from store.step_blocks import create_step_blocks
+    from store.views import VIEWS_V3, create_views
+
+    create_step_blocks(db.conn)
+    create_views(db.conn, VIEWS_V3)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
@@ -181,6 +191,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m006_system_samples,
     _m007_sweeps,
     _m008_database_id,
+    _m009_step_blocks,
 ]
 
 

@@ -178,6 +178,102 @@ VIEWS_V2: dict[str, str] = VIEWS_V1 | {
 }
 
 
+# v3 (migration 9): the same columns from step_blocks (store/step_blocks.py: the steps summed per
+# 64), so a view reads 1/64 of the rows. Means are sums over counts, as AVG() computes them.
+_BLOCK_RHO_OVER = """(
+                        SELECT TOTAL(CASE WHEN b.{col}_max <= g.cap + {tol} THEN 0 ELSE (
+                            SELECT COUNT(*) FROM steps s WHERE s.run_id = b.run_id
+                                                          AND s.step BETWEEN b.first_step AND b.last_step
+                                                          AND s.epoch = b.epoch AND s.{col} > g.cap + {tol}) END)
+                        FROM step_blocks b JOIN stages g ON g.run_id = b.run_id
+                                                       AND b.epoch >= g.from_epoch AND b.epoch < g.until_epoch
+                        WHERE b.run_id = c.run_id)"""
+VIEWS_V3: dict[str, str] = VIEWS_V2 | {
+    "v_epoch_steps": """
+        SELECT run_id, epoch,
+               SUM(steps) AS steps, MIN(first_step) AS first_step, MAX(last_step) AS last_step,
+               CAST(TOTAL(sum_skip) AS INTEGER) AS skips,
+               CAST(TOTAL(sum_attenuate) AS INTEGER) AS attenuations,
+               SUM(sum_ratio) / SUM(steps) AS ratio_mean, SUM(sum_pos) / SUM(steps) AS pos_mean,
+               SUM(sum_neg) / SUM(steps) AS neg_mean,
+               MIN(pos_min) AS pos_min, MAX(rho_max) AS rho_max, MAX(rho_pre_max) AS rho_pre_max
+        FROM step_blocks
+        GROUP BY run_id, epoch""",
+
+    "v_run_summary": """
+        SELECT r.id AS run_id, r.name, r.preset, r.compat, r.state,
+               (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs_done,
+               r.total_epochs,
+               (SELECT MAX(e.val_margin) FROM epochs e WHERE e.run_id = r.id) AS best_margin,
+               last.val_margin AS last_margin, last.val_cos AS last_val_cos, last.r_at_5 AS last_r_at_5,
+               ev.gates_passed AS last_gates_passed, ev.gates_total AS last_gates_total,
+               COALESCE(st.steps, 0) AS steps, st.skip_rate, st.rho_max, st.rho_pre_max, st.pos_min,
+               r.created_at, r.ended_at
+        FROM runs r
+        LEFT JOIN epochs last
+               ON last.run_id = r.id AND last.epoch = (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)
+        -- the latest evaluation that produced a gate count (a failed one has none)
+        LEFT JOIN evals ev
+               ON ev.id = (SELECT MAX(id) FROM evals WHERE run_id = r.id AND gates_passed IS NOT NULL)
+        LEFT JOIN (SELECT run_id, SUM(steps) AS steps, SUM(sum_skip) / SUM(steps) AS skip_rate,
+                          MAX(rho_max) AS rho_max, MAX(rho_pre_max) AS rho_pre_max, MIN(pos_min) AS pos_min
+                   FROM step_blocks GROUP BY run_id) st ON st.run_id = r.id""",
+
+    # Steps over the cap in force are counted in the steps table only within blocks whose
+    # maximum is over it: a run that held its cap reads none.
+    "v_guardrail_checks": f"""
+        WITH caps AS (
+            SELECT id AS run_id, name, config_json,
+                   {_RUN_CAP}
+            FROM runs
+        ), stages AS (
+            SELECT c.run_id,
+                   COALESCE(LAG(json_extract(j.value, '$.until')) OVER w, 0) AS from_epoch,
+                   CASE WHEN LEAD(j.key) OVER w IS NULL THEN 9e18
+                        ELSE json_extract(j.value, '$.until') END AS until_epoch,
+                   COALESCE(NULLIF(json_extract(j.value, '$.rho_cap'), 0), c.rho_cap) AS cap
+            FROM caps c, json_each(c.config_json, '$.loss.ramp') j
+            WINDOW w AS (PARTITION BY c.run_id ORDER BY j.key)
+            UNION ALL
+            SELECT run_id, 0, 9e18, rho_cap FROM caps
+            WHERE COALESCE(json_array_length(config_json, '$.loss.ramp'), 0) = 0
+        ), epochs_of AS (
+            SELECT run_id, epoch, SUM(sum_ratio) / SUM(steps) AS ratio_mean FROM step_blocks GROUP BY run_id, epoch
+        ), stats AS (
+            SELECT DISTINCT c.run_id, c.name, c.rho_cap,
+                   (SELECT MIN(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS first_epoch,
+                   (SELECT MAX(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS last_epoch,
+                   (SELECT COALESCE(SUM(b.steps), 0) FROM step_blocks b WHERE b.run_id = c.run_id) AS steps,
+                   (SELECT MAX(b.rho_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_max,
+                   (SELECT MAX(b.rho_pre_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_pre_max,
+                   CAST({_BLOCK_RHO_OVER.format(col="rho", tol=RHO_CAP_TOLERANCE)} AS INTEGER) AS rho_over_cap_steps,
+                   CAST({_BLOCK_RHO_OVER.format(col="rho_pre", tol=RHO_CAP_TOLERANCE)} AS INTEGER) AS rho_pre_over_cap_steps,
+                   (SELECT CAST(TOTAL(b.sum_skip) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id) AS skips,
+                   (SELECT MIN(b.pos_min) FROM step_blocks b WHERE b.run_id = c.run_id) AS pos_min,
+                   (SELECT CAST(TOTAL(b.pos_negative) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id
+                   ) AS pos_negative_steps,
+                   (SELECT COUNT(*) FROM epochs_of p WHERE p.run_id = c.run_id) AS epochs_with_steps,
+                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch LIMIT 1
+                   ) AS ratio_first_epoch,
+                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch DESC LIMIT 1
+                   ) AS ratio_last_epoch,
+                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
+                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
+            FROM caps c
+        ), flags AS (
+            SELECT *,
+                   -- the lowest and highest cap in force over the epochs that have steps
+                   (SELECT MIN(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
+                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_min,
+                   (SELECT MAX(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
+                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_max,
+{_FLAGS}
+            FROM stats st
+        )
+{_ALL_HELD}""",
+}
+
+
 def create_views(conn: sqlite3.Connection, views: Mapping[str, str]) -> None:
     """(Re)create each view, in order: later ones may select from earlier ones."""
     for name in reversed(list(views)):
