@@ -52,6 +52,24 @@ _CAP_IN_FORCE = """(
                         SELECT g.cap FROM stages g WHERE g.run_id = s.run_id
                                                      AND s.epoch >= g.from_epoch AND s.epoch < g.until_epoch)"""
 
+# v_run_summary's columns that do not come from the steps, and its joins (v1 and v3)
+_SUMMARY_HEAD = """\
+        SELECT r.id AS run_id, r.name, r.preset, r.compat, r.state,
+               (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs_done,
+               r.total_epochs,
+               (SELECT MAX(e.val_margin) FROM epochs e WHERE e.run_id = r.id) AS best_margin,
+               last.val_margin AS last_margin, last.val_cos AS last_val_cos, last.r_at_5 AS last_r_at_5,
+               ev.gates_passed AS last_gates_passed, ev.gates_total AS last_gates_total,
+"""
+_SUMMARY_FROM = """\
+               r.created_at, r.ended_at
+        FROM runs r
+        LEFT JOIN epochs last
+               ON last.run_id = r.id AND last.epoch = (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)
+        -- the latest evaluation that produced a gate count (a failed one has none)
+        LEFT JOIN evals ev
+               ON ev.id = (SELECT MAX(id) FROM evals WHERE run_id = r.id AND gates_passed IS NOT NULL)"""
+
 VIEWS_V1: dict[str, str] = {
     # Step aggregates per run and epoch; the base of the per-epoch views below.
     "v_epoch_steps": """
@@ -71,25 +89,14 @@ VIEWS_V1: dict[str, str] = {
 
     # One row per run. Correlated subqueries (not a GROUP BY over all steps) so that
     # `WHERE run_id = ?` reads only that run's rows through the (run_id, step) index.
-    "v_run_summary": """
-        SELECT r.id AS run_id, r.name, r.preset, r.compat, r.state,
-               (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs_done,
-               r.total_epochs,
-               (SELECT MAX(e.val_margin) FROM epochs e WHERE e.run_id = r.id) AS best_margin,
-               last.val_margin AS last_margin, last.val_cos AS last_val_cos, last.r_at_5 AS last_r_at_5,
-               ev.gates_passed AS last_gates_passed, ev.gates_total AS last_gates_total,
+    "v_run_summary": f"""
+{_SUMMARY_HEAD}\
                (SELECT COUNT(*) FROM steps s WHERE s.run_id = r.id) AS steps,
                (SELECT AVG(s.skip) FROM steps s WHERE s.run_id = r.id) AS skip_rate,
                (SELECT MAX(s.rho) FROM steps s WHERE s.run_id = r.id) AS rho_max,
                (SELECT MAX(s.rho_pre) FROM steps s WHERE s.run_id = r.id) AS rho_pre_max,
                (SELECT MIN(s.pos) FROM steps s WHERE s.run_id = r.id) AS pos_min,
-               r.created_at, r.ended_at
-        FROM runs r
-        LEFT JOIN epochs last
-               ON last.run_id = r.id AND last.epoch = (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)
-        -- the latest evaluation that produced a gate count (a failed one has none)
-        LEFT JOIN evals ev
-               ON ev.id = (SELECT MAX(id) FROM evals WHERE run_id = r.id AND gates_passed IS NOT NULL)""",
+{_SUMMARY_FROM}""",
 
     # A gate passes iff every one of its metric rows passes (a NULL `passed` counts as a fail).
     "v_gates": """
@@ -128,14 +135,8 @@ VIEWS_V1: dict[str, str] = {
 {_ALL_HELD}""",
 }
 
-# v2: ρ is held to the cap in force at each step, as the trainer, the collapse watch and the TUI
-# hold it: the ramp stage's own cap (v2.2: .35/.45/.50/.50 by stage) where it has one, else
-# loss.rho_cap, else the seed's 0.25. v1 compared every step with loss.rho_cap, which flagged
-# v2.2 runs as over their cap in every step above 0.25.
-VIEWS_V2: dict[str, str] = VIEWS_V1 | {
-    # `stages`: each ramp stage's epochs [from_epoch, until_epoch) and its cap (the last stage
-    # runs on; a run without a ramp has one stage), materialised once: it has a window function.
-    "v_guardrail_checks": f"""
+# v2 and v3 share: each run's cap, each ramp stage's epochs and cap, and the flags over them
+_CAPS_AND_STAGES = f"""\
         WITH caps AS (
             SELECT id AS run_id, name, config_json,
                    {_RUN_CAP}
@@ -151,7 +152,28 @@ VIEWS_V2: dict[str, str] = VIEWS_V1 | {
             UNION ALL
             SELECT run_id, 0, 9e18, rho_cap FROM caps
             WHERE COALESCE(json_array_length(config_json, '$.loss.ramp'), 0) = 0
-        ), stats AS (
+        )"""
+_STAGED_FLAGS = f"""\
+        ), flags AS (
+            SELECT *,
+                   -- the lowest and highest cap in force over the epochs that have steps
+                   (SELECT MIN(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
+                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_min,
+                   (SELECT MAX(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
+                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_max,
+{_FLAGS}
+            FROM stats st
+        )
+{_ALL_HELD}"""
+# v2: ρ is held to the cap in force at each step, as the trainer, the collapse watch and the TUI
+# hold it: the ramp stage's own cap (v2.2: .35/.45/.50/.50 by stage) where it has one, else
+# loss.rho_cap, else the seed's 0.25. v1 compared every step with loss.rho_cap, which flagged
+# v2.2 runs as over their cap in every step above 0.25.
+VIEWS_V2: dict[str, str] = VIEWS_V1 | {
+    # `stages`: each ramp stage's epochs [from_epoch, until_epoch) and its cap (the last stage
+    # runs on; a run without a ramp has one stage), materialised once: it has a window function.
+    "v_guardrail_checks": f"""
+{_CAPS_AND_STAGES}, stats AS (
             SELECT DISTINCT c.run_id, c.name, c.rho_cap,
                    -- epochs grow with steps: the run's first and last epoch are two index lookups
                    (SELECT s.epoch FROM steps s WHERE s.run_id = c.run_id ORDER BY s.step LIMIT 1) AS first_epoch,
@@ -164,17 +186,7 @@ VIEWS_V2: dict[str, str] = VIEWS_V1 | {
                    (SELECT COUNT(*) FROM steps s WHERE s.run_id = c.run_id AND s.rho_pre > {RHO_CAP_TOLERANCE} + {_CAP_IN_FORCE}
                    ) AS rho_pre_over_cap_steps,
 {_STEP_STATS}
-        ), flags AS (
-            SELECT *,
-                   -- the lowest and highest cap in force over the epochs that have steps
-                   (SELECT MIN(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
-                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_min,
-                   (SELECT MAX(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
-                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_max,
-{_FLAGS}
-            FROM stats st
-        )
-{_ALL_HELD}""",
+{_STAGED_FLAGS}""",
 }
 
 
@@ -200,44 +212,18 @@ VIEWS_V3: dict[str, str] = VIEWS_V2 | {
         FROM step_blocks
         GROUP BY run_id, epoch""",
 
-    "v_run_summary": """
-        SELECT r.id AS run_id, r.name, r.preset, r.compat, r.state,
-               (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs_done,
-               r.total_epochs,
-               (SELECT MAX(e.val_margin) FROM epochs e WHERE e.run_id = r.id) AS best_margin,
-               last.val_margin AS last_margin, last.val_cos AS last_val_cos, last.r_at_5 AS last_r_at_5,
-               ev.gates_passed AS last_gates_passed, ev.gates_total AS last_gates_total,
-               COALESCE(st.steps, 0) AS steps, st.skip_rate, st.rho_max, st.rho_pre_max, st.pos_min,
-               r.created_at, r.ended_at
-        FROM runs r
-        LEFT JOIN epochs last
-               ON last.run_id = r.id AND last.epoch = (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)
-        -- the latest evaluation that produced a gate count (a failed one has none)
-        LEFT JOIN evals ev
-               ON ev.id = (SELECT MAX(id) FROM evals WHERE run_id = r.id AND gates_passed IS NOT NULL)
-        LEFT JOIN (SELECT run_id, SUM(steps) AS steps, SUM(sum_skip) / SUM(steps) AS skip_rate,
-                          MAX(rho_max) AS rho_max, MAX(rho_pre_max) AS rho_pre_max, MIN(pos_min) AS pos_min
-                   FROM step_blocks GROUP BY run_id) st ON st.run_id = r.id""",
+    "v_run_summary": f"""
+{_SUMMARY_HEAD}               (SELECT COALESCE(SUM(b.steps), 0) FROM step_blocks b WHERE b.run_id = r.id) AS steps,
+               (SELECT SUM(b.sum_skip) / SUM(b.steps) FROM step_blocks b WHERE b.run_id = r.id) AS skip_rate,
+               (SELECT MAX(b.rho_max) FROM step_blocks b WHERE b.run_id = r.id) AS rho_max,
+               (SELECT MAX(b.rho_pre_max) FROM step_blocks b WHERE b.run_id = r.id) AS rho_pre_max,
+               (SELECT MIN(b.pos_min) FROM step_blocks b WHERE b.run_id = r.id) AS pos_min,
+{_SUMMARY_FROM}""",
 
     # Steps over the cap in force are counted in the steps table only within blocks whose
     # maximum is over it: a run that held its cap reads none.
     "v_guardrail_checks": f"""
-        WITH caps AS (
-            SELECT id AS run_id, name, config_json,
-                   {_RUN_CAP}
-            FROM runs
-        ), stages AS (
-            SELECT c.run_id,
-                   COALESCE(LAG(json_extract(j.value, '$.until')) OVER w, 0) AS from_epoch,
-                   CASE WHEN LEAD(j.key) OVER w IS NULL THEN 9e18
-                        ELSE json_extract(j.value, '$.until') END AS until_epoch,
-                   COALESCE(NULLIF(json_extract(j.value, '$.rho_cap'), 0), c.rho_cap) AS cap
-            FROM caps c, json_each(c.config_json, '$.loss.ramp') j
-            WINDOW w AS (PARTITION BY c.run_id ORDER BY j.key)
-            UNION ALL
-            SELECT run_id, 0, 9e18, rho_cap FROM caps
-            WHERE COALESCE(json_array_length(config_json, '$.loss.ramp'), 0) = 0
-        ), epochs_of AS (
+{_CAPS_AND_STAGES}, epochs_of AS (
             SELECT run_id, epoch, SUM(sum_ratio) / SUM(steps) AS ratio_mean FROM step_blocks GROUP BY run_id, epoch
         ), stats AS (
             SELECT DISTINCT c.run_id, c.name, c.rho_cap,
@@ -260,17 +246,7 @@ VIEWS_V3: dict[str, str] = VIEWS_V2 | {
                    (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
                                                     AND v.kind = 'collapse_warning') AS collapse_warnings
             FROM caps c
-        ), flags AS (
-            SELECT *,
-                   -- the lowest and highest cap in force over the epochs that have steps
-                   (SELECT MIN(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
-                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_min,
-                   (SELECT MAX(g.cap) FROM stages g WHERE g.run_id = st.run_id AND g.from_epoch <= st.last_epoch
-                                                      AND g.until_epoch > st.first_epoch) AS rho_cap_max,
-{_FLAGS}
-            FROM stats st
-        )
-{_ALL_HELD}""",
+{_STAGED_FLAGS}""",
 }
 
 
