@@ -9,7 +9,7 @@ an epoch-end or re-run 5CAT), `checkpoint` (between a checkpoint's temp file and
 holds at the n-th time it reaches the point (n drawn at random) and this script kills it there.
 
 Columns: steps exactly once (1..total, no gap, no duplicate); epochs exactly once; every
-epoch's 5CAT present exactly once; integrity_check ok; no temp files left; every `lvmd resume`
+epoch's 5CAT present exactly once; integrity_check ok; step_blocks equal to the steps; no temp files left; every `lvmd resume`
 right after a kill exited 0.
 
     .venv/bin/python scripts/chaos.py --trials 20            # the issue's drill
@@ -132,6 +132,13 @@ def wait_finished(db: Path) -> str:
     return "timeout"
 
 
+# step_blocks (the triggers' 64-step sums) against the same numbers summed from the steps now
+BLOCKS_BY_HAND = ("SELECT run_id, epoch, step / 64, COUNT(*), MIN(step), MAX(step), MIN(pos), MAX(rho), MAX(rho_pre),"
+                  " TOTAL(pos < 0), TOTAL(skip) FROM steps GROUP BY 1, 2, 3")
+BLOCKS_KEPT = ("SELECT run_id, epoch, block, steps, first_step, last_step, pos_min, rho_max, rho_pre_max,"
+               " pos_negative, sum_skip FROM step_blocks")
+
+
 def verify(db: Path, trial: Trial) -> None:
     conn = sqlite3.connect(db, timeout=30)
     try:
@@ -143,6 +150,8 @@ def verify(db: Path, trial: Trial) -> None:
             "SELECT epoch FROM evals WHERE run_id = 1 AND trigger = 'epoch' ORDER BY epoch")]
         integrity = conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)] and \
             conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        blocks_off = conn.execute(f"SELECT (SELECT COUNT(*) FROM ({BLOCKS_BY_HAND} EXCEPT {BLOCKS_KEPT}))"
+                                  f" + (SELECT COUNT(*) FROM ({BLOCKS_KEPT} EXCEPT {BLOCKS_BY_HAND}))").fetchone()[0]
     finally:
         conn.close()
     temps = sorted(p.name for p in Path(out_dir).glob(".*.tmp")) + sorted(p.name for p in Path(out_dir).glob(".*.pid.*"))
@@ -152,6 +161,7 @@ def verify(db: Path, trial: Trial) -> None:
         "epochs exactly once": epochs == list(range(EPOCHS)),
         "every epoch's eval": evals == list(range(EPOCHS)),
         "integrity ok": integrity,
+        "step_blocks exact": blocks_off == 0,
         "no temp files left": not temps,
         "resumes exit 0": all(code == 0 for code in trial.resume_codes),
     }
@@ -161,6 +171,8 @@ def verify(db: Path, trial: Trial) -> None:
         trial.errors.append(f"epoch evals {evals}")
     if temps:
         trial.errors.append(f"temp files {temps}")
+    if blocks_off:
+        trial.errors.append(f"{blocks_off} step_blocks rows differ from the steps")
 
 
 def one_trial(number: int, folder: Path, data: list[str], plan: list[str], rng: random.Random) -> Trial:
@@ -219,7 +231,7 @@ def run_trials(trials: int, *, seed: int = 0, kinds: list[str] | None = None, ki
 
 def table(results: list[Trial]) -> str:
     columns = ["steps exactly once", "epochs exactly once", "every epoch's eval", "integrity ok",
-               "no temp files left", "resumes exit 0"]
+               "step_blocks exact", "no temp files left", "resumes exit 0"]
     n = len(results)
     head = ["trials", *columns]
     vals = [str(n), *(f"{sum(bool(t.checks.get(c)) for t in results)}/{n}" for c in columns)]

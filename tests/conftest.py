@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,22 +32,73 @@ def lvmd(*args: str, cwd: str | Path | None = None, check: bool = False, timeout
     return proc
 
 
+def synth_splits(out: Path, *, n_articles: int, min_chunks: int, max_chunks: int, seed: int, val: float,
+                 ood: float) -> Path:
+    """articles.npz + train/val[/ood].npz in `out` from synthetic articles, D=16."""
+    from lvmd.data import formats as data
+
+    arts = data.synth_articles(n_articles=n_articles, min_chunks=min_chunks, max_chunks=max_chunks, dim=16, seed=seed)
+    data.save_articles(out / "articles.npz", arts)
+    data.write_splits(data.load_articles(out / "articles.npz"), out, context=5, gap=0, val=val, ood=ood, seed=0,
+                      source=str(out / "articles.npz"))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """articles.npz + train/val/ood.npz from 30 synthetic articles, D=16."""
-    from lvmd.data import formats as data
+    return synth_splits(tmp_path_factory.mktemp("tiny_data"), n_articles=30, min_chunks=12, max_chunks=24, seed=1,
+                        val=0.2, ood=0.2)
 
-    out = tmp_path_factory.mktemp("tiny_data")
-    arts = data.synth_articles(n_articles=30, min_chunks=12, max_chunks=24, dim=16, seed=1)
-    data.save_articles(out / "articles.npz", arts)
-    data.write_splits(data.load_articles(out / "articles.npz"), out, context=5, gap=0, val=0.2, ood=0.2, seed=0,
-                 source=str(out / "articles.npz"))
+
+@pytest.fixture(scope="session")
+def synth200(tmp_path_factory) -> Path:
+    """200 synthetic articles made by the real `lvmd data synth` + `lvmd data windows` (~210
+    steps an epoch at batch 16: a run is still training when a test acts on it)."""
+    out = tmp_path_factory.mktemp("synth200")
+    lvmd("data", "synth", "--out", str(out / "articles.npz"), "--articles", "200", "--dim", "16", check=True)
+    lvmd("data", "windows", str(out / "articles.npz"), "--out", str(out), check=True)
     return out
+
+
+@pytest.fixture
+def db(tmp_path):
+    """The test's database path; every daemon its runs name that is still alive at the end is
+    killed by its own pid."""
+    from store.runs import pid_alive
+
+    path = tmp_path / "t.db"
+    yield str(path)
+    if path.exists():
+        for (pid,) in query(path, "SELECT pid FROM runs WHERE state NOT IN ('stopped', 'finished', 'failed', 'crashed')"):
+            if pid and pid_alive(pid) and pid != os.getpid():
+                os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """predicate()'s first truthy value within `timeout` s (deadlines are generous: CI is loaded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def data_overrides(d: Path, *, articles: bool = False) -> list[str]:
     extra = [f"data.articles={d / 'articles.npz'}", f"data.ood={d / 'ood.npz'}"] if articles else []
     return [f"data.train={d / 'train.npz'}", f"data.val={d / 'val.npz'}", *extra]
+
+
+def rows(db, sql: str, *params) -> list[dict]:
+    """query() as dicts."""
+    conn = sqlite3.connect(db, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
 
 
 def query(db, sql: str, *params) -> list[tuple]:

@@ -7,14 +7,13 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_MODEL, lvmd, query
+from conftest import TINY_MODEL, lvmd, query, rows, wait_for
 from store.runs import STALE_SECONDS, pid_alive
 
 # Epochs of ~200 steps (a few per second) that never end on their own within a test; max_steps
@@ -26,45 +25,17 @@ COLLAPSE = ["loss.lam_min=10", "loss.lam_max=10", "loss.rho_cap=0", "watch.skip_
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> list[str]:
-    out = tmp_path_factory.mktemp("daemon_data")
-    lvmd("data", "synth", "--out", str(out / "articles.npz"), "--articles", "200", "--dim", "16", check=True)
-    lvmd("data", "windows", str(out / "articles.npz"), "--out", str(out), check=True)
-    return [f"data.train={out / 'train.npz'}", f"data.val={out / 'val.npz'}", f"data.articles={out / 'articles.npz'}"]
-
-
-@pytest.fixture
-def db(tmp_path):
-    """The test's database; any daemon still alive at the end is killed (by its own pid)."""
-    path = tmp_path / "t.db"
-    yield str(path)
-    if path.exists():
-        for (pid,) in query(path, "SELECT pid FROM runs WHERE state NOT IN ('stopped', 'finished', 'failed')"):
-            if pid_alive(pid) and pid != os.getpid():
-                os.kill(pid, signal.SIGKILL)
+def data(synth200) -> list[str]:
+    return [f"data.train={synth200 / 'train.npz'}", f"data.val={synth200 / 'val.npz'}",
+            f"data.articles={synth200 / 'articles.npz'}"]
 
 
 def run_row(db, run_id: int) -> dict:
-    conn = sqlite3.connect(db, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
-    finally:
-        conn.close()
+    return rows(db, "SELECT * FROM runs WHERE id = ?", run_id)[0]
 
 
 def max_step(db, run_id: int) -> int:
     return query(db, "SELECT COALESCE(max(step), 0) FROM steps WHERE run_id = ?", run_id)[0][0]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def status(db, run_id: int) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, lvmd, query
+from conftest import TINY_MODEL, lvmd, query, rows, synth_splits, wait_for
 from lvmd.data import formats as data
 from store.runs import pid_alive
 
@@ -29,35 +29,16 @@ SHORT = [*TINY_MODEL, "train.batch_size=16", "train.epochs=2", "eval.fivecat_eve
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("resumable_data")
-    arts = data.synth_articles(n_articles=24, min_chunks=12, max_chunks=20, dim=16, seed=2)
-    data.save_articles(out / "articles.npz", arts)
-    data.write_splits(data.load_articles(out / "articles.npz"), out, context=5, gap=0, val=0.25, ood=0.0, seed=0,
-                      source=str(out / "articles.npz"))
-    return out
+    return synth_splits(tmp_path_factory.mktemp("resumable_data"), n_articles=24, min_chunks=12, max_chunks=20,
+                        seed=2, val=0.25, ood=0.0)
 
 
 def overrides(d: Path) -> list[str]:
     return [f"data.train={d / 'train.npz'}", f"data.val={d / 'val.npz'}", f"data.articles={d / 'articles.npz'}"]
 
 
-@pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "t.db"
-    yield str(path)
-    if path.exists():
-        for (pid,) in query(path, "SELECT pid FROM runs WHERE state NOT IN ('stopped', 'finished', 'failed', 'crashed')"):
-            if pid and pid_alive(pid) and pid != os.getpid():
-                os.kill(pid, signal.SIGKILL)
-
-
 def row(db, run_id: int = 1) -> dict:
-    conn = sqlite3.connect(db, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
-    finally:
-        conn.close()
+    return rows(db, "SELECT * FROM runs WHERE id = ?", run_id)[0]
 
 
 def states(db, run_id: int = 1) -> list[str]:
@@ -70,15 +51,6 @@ def one_line_error(proc, *words: str) -> str:
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("lvmd: error:"), proc.stderr
     assert all(w in lines[0] for w in words), lines[0]
     return lines[0]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def stopped_run(db, files: Path, *extra: str) -> dict:
@@ -131,7 +103,10 @@ def test_an_old_database_is_migrated_and_its_runs_keep_their_folders(tmp_path, f
     shutil.move(folder, old)
     (old / "run.json").unlink()
     conn = sqlite3.connect(db)
-    conn.executescript(f"DROP TABLE db_properties; PRAGMA user_version = 7; "
+    # a file as lvmd at schema 7 left it: no db id (migration 8), no step sums (migration 9)
+    conn.executescript(f"DROP TABLE db_properties; DROP TRIGGER steps_add_to_block; "
+                       f"DROP TRIGGER steps_resum_block_on_delete; DROP TRIGGER steps_resum_blocks_on_update; "
+                       f"DROP TABLE step_blocks; PRAGMA user_version = 7; "
                        f"UPDATE runs SET out_dir = '{old}', state = 'stopped';")
     conn.close()
     proc = lvmd("resume", "1", "--foreground", "--quiet", "--db", str(db))
@@ -294,12 +269,8 @@ def test_resume_refuses_a_changed_data_file_unless_allowed(db, files, tmp_path):
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> Path:
     """Epochs of thousands of steps: no epoch-end checkpoint within a test."""
-    out = tmp_path_factory.mktemp("resumable_big")
-    arts = data.synth_articles(n_articles=400, min_chunks=12, max_chunks=20, dim=16, seed=4)
-    data.save_articles(out / "articles.npz", arts)
-    data.write_splits(data.load_articles(out / "articles.npz"), out, context=5, gap=0, val=0.05, ood=0.0, seed=0,
-                      source=str(out / "articles.npz"))
-    return out
+    return synth_splits(tmp_path_factory.mktemp("resumable_big"), n_articles=400, min_chunks=12, max_chunks=20,
+                        seed=4, val=0.05, ood=0.0)
 
 
 def test_resume_right_after_a_kill_works_even_before_the_first_checkpoint(db, big):

@@ -11,13 +11,11 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_MODEL, data_overrides, lvmd, query
-from store.runs import pid_alive
+from conftest import ROOT, TINY_MODEL, data_overrides, lvmd, query, rows, wait_for
 
 GRID = ["--grid", "loss.preset=mse,v2.1", "--grid", "loss.prev=ctx-2,true"]
 FAST = [*TINY_MODEL, "train.epochs=2", "eval.max_samples=200", "eval.check_samples=100"]
@@ -26,33 +24,10 @@ T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 29: 2.045}
 
 
 @pytest.fixture(scope="module")
-def long_data(tmp_path_factory) -> list[str]:
-    """200 synthetic articles: ~210 steps an epoch at batch 16 (seconds, not milliseconds), so a
-    run is still training when a test kills something or the pruner looks."""
-    out = tmp_path_factory.mktemp("sweep_data")
-    lvmd("data", "synth", "--out", str(out / "articles.npz"), "--articles", "200", "--dim", "16", check=True)
-    lvmd("data", "windows", str(out / "articles.npz"), "--out", str(out), check=True)
-    return [f"data.train={out / 'train.npz'}", f"data.val={out / 'val.npz'}", "train.batch_size=16"]
-
-
-@pytest.fixture
-def db(tmp_path):
-    """The test's database; every daemon still alive at the end is killed by its own pid."""
-    path = tmp_path / "t.db"
-    yield str(path)
-    if path.exists():
-        for (pid,) in query(path, "SELECT pid FROM runs WHERE state NOT IN ('stopped', 'finished', 'failed')"):
-            if pid and pid_alive(pid) and pid != os.getpid():
-                os.kill(pid, signal.SIGKILL)
-
-
-def rows(db, sql: str, *params) -> list[dict]:
-    conn = sqlite3.connect(db, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
+def long_data(synth200) -> list[str]:
+    """Seconds an epoch, not milliseconds: a run is still training when a test kills something or
+    the pruner looks."""
+    return [f"data.train={synth200 / 'train.npz'}", f"data.val={synth200 / 'val.npz'}", "train.batch_size=16"]
 
 
 def run_is(db, run_id: int, state: str) -> bool:
@@ -60,16 +35,6 @@ def run_is(db, run_id: int, state: str) -> bool:
         return bool(rows(db, "SELECT id FROM runs WHERE id = ? AND state = ?", run_id, state))
     except sqlite3.OperationalError:      # the driver has not created the file's tables yet
         return False
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_grid_of_2x2_configs_by_2_seeds_gives_8_finished_runs_under_one_sweep(db, tiny_data):
