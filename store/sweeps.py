@@ -125,24 +125,41 @@ def member_values(conn: sqlite3.Connection, sweep_id: int) -> list[dict]:
 
 
 # -- what a view of sweeps shows (the TUI's sweep groups) -------------------------------------------
+def has_sweeps(conn: sqlite3.Connection) -> bool:
+    """Does the file have migration 7's tables? A read-only reader (the TUI) never migrates, so a
+    file written by an older lvmd has neither `sweeps` nor runs.sweep_id."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sweeps'").fetchone() is not None
+
+
 def sweep_progress(conn: sqlite3.Connection) -> list[dict]:
     """Per sweep: runs planned, finished, training, configurations pruned, and the best
-    configuration so far by mean last-epoch margin over its finished seeds."""
+    configuration so far by mean last-epoch margin over its finished seeds (as v_sweep_summary
+    ranks them). The TUI's tail reads this on every commit, so it reads runs and the last epoch
+    rows through their indexes only, never v_run_summary (which scans every member's steps)."""
+    if not has_sweeps(conn):
+        return []
     out = []
     for s in list_sweeps(conn):
         seeds = len(json.loads(s["spec_json"]).get("seeds", [])) or 1
-        configs = sweep_summary(conn, s["id"])
+        configs = dict(conn.execute("SELECT label, state FROM sweep_configs WHERE sweep_id = ?"
+                                    " ORDER BY created_at, label", (s["id"],)).fetchall())
         states = dict(conn.execute(
             "SELECT CASE WHEN state IN ('finished', 'stopped', 'failed', 'crashed') THEN state ELSE 'live' END,"
             " COUNT(*) FROM runs WHERE sweep_id = ? GROUP BY 1", (s["id"],)).fetchall())
-        ranked = sorted((c for c in configs if c["finished"] and c["config_state"] != "pruned"
-                         and c["margin_mean"] is not None), key=lambda c: c["margin_mean"], reverse=True)
+        finished = conn.execute(
+            "SELECT r.sweep_config, COUNT(*), AVG(e.val_margin) FROM runs r LEFT JOIN epochs e ON e.run_id = r.id"
+            " AND e.epoch = (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)"
+            " WHERE r.sweep_id = ? AND r.state = 'finished' GROUP BY r.sweep_config", (s["id"],)).fetchall()
+        done = {label: (label, n, margin) for label, n, margin in finished if margin is not None}
+        # in creation order, then by margin: ties go to the older configuration, as in v_sweep_summary
+        ranked = sorted((done[c] for c, state in configs.items() if c in done and state != "pruned"),
+                        key=lambda c: c[2], reverse=True)
         out.append({"id": s["id"], "name": s["name"], "search": s["search"], "state": s["state"],
                     "planned": len(configs) * seeds, "finished": states.get("finished", 0),
-                    "training": states.get("live", 0), "pruned": sum(c["config_state"] == "pruned" for c in configs),
-                    "best": ranked[0]["config"] if ranked else None,
-                    "best_margin": ranked[0]["margin_mean"] if ranked else None,
-                    "best_n": ranked[0]["finished"] if ranked else 0})
+                    "training": states.get("live", 0), "pruned": sum(v == "pruned" for v in configs.values()),
+                    "best": ranked[0][0] if ranked else None,
+                    "best_margin": ranked[0][2] if ranked else None,
+                    "best_n": ranked[0][1] if ranked else 0})
     return out
 
 
