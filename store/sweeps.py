@@ -163,6 +163,27 @@ def sweep_progress(conn: sqlite3.Connection) -> list[dict]:
     return out
 
 
+BASELINE = "loss.preset=mse"  # what `lvmd compare --sweep` holds a configuration against by default
+
+
+def baseline_config(conn: sqlite3.Connection, sweep_id: int, label: str, baseline: str = BASELINE) -> str | None:
+    """The configuration `lvmd compare --sweep` compares `label` with: `baseline` as a label, or
+    its key=value swapped into label's own overrides (v2.1 with prev=true → mse with prev=true).
+    The rule of lvmd/eval/sweepstats.baseline_of, here for the TUI, which may not import lvmd.
+    None when the sweep has no such configuration, or when it is `label` itself."""
+    configs = configs_of(conn, sweep_id)
+    overrides = {c["label"]: dict(o.split("=", 1) for o in c["overrides"]) for c in configs}
+    key, _, value = baseline.partition("=")
+    if baseline in overrides:
+        found = baseline
+    elif key in overrides.get(label, {}):
+        want = {**overrides[label], key: value}
+        found = next((c for c, o in overrides.items() if o == want), None)
+    else:
+        found = None
+    return None if found == label else found
+
+
 EPOCH_BAND_COLUMNS = ("val_margin", "val_cos", "r_at_5", "skip_rate", "rho_max")
 
 

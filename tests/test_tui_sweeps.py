@@ -162,36 +162,49 @@ async def test_the_runs_screen_shows_the_sweep_with_its_best_configuration_and_g
         assert app.marked_ids == set()
 
 
-async def test_a_members_epoch_charts_overlay_its_configurations_band_over_seeds(sweep_db):
-    run = rows(sweep_db, "SELECT * FROM runs WHERE id = 1")[0]
-    epochs = rows(sweep_db, "SELECT e.* FROM epochs e JOIN runs r ON r.id = e.run_id WHERE r.sweep_config = ?"
-                            " ORDER BY e.epoch", run["sweep_config"])
-    assert len(epochs) == 4                                        # 2 seeds × 2 epochs
+async def test_a_members_epoch_charts_overlay_its_configurations_band_and_its_baselines(sweep_db):
+    """A v2.1 member: its own configuration's seeds in yellow, mse's (what `lvmd compare` holds it
+    against) in grey, each the mean and min..max per epoch of the epochs table by hand."""
+    epochs = rows(sweep_db, "SELECT r.sweep_config, e.* FROM epochs e JOIN runs r ON r.id = e.run_id")
+    assert len(epochs) == 8                                        # 2 configurations × 2 seeds × 2 epochs
 
-    def by_hand(column: str) -> list[tuple]:
+    def by_hand(config: str, column: str) -> list[tuple]:
         out = []
         for epoch in (0, 1):
-            values = [e[column] for e in epochs if e["epoch"] == epoch]
+            values = [e[column] for e in epochs if e["epoch"] == epoch and e["sweep_config"] == config]
             out.append((epoch + 1, epoch + 1, min(values), max(values), statistics.fmean(values)))
         return out
 
-    app = LvmdTui(sweep_db, run_id=1, readonly=True)
-    async with app.run_test(size=(160, 30)) as pilot:
+    def check(trace: Trace, want: list[tuple]) -> None:
+        assert [p[:2] for p in trace.points] == [p[:2] for p in want]
+        for got, expected in zip(trace.points, want):
+            assert got[2:] == pytest.approx(expected[2:], abs=1e-12)
+        assert trace.fill and trace.under and trace.value == pytest.approx(want[1][4], abs=1e-12)
+
+    member = rows(sweep_db, "SELECT id FROM runs WHERE sweep_config = 'loss.preset=v2.1' ORDER BY id")[0]["id"]
+    app = LvmdTui(sweep_db, run_id=member, readonly=True)
+    async with app.run_test(size=(200, 30)) as pilot:          # wide: every legend entry fits
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.snapshot is not None, "the run")
         screen = app.screen
         await pilot.press("2")
         await pilot.pause()
-        label = f"┈{short_config(run['sweep_config'])} mean of 2 seeds"
         for chart_id, column in (("#chart-margin", "val_margin"), ("#chart-valcos", "val_cos")):
-            chart = screen.query_one(chart_id, Chart)
-            (band,) = [t for t in chart.plot.traces if t.label == label]
-            assert [p[:2] for p in band.points] == [p[:2] for p in by_hand(column)]
-            for got, want in zip(band.points, by_hand(column)):
-                assert got[2:] == pytest.approx(want[2:], abs=1e-12)
-            assert band.fill and band.under and band.value == pytest.approx(by_hand(column)[1][4], abs=1e-12)
+            traces = {t.label: t for t in screen.query_one(chart_id, Chart).plot.traces}
+            own, base = traces["┈v2.1 2-seed mean"], traces["┈mse 2-seed mean"]
+            check(own, by_hand("loss.preset=v2.1", column))
+            check(base, by_hand("loss.preset=mse", column))
+            assert (own.style, base.style) == ("yellow", "bright_black")
         legend = chart_lines(screen.query_one("#chart-margin", Chart))[0]
-        # the run's own number first, then its configuration's seeds, then the original's expected band
-        assert legend.index("margin ") < legend.index(label) < legend.index("▒ expected")
+        # the run's own number first, then its configuration's seeds, the baseline's, the original's expected band
+        assert legend.index("margin ") < legend.index("┈v2.1 2-seed") < legend.index("┈mse 2-seed") < legend.index("▒ expected")
+
+    mse = rows(sweep_db, "SELECT id FROM runs WHERE sweep_config = 'loss.preset=mse' ORDER BY id")[0]["id"]
+    app = LvmdTui(sweep_db, run_id=mse, readonly=True)
+    async with app.run_test(size=(160, 30)) as pilot:           # the baseline itself: its own band only
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.snapshot is not None, "the run")
+        assert app.screen.snapshot.baseline_band is None
+        labels = [t.label for t in app.screen.query_one("#chart-margin", Chart).plot.traces]
+        assert labels == ["margin", "┈mse 2-seed mean"]
 
 
 def chart_lines(chart: Chart) -> list[str]:

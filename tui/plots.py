@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from store.reader import SeriesSnapshot
 from tui.sweeps import short_config
-from tui.tail import RunSnapshot, SeedBand
+from tui.tail import RunSnapshot
 from tui.widgets.canvas import DASH_GLYPHS, MARKERS, Band, Plot, RefLine, Trace, fmt_step
 
 BASELINE_STYLE = "bright_black"
@@ -151,7 +151,7 @@ def _epoch_points(epochs, column: str) -> list[tuple[float, float, float, float,
 
 
 def epoch_range(run: RunSnapshot, overlays=()) -> tuple[float, float]:
-    band = run.band.val_margin + run.band.val_cos if run.band else ()
+    band = [b for s in (run.band, run.baseline_band) if s for b in s.val_margin + s.val_cos]
     last = max([run.run.get("total_epochs") or 0] + [shown_epoch(e["epoch"]) for r in (run, *overlays)
                                                       for e in r.epochs] + [shown_epoch(b["epoch"]) for b in band] + [1])
     return 0.5, last + 0.5
@@ -159,17 +159,19 @@ def epoch_range(run: RunSnapshot, overlays=()) -> tuple[float, float]:
 
 def seed_band_traces(run: RunSnapshot, column: str) -> list[Trace]:
     """A sweep member's configuration over its seeds: the mean per epoch as a dotted line (under
-    the run's own) over the min–max band, labelled `v2.1·prev=true mean of 3 seeds` with the mean
-    at the run's newest epoch in view. Empty for a run outside a sweep or before any epoch."""
-    band: SeedBand | None = run.band
-    rows = getattr(band, column) if band else ()
-    if not rows:
-        return []
-    points = [(shown_epoch(b["epoch"]),) * 2 + (b["lo"], b["hi"], b["mean"]) for b in rows]
+    the run's own) over the min–max band, labelled `v2.1·prev=true 3-seed mean` with the mean
+    at the run's newest epoch in view; then, in grey, the same for the configuration `lvmd compare`
+    holds it against (mse with the same other overrides). Empty for a run outside a sweep."""
     newest = run.epochs[-1]["epoch"] if run.epochs else None
-    value = next((b["mean"] for b in rows if b["epoch"] == newest), None)
-    return [Trace(f"{DASH_GLYPHS['dot']}{short_config(band.config)} mean of {band.seeds} seeds", points, SEEDS_STYLE,
-                  value, dash="dot", fill=True, under=True)]
+    traces = []
+    for band, style in ((run.band, SEEDS_STYLE), (run.baseline_band, BASELINE_STYLE)):
+        rows: tuple = getattr(band, column) if band else ()
+        if rows:
+            points = [(shown_epoch(b["epoch"]),) * 2 + (b["lo"], b["hi"], b["mean"]) for b in rows]
+            value = next((b["mean"] for b in rows if b["epoch"] == newest), None)
+            traces.append(Trace(f"{DASH_GLYPHS['dot']}{short_config(band.config)} {band.seeds}-seed mean", points,
+                                style, value, dash="dot", fill=True, under=True))
+    return traces
 
 
 def margin_plot(run: RunSnapshot, baseline: RunSnapshot | None, overlays: tuple[RunSnapshot, ...] = ()) -> Plot:

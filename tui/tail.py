@@ -22,7 +22,7 @@ from textual.message import Message
 from store import reader
 from store.db import connect
 from store.runs import active_rate
-from store.sweeps import epoch_band, sweep_progress
+from store.sweeps import baseline_config, epoch_band, sweep_progress
 from store.system import latest_samples
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class RunSnapshot:
     last_epoch: int | None           # newest finished epoch, whatever the replay bound
     system: tuple[dict, ...] = ()    # the daemon's newest machine sample, a row per device
     band: SeedBand | None = None     # a sweep member's configuration over its seeds (None: not in a sweep)
+    baseline_band: SeedBand | None = None  # the same for the configuration `lvmd compare` holds it against
 
     @property
     def run_id(self) -> int:
@@ -247,7 +248,10 @@ class DbTail:
             window = zoom_window(conn, view, limit)
             run = self._tracker(view.run_id, limit, view, window).read(conn, view.replay_epoch, preview=preview)
             if run is not None and run.run.get("sweep_id") is not None:
-                run = replace(run, band=seed_band(conn, run.run["sweep_id"], run.run["sweep_config"]))
+                sweep_id, config = run.run["sweep_id"], run.run["sweep_config"]
+                base = baseline_config(conn, sweep_id, config)
+                run = replace(run, band=seed_band(conn, sweep_id, config),
+                              baseline_band=None if base is None else seed_band(conn, sweep_id, base))
             if view.baseline_id is not None and view.baseline_id != view.run_id and run is not None:
                 # the baseline is cut to the run's window, so the two share the x axis
                 baseline = self._tracker(view.baseline_id, limit, view, window).read(
