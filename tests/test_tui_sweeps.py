@@ -4,8 +4,11 @@ seeds. The database is a real `lvmd sweep` on the fixture (2 configurations × 2
 tiny model); the app is the real one under run_test(), reading it read-only through its tail."""
 from __future__ import annotations
 
+import queue
 import sqlite3
 import statistics
+import threading
+import time
 
 import pytest
 import sqlite_utils
@@ -14,11 +17,12 @@ from conftest import ROOT, TINY_MODEL, data_overrides, lvmd
 from store.db import connect
 from store.runs import create_run
 from store.schema import MIGRATIONS
-from store.sweeps import add_config, create_sweep, epoch_band, sweep_progress, tag_run
+from store.sweeps import add_config, baseline_config, create_sweep, epoch_band, sweep_progress, tag_run
 from tui.app import LvmdTui
 from tui.run_screen import RunScreen
 from tui.runs_screen import RunsScreen
 from tui.sweeps import SweepGroups, band_lines, progress_text, short_config
+from tui.tail import DbTail, TailUpdate, TailView
 from tui.widgets.canvas import Plot, Trace, draw
 from tui.widgets.chart import Chart
 from tui.widgets.runs import RunList
@@ -73,6 +77,32 @@ def test_progress_agrees_with_v_sweep_summary_and_leaves_out_pruned_configuratio
     assert (p["best"], p["pruned"]) == ("loss.preset=mse", 1) and p["best_margin"] == pytest.approx(-0.15)
 
 
+def test_the_tail_posts_the_sweeps_progress_read_only_and_follows_a_finishing_run(conn, tmp_path):
+    got: queue.Queue = queue.Queue()
+    tail = DbTail(tmp_path / "t.db", got.put, view=TailView(run_id=4), fallback_s=0.2)
+    thread = threading.Thread(target=tail.run, daemon=True)
+    thread.start()
+    try:
+        first = got.get(timeout=20)
+        assert isinstance(first, TailUpdate) and [p["finished"] for p in first.sweeps] == [3]
+        with pytest.raises(TypeError):
+            first.sweeps[0]["finished"] = 0                              # a snapshot, never the UI's to change
+        assert (first.run.band.config, first.run.band.seeds) == ("loss.preset=v2.1", 1)
+        assert first.run.baseline_band.config == "loss.preset=mse"
+        conn.execute("UPDATE runs SET state = 'finished' WHERE id = 4")
+        conn.execute("INSERT INTO epochs (run_id, epoch, val_margin) VALUES (4, 0, -0.02)")
+        deadline = time.monotonic() + 20
+        while True:
+            update = got.get(timeout=20)
+            if [p["finished"] for p in update.sweeps] == [4] or time.monotonic() > deadline:
+                break
+        assert [p["finished"] for p in update.sweeps] == [4] and update.run.band.seeds == 2
+        assert [b["n"] for b in update.run.band.val_margin] == [2, 1]   # the new seed has finished epoch 0 only
+    finally:
+        tail.stop()
+        thread.join(5)
+
+
 def test_band_is_the_mean_and_range_over_seeds_per_epoch(conn):
     band = epoch_band(conn, 1, "loss.preset=mse")
     assert [(b["epoch"], b["n"]) for b in band] == [(0, 2), (1, 2)]
@@ -80,6 +110,19 @@ def test_band_is_the_mean_and_range_over_seeds_per_epoch(conn):
     assert band_lines(band)[1] == "e2   -0.1500 [-0.2000, -0.1000] n=2"
     with pytest.raises(ValueError):
         epoch_band(conn, 1, "loss.preset=mse", "val_margin; DROP TABLE runs")
+
+
+def test_the_baseline_configuration_is_mse_with_the_same_other_overrides(tmp_path):
+    conn = connect(tmp_path / "b.db")
+    sweep = create_sweep(conn, name="b", search="grid", config_path="", spec={"seeds": [0]}, parallel=1)
+    for label in ("loss.preset=mse loss.prev=true", "loss.preset=v2.1 loss.prev=true", "loss.preset=v2.1 loss.prev=ctx-2"):
+        add_config(conn, sweep, label, label.split())
+    assert baseline_config(conn, sweep, "loss.preset=v2.1 loss.prev=true") == "loss.preset=mse loss.prev=true"
+    assert baseline_config(conn, sweep, "loss.preset=v2.1 loss.prev=ctx-2") is None      # no mse with ctx-2
+    assert baseline_config(conn, sweep, "loss.preset=mse loss.prev=true") is None        # itself
+    assert baseline_config(conn, sweep, "loss.preset=v2.1 loss.prev=ctx-2", "loss.preset=v2.1 loss.prev=true") == \
+        "loss.preset=v2.1 loss.prev=true"                                                 # a label as such
+    conn.close()
 
 
 def test_short_config_names_a_preset_by_its_value_and_other_keys_by_their_last_part():
@@ -124,8 +167,6 @@ def rows(db: str, sql: str, *params) -> list[dict]:
 
 
 async def wait_for(pilot, predicate, what: str, timeout: float = 30.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
