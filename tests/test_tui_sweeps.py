@@ -13,7 +13,7 @@ import time
 import pytest
 import sqlite_utils
 
-from conftest import ROOT, TINY_MODEL, data_overrides, lvmd
+from conftest import ROOT, TINY_MODEL, data_overrides, lvmd, rows
 from store.db import connect
 from store.runs import create_run
 from store.schema import MIGRATIONS
@@ -157,16 +157,8 @@ def sweep_db(tmp_path_factory, tiny_data) -> str:
     return db
 
 
-def rows(db: str, sql: str, *params) -> list[dict]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
-
-
 async def wait_for(pilot, predicate, what: str, timeout: float = 30.0) -> None:
+    """conftest's wait_for, awaiting the app between looks."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
