@@ -135,7 +135,7 @@ def sweep_progress(conn: sqlite3.Connection) -> list[dict]:
     """Per sweep: runs planned, finished, training, configurations pruned, and the best
     configuration so far by mean last-epoch margin over its finished seeds (as v_sweep_summary
     ranks them). The TUI's tail reads this on every commit, so it reads runs and the last epoch
-    rows through their indexes only, never v_run_summary (which scans every member's steps)."""
+    rows through their indexes only, never v_run_summary (which reads every member's steps)."""
     if not has_sweeps(conn):
         return []
     out = []

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import sqlite_utils
+from textual.widgets import Input
 
 from conftest import ROOT, TINY_MODEL, data_overrides, lvmd, rows
 from store.db import connect
@@ -193,6 +194,9 @@ async def test_the_runs_screen_shows_the_sweep_with_its_best_configuration_and_g
         await pilot.press("g")                                     # again: unmarked
         await pilot.pause()
         assert app.marked_ids == set()
+        app.screen.query_one("#runs-filter", Input).value = "preset=mse"   # only a configuration label says so
+        await wait_for(pilot, lambda: table.row_count == 2, "the filter")
+        assert {r.sweep_config for r in table.runs} == {"loss.preset=mse"}
 
 
 async def test_a_members_epoch_charts_overlay_its_configurations_band_and_its_baselines(sweep_db):

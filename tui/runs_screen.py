@@ -27,7 +27,7 @@ class RunsScreen(Screen):
         Binding("b", "mark_baseline", "Baseline", tooltip="mark the highlighted run as the baseline to overlay"),
         Binding("o", "sort(1)", "Sort", tooltip="sort by the next column (the header shows which)"),
         Binding("O", "reverse", "Reverse", key_display="O", show=False, tooltip="reverse the sort order"),
-        Binding("slash", "filter", "Filter", key_display="/", tooltip="filter runs by name, preset or state"),
+        Binding("slash", "filter", "Filter", key_display="/", tooltip="filter runs by name, preset, state or sweep configuration"),
     ]
 
     def __init__(self) -> None:
@@ -38,7 +38,7 @@ class RunsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(id="runs-header")
         yield SweepGroups(id="sweep-groups")
-        yield Input(placeholder="filter: words in name, preset or state (enter keeps it, esc clears)", id="runs-filter")
+        yield Input(placeholder="filter: words in name, preset, state or sweep config (enter keeps it, esc clears)", id="runs-filter")
         yield RunList(id="run-list")
         yield Footer(compact=True)
 

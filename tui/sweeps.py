@@ -48,6 +48,10 @@ class SweepGroups(Static):
     """The sweeps of the database, one progress line each, above the runs screen's list; hidden
     while the database has none."""
 
+    shown: Sequence[Mapping] | None = None
+
     def show(self, sweeps: Sequence[Mapping]) -> None:
-        self.display = bool(sweeps)
-        self.update(Text("\n").join(progress_text(p) for p in sweeps))
+        if sweeps != self.shown:  # the runs screen redraws every second; the sweeps change on commits
+            self.shown = sweeps
+            self.display = bool(sweeps)
+            self.update(Text("\n").join(progress_text(p) for p in sweeps))
