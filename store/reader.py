@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
+from store.sweeps import has_sweeps
+
 # The step metrics the TUI charts (a subset of schema.STEP_METRICS).
 SERIES_COLUMNS: tuple[str, ...] = (
     "rho", "ratio", "neg_cos_rate", "pos", "neg", "lam", "mse", "l_dir", "l_floor", "l_norm", "total",
@@ -65,6 +67,10 @@ class RunSummary:
     skip_rate: float | None = None   # mean of the epochs' skip rates
     rho_max: float | None = None     # highest ρ of any epoch
     margins: tuple[float, ...] = ()  # val margin per finished epoch (the runs screen's sparkline)
+    # a sweep's member (lvmd sweep): its sweep, configuration label and seed; None otherwise
+    sweep_id: int | None = None
+    sweep_config: str | None = None
+    sweep_seed: int | None = None
 
     def heartbeat_age(self, now: float) -> float | None:
         return None if self.heartbeat_at is None else max(0.0, now - self.heartbeat_at)
@@ -80,8 +86,9 @@ def is_stale(state: str, heartbeat_at: float | None, now: float) -> bool:
 
 def run_summaries(conn: sqlite3.Connection) -> list[RunSummary]:
     """Every run, newest first, with its latest finished eval's gate count and its epochs' numbers."""
+    sweep = "r.sweep_id, r.sweep_config, r.sweep_seed" if has_sweeps(conn) else "NULL, NULL, NULL"
     rows = conn.execute(
-        "SELECT r.id, r.name, r.preset, r.state, r.epoch, r.step, r.total_epochs, r.total_steps,"
+        f"SELECT {sweep}, r.id, r.name, r.preset, r.state, r.epoch, r.step, r.total_epochs, r.total_steps,"
         " r.heartbeat_at, e.gates_passed, e.gates_total, last.val_margin, last.val_cos, last.r_at_5,"
         " (SELECT AVG(skip_rate) FROM epochs WHERE run_id = r.id),"
         " (SELECT MAX(rho_max) FROM epochs WHERE run_id = r.id)"
@@ -94,7 +101,8 @@ def run_summaries(conn: sqlite3.Connection) -> list[RunSummary]:
     for run_id, margin in conn.execute("SELECT run_id, val_margin FROM epochs WHERE val_margin IS NOT NULL"
                                        " ORDER BY run_id, epoch"):
         margins.setdefault(run_id, []).append(margin)
-    return [RunSummary(*row, margins=tuple(margins.get(row[0], ()))) for row in rows]
+    return [RunSummary(*row[3:], margins=tuple(margins.get(row[3], ())), sweep_id=row[0], sweep_config=row[1],
+                       sweep_seed=row[2]) for row in rows]
 
 
 def run_row(conn: sqlite3.Connection, run_id: int) -> dict | None:

@@ -125,25 +125,63 @@ def member_values(conn: sqlite3.Connection, sweep_id: int) -> list[dict]:
 
 
 # -- what a view of sweeps shows (the TUI's sweep groups) -------------------------------------------
+def has_sweeps(conn: sqlite3.Connection) -> bool:
+    """Does the file have migration 7's tables? A read-only reader (the TUI) never migrates, so a
+    file written by an older lvmd has neither `sweeps` nor runs.sweep_id."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sweeps'").fetchone() is not None
+
+
 def sweep_progress(conn: sqlite3.Connection) -> list[dict]:
     """Per sweep: runs planned, finished, training, configurations pruned, and the best
-    configuration so far by mean last-epoch margin over its finished seeds."""
+    configuration so far by mean last-epoch margin over its finished seeds (as v_sweep_summary
+    ranks them). The TUI's tail reads this on every commit, so it reads runs and the last epoch
+    rows through their indexes only, never v_run_summary (which reads every member's steps)."""
+    if not has_sweeps(conn):
+        return []
     out = []
     for s in list_sweeps(conn):
         seeds = len(json.loads(s["spec_json"]).get("seeds", [])) or 1
-        configs = sweep_summary(conn, s["id"])
+        configs = dict(conn.execute("SELECT label, state FROM sweep_configs WHERE sweep_id = ?"
+                                    " ORDER BY created_at, label", (s["id"],)).fetchall())
         states = dict(conn.execute(
             "SELECT CASE WHEN state IN ('finished', 'stopped', 'failed', 'crashed') THEN state ELSE 'live' END,"
             " COUNT(*) FROM runs WHERE sweep_id = ? GROUP BY 1", (s["id"],)).fetchall())
-        ranked = sorted((c for c in configs if c["finished"] and c["config_state"] != "pruned"
-                         and c["margin_mean"] is not None), key=lambda c: c["margin_mean"], reverse=True)
+        finished = conn.execute(
+            "SELECT r.sweep_config, COUNT(*), AVG(e.val_margin) FROM runs r LEFT JOIN epochs e ON e.run_id = r.id"
+            " AND e.epoch = (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)"
+            " WHERE r.sweep_id = ? AND r.state = 'finished' GROUP BY r.sweep_config", (s["id"],)).fetchall()
+        done = {label: (label, n, margin) for label, n, margin in finished if margin is not None}
+        # in creation order, then by margin: ties go to the older configuration, as in v_sweep_summary
+        ranked = sorted((done[c] for c, state in configs.items() if c in done and state != "pruned"),
+                        key=lambda c: c[2], reverse=True)
         out.append({"id": s["id"], "name": s["name"], "search": s["search"], "state": s["state"],
                     "planned": len(configs) * seeds, "finished": states.get("finished", 0),
-                    "training": states.get("live", 0), "pruned": sum(c["config_state"] == "pruned" for c in configs),
-                    "best": ranked[0]["config"] if ranked else None,
-                    "best_margin": ranked[0]["margin_mean"] if ranked else None,
-                    "best_n": ranked[0]["finished"] if ranked else 0})
+                    "training": states.get("live", 0), "pruned": sum(v == "pruned" for v in configs.values()),
+                    "best": ranked[0][0] if ranked else None,
+                    "best_margin": ranked[0][2] if ranked else None,
+                    "best_n": ranked[0][1] if ranked else 0})
     return out
+
+
+BASELINE = "loss.preset=mse"  # what `lvmd compare --sweep` holds a configuration against by default
+
+
+def baseline_config(conn: sqlite3.Connection, sweep_id: int, label: str, baseline: str = BASELINE) -> str | None:
+    """The configuration `lvmd compare --sweep` compares `label` with: `baseline` as a label, or
+    its key=value swapped into label's own overrides (v2.1 with prev=true → mse with prev=true).
+    The rule of lvmd/eval/sweepstats.baseline_of, here for the TUI, which may not import lvmd.
+    None when the sweep has no such configuration, or when it is `label` itself."""
+    configs = configs_of(conn, sweep_id)
+    overrides = {c["label"]: dict(o.split("=", 1) for o in c["overrides"]) for c in configs}
+    key, _, value = baseline.partition("=")
+    if baseline in overrides:
+        found = baseline
+    elif key in overrides.get(label, {}):
+        want = {**overrides[label], key: value}
+        found = next((c for c, o in overrides.items() if o == want), None)
+    else:
+        found = None
+    return None if found == label else found
 
 
 EPOCH_BAND_COLUMNS = ("val_margin", "val_cos", "r_at_5", "skip_rate", "rho_max")

@@ -1,5 +1,6 @@
 """From snapshots to canvas.Plot objects: which metrics share a chart, their colours, the ρ
-cap line, event markers and the seed's expected margin band. Pure functions, no widgets.
+cap line, event markers, the seed's expected margin band and a sweep member's band over its
+configuration's seeds. Pure functions, no widgets.
 
 Colours are the 16 ANSI names so the charts read the same on a 16-colour terminal.
 """
@@ -9,6 +10,7 @@ import json
 from dataclasses import dataclass
 
 from store.reader import SeriesSnapshot
+from tui.sweeps import short_config
 from tui.tail import RunSnapshot
 from tui.widgets.canvas import DASH_GLYPHS, MARKERS, Band, Plot, RefLine, Trace, fmt_step
 
@@ -20,6 +22,7 @@ OVERLAY_DASHES = ("dash", "dot", "solid")
 # The original's expected val margin by epoch (SPEC §5), epochs counted from 1 as it printed them.
 SEED_MARGIN_BAND = ((1, 2, -0.04, -0.03), (3, 5, -0.03, -0.01), (6, 8, -0.01, 0.02), (9, 12, 0.02, 0.05))
 BAND_STYLE = "grey30"
+SEEDS_STYLE = "yellow"  # a sweep configuration's mean over seeds (dotted) and its min–max band
 
 
 def shown_epoch(epoch: int) -> int:
@@ -148,9 +151,27 @@ def _epoch_points(epochs, column: str) -> list[tuple[float, float, float, float,
 
 
 def epoch_range(run: RunSnapshot, overlays=()) -> tuple[float, float]:
+    band = [b for s in (run.band, run.baseline_band) if s for b in s.val_margin + s.val_cos]
     last = max([run.run.get("total_epochs") or 0] + [shown_epoch(e["epoch"]) for r in (run, *overlays)
-                                                      for e in r.epochs] + [1])
+                                                      for e in r.epochs] + [shown_epoch(b["epoch"]) for b in band] + [1])
     return 0.5, last + 0.5
+
+
+def seed_band_traces(run: RunSnapshot, column: str) -> list[Trace]:
+    """A sweep member's configuration over its seeds: the mean per epoch as a dotted line (under
+    the run's own) over the min–max band, labelled `v2.1·prev=true 3-seed mean` with the mean
+    at the run's newest epoch in view; then, in grey, the same for the configuration `lvmd compare`
+    holds it against (mse with the same other overrides). Empty for a run outside a sweep."""
+    newest = run.epochs[-1]["epoch"] if run.epochs else None
+    traces = []
+    for band, style in ((run.band, SEEDS_STYLE), (run.baseline_band, BASELINE_STYLE)):
+        rows: tuple = getattr(band, column) if band else ()
+        if rows:
+            points = [(shown_epoch(b["epoch"]),) * 2 + (b["lo"], b["hi"], b["mean"]) for b in rows]
+            value = next((b["mean"] for b in rows if b["epoch"] == newest), None)
+            traces.append(Trace(f"{DASH_GLYPHS['dot']}{short_config(band.config)} {band.seeds}-seed mean", points,
+                                style, value, dash="dot", fill=True, under=True))
+    return traces
 
 
 def margin_plot(run: RunSnapshot, baseline: RunSnapshot | None, overlays: tuple[RunSnapshot, ...] = ()) -> Plot:
@@ -160,9 +181,11 @@ def margin_plot(run: RunSnapshot, baseline: RunSnapshot | None, overlays: tuple[
     if baseline is not None:
         traces.insert(0, Trace(f"run {baseline.run_id}", _epoch_points(baseline.epochs, "val_margin"), BASELINE_STYLE))
     traces = overlay_traces(overlays, lambda other: _epoch_points(other.epochs, "val_margin")) + traces
+    traces += seed_band_traces(run, "val_margin")
     bands = [Band(lo - 0.5, hi + 0.5, y0, y1, BAND_STYLE) for lo, hi, y0, y1 in SEED_MARGIN_BAND if lo <= x1]
+    # `expected`, not `seed band`: the original's expected margins, never this sweep's seeds
     return Plot("val margin", traces, (x0, x1), refs=[RefLine("", [(x0, x1, 0.0)], "bright_black")], bands=bands,
-                show_markers=False, extra=[("▒ seed band", BAND_STYLE)], x_label=f"epoch {int(x1 - 0.5)}",
+                show_markers=False, extra=[("▒ expected", BAND_STYLE)], x_label=f"epoch {int(x1 - 0.5)}",
                 empty_text="no epoch finished yet")
 
 
@@ -174,5 +197,6 @@ def val_cos_plot(run: RunSnapshot, baseline: RunSnapshot | None, overlays: tuple
     if baseline is not None:
         traces.insert(0, Trace(f"run {baseline.run_id}", _epoch_points(baseline.epochs, "val_cos"), BASELINE_STYLE))
     traces = overlay_traces(overlays, lambda other: _epoch_points(other.epochs, "val_cos")) + traces
+    traces += seed_band_traces(run, "val_cos")
     return Plot("val cos", traces, (x0, x1), show_markers=False, x_label=f"epoch {int(x1 - 0.5)}",
                 empty_text="no epoch finished yet")

@@ -149,8 +149,8 @@ class RunScreen(Screen):
                     self._chart_timer = self.set_timer(wait, self._draw_due_charts)
             else:
                 self._draw_step_charts(step_key)
-        epoch_key = (run.epochs, run.run.get("total_epochs"), baseline.epochs if baseline else None,
-                     tuple(o.epochs for o in self.overlays))
+        epoch_key = (run.epochs, run.run.get("total_epochs"), run.band, run.baseline_band,
+                     baseline.epochs if baseline else None, tuple(o.epochs for o in self.overlays))
         if epoch_key != self._drawn.get("epochs"):
             self._drawn["epochs"] = epoch_key
             self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline, self.overlays))

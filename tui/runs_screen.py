@@ -1,8 +1,10 @@
 """The list of runs in the database: sort, filter, mark runs to overlay; enter opens one, b marks
-the baseline to compare."""
+the baseline to compare. Sweeps (lvmd sweep) show as a line each above the list; g marks every
+seed of the highlighted member's configuration."""
 from __future__ import annotations
 
 import time
+from typing import Mapping
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from store.reader import RunSummary
+from tui.sweeps import SweepGroups, short_config
 from tui.tail import TailUpdate
 from tui.widgets.runs import COLUMNS, SORTABLE, RunList
 
@@ -20,19 +23,22 @@ class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open", "Open", key_display="enter", tooltip="open the highlighted run (marked runs overlaid)"),
         Binding("m", "mark", "Mark", tooltip="mark the highlighted run to overlay on the run screen's charts (again: unmark)"),
+        Binding("g", "mark_config", "Seeds", tooltip="mark every seed of the highlighted sweep member's configuration (again: unmark)"),
         Binding("b", "mark_baseline", "Baseline", tooltip="mark the highlighted run as the baseline to overlay"),
         Binding("o", "sort(1)", "Sort", tooltip="sort by the next column (the header shows which)"),
         Binding("O", "reverse", "Reverse", key_display="O", show=False, tooltip="reverse the sort order"),
-        Binding("slash", "filter", "Filter", key_display="/", tooltip="filter runs by name, preset or state"),
+        Binding("slash", "filter", "Filter", key_display="/", tooltip="filter runs by name, preset, state or sweep configuration"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.runs: tuple[RunSummary, ...] = ()
+        self.sweeps: tuple[Mapping, ...] = ()
 
     def compose(self) -> ComposeResult:
         yield Static(id="runs-header")
-        yield Input(placeholder="filter: words in name, preset or state (enter keeps it, esc clears)", id="runs-filter")
+        yield SweepGroups(id="sweep-groups")
+        yield Input(placeholder="filter: words in name, preset, state or sweep config (enter keeps it, esc clears)", id="runs-filter")
         yield RunList(id="run-list")
         yield Footer(compact=True)
 
@@ -49,7 +55,7 @@ class RunsScreen(Screen):
             self._draw()
 
     def show_update(self, update: TailUpdate) -> None:
-        self.runs = update.runs
+        self.runs, self.sweeps = update.runs, update.sweeps
         if self.is_current:  # under the run screen: drawn when it comes back (on_screen_resume)
             self._draw()
 
@@ -60,6 +66,7 @@ class RunsScreen(Screen):
         now = time.time()
         table = self.query_one(RunList)
         table.show(self.runs, now, self.app.baseline_id, frozenset(self.app.marked_ids))
+        self.query_one(SweepGroups).show(self.sweeps)
         silent = sum(r.is_stale(now) for r in self.runs)
         header = Text(f"lvmd · {self.app.db_path} · {len(self.runs)} runs", style="bold")
         if table.filter_text:
@@ -95,6 +102,19 @@ class RunsScreen(Screen):
         if run_id is not None:
             self.app.marked_ids ^= {run_id}
             self._draw()
+
+    def action_mark_config(self) -> None:
+        run_id = self.query_one(RunList).selected_run_id
+        run = next((r for r in self.runs if r.id == run_id), None)
+        if run is None or run.sweep_id is None:
+            self.notify("not a sweep member: g marks the seeds of a sweep's configuration", severity="warning")
+            return
+        seeds = {r.id for r in self.runs if (r.sweep_id, r.sweep_config) == (run.sweep_id, run.sweep_config)}
+        marking = not seeds <= self.app.marked_ids  # all marked already: unmark them
+        self.app.marked_ids = self.app.marked_ids | seeds if marking else self.app.marked_ids - seeds
+        self.notify(f"{'marked' if marking else 'unmarked'} {len(seeds)} runs of sweep {run.sweep_id}"
+                    f" {short_config(run.sweep_config or '')}")
+        self._draw()
 
     def action_mark_baseline(self) -> None:
         run_id = self.query_one(RunList).selected_run_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -22,6 +22,7 @@ from textual.message import Message
 from store import reader
 from store.db import connect
 from store.runs import active_rate
+from store.sweeps import baseline_config, epoch_band, sweep_progress
 from store.system import latest_samples
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,21 @@ class TailView:
 
 
 @dataclass(frozen=True)
+class SeedBand:
+    """The open run's sweep configuration over its seeds, per epoch (store.sweeps.epoch_band rows:
+    epoch, mean, lo, hi, n): what its epoch charts draw as a mean line over a min–max band."""
+    sweep_id: int
+    config: str
+    val_margin: tuple[Mapping, ...]
+    val_cos: tuple[Mapping, ...]
+
+    @property
+    def seeds(self) -> int:
+        """How many seeds the band holds (those that finished an epoch)."""
+        return max((b["n"] for b in (*self.val_margin, *self.val_cos)), default=0)
+
+
+@dataclass(frozen=True)
 class RunSnapshot:
     """Everything the run screen draws, as committed at one instant (and cut at the replay epoch)."""
     run: dict
@@ -56,6 +72,8 @@ class RunSnapshot:
     step_limit: int | None           # replay bound (None: live)
     last_epoch: int | None           # newest finished epoch, whatever the replay bound
     system: tuple[dict, ...] = ()    # the daemon's newest machine sample, a row per device
+    band: SeedBand | None = None     # a sweep member's configuration over its seeds (None: not in a sweep)
+    baseline_band: SeedBand | None = None  # the same for the configuration `lvmd compare` holds it against
 
     @property
     def run_id(self) -> int:
@@ -67,10 +85,11 @@ class TailUpdate(Message):
 
     def __init__(self, view: TailView, runs: tuple[reader.RunSummary, ...],
                  run: RunSnapshot | None, baseline: RunSnapshot | None,
-                 overlays: tuple[RunSnapshot, ...] = ()) -> None:
+                 overlays: tuple[RunSnapshot, ...] = (), sweeps: tuple[Mapping, ...] = ()) -> None:
         super().__init__()
         self.view, self.runs, self.run, self.baseline = view, runs, run, baseline
         self.overlays = overlays
+        self.sweeps = sweeps  # store.sweeps.sweep_progress, a read-only mapping per sweep (none: ())
 
 
 class TailFailed(Message):
@@ -217,6 +236,7 @@ class DbTail:
     def _read(self, conn: sqlite3.Connection, view: TailView, *, preview: bool = False) -> TailUpdate | None:
         """What the view shows; with preview=True, None unless the run needs a sampled first picture."""
         runs = tuple(reader.run_summaries(conn))
+        sweeps = tuple(MappingProxyType(p) for p in sweep_progress(conn))  # two tiny reads when there are none
         run = baseline = None
         overlays: tuple[RunSnapshot, ...] = ()
         if view.run_id is not None:
@@ -227,6 +247,11 @@ class DbTail:
                               if k[0] in wanted and k[1] in (None, limit) and k[2] in (0, view.zoom)}
             window = zoom_window(conn, view, limit)
             run = self._tracker(view.run_id, limit, view, window).read(conn, view.replay_epoch, preview=preview)
+            if run is not None and run.run.get("sweep_id") is not None:
+                sweep_id, config = run.run["sweep_id"], run.run["sweep_config"]
+                base = baseline_config(conn, sweep_id, config)
+                run = replace(run, band=seed_band(conn, sweep_id, config),
+                              baseline_band=None if base is None else seed_band(conn, sweep_id, base))
             if view.baseline_id is not None and view.baseline_id != view.run_id and run is not None:
                 # the baseline is cut to the run's window, so the two share the x axis
                 baseline = self._tracker(view.baseline_id, limit, view, window).read(
@@ -238,7 +263,7 @@ class DbTail:
                                  if o is not None)
         if preview and run is None:
             return None
-        return TailUpdate(view, runs, run, baseline, overlays)
+        return TailUpdate(view, runs, run, baseline, overlays, sweeps)
 
     def _tracker(self, run_id: int, limit: int | None, view: TailView, window: tuple[int, int | None]) -> _RunTracker:
         key = (run_id, limit, view.zoom)
@@ -249,6 +274,12 @@ class DbTail:
         tracker.series.retarget(view.target_bins)
         tracker.series.set_window(*window)
         return tracker
+
+
+def seed_band(conn: sqlite3.Connection, sweep_id: int, config: str) -> SeedBand:
+    """Not cut at a replay epoch: the other seeds are a reference, like the expected band."""
+    return SeedBand(sweep_id, config, *(tuple(MappingProxyType(b) for b in epoch_band(conn, sweep_id, config, column))
+                                        for column in ("val_margin", "val_cos")))
 
 
 def zoom_window(conn: sqlite3.Connection, view: TailView, limit: int | None) -> tuple[int, int | None]:

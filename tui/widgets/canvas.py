@@ -40,6 +40,8 @@ class Trace:
     envelope: bool = True       # shade min..max behind the mean line
     dash: str = "solid"         # solid | dash | dot: tells overlaid runs apart without colour
     smooth: float = 0.0         # > 0: the line is an EMA (this alpha per dot column) of the means
+    fill: bool = False          # columns between two points interpolate min and max too (a band over epochs)
+    under: bool = False         # the line is drawn beneath the other traces' lines wherever it sits in the legend
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def draw(plot: Plot, width: int, height: int) -> list[Text]:
     for tr, trace_spans in zip(plot.traces, spans):  # every envelope under every line
         if tr.envelope:
             _envelope(grid, tr, trace_spans, py)
-    for tr, trace_spans in zip(plot.traces, spans):
+    for tr, trace_spans in sorted(zip(plot.traces, spans), key=lambda p: not p[0].under):  # stable
         _mean_line(grid, tr, trace_spans, py)
     lines = [legend]
     cursor_cell = None if plot.cursor is None else px(plot.cursor) // 2
@@ -255,7 +257,7 @@ def _readout(plot: Plot, width: int) -> Text:
 
 def _columns(trace: Trace, px, dots_w: int) -> list[tuple[float, float, float] | None]:
     """(lo, hi, mean) per dot column, means weighted by the bins' step spans; empty columns
-    between two filled ones are interpolated."""
+    between two filled ones are interpolated (the mean; with trace.fill the min and max too)."""
     acc: list[list[float] | None] = [None] * dots_w
     for a, b, lo, hi, mean in trace.points:
         if lo is None:
@@ -273,10 +275,11 @@ def _columns(trace: Trace, px, dots_w: int) -> list[tuple[float, float, float] |
     filled = [x for x in range(dots_w) if cols[x] is not None]
     for left, right in zip(filled, filled[1:]):
         if right - left > 1:
-            va, vb = cols[left][2], cols[right][2]
+            a, b = cols[left], cols[right]
             for x in range(left + 1, right):
-                v = va + (vb - va) * (x - left) / (right - left)
-                cols[x] = (v, v, v)
+                f = (x - left) / (right - left)
+                v = a[2] + (b[2] - a[2]) * f
+                cols[x] = (a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, v) if trace.fill else (v, v, v)
     return cols
 
 

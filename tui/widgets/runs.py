@@ -13,6 +13,7 @@ from textual.widgets import DataTable
 
 from store.reader import RunSummary
 from tui.plots import epoch_label
+from tui.sweeps import short_config
 from tui.widgets.canvas import fmt
 from tui.widgets.status import fmt_duration, state_text
 
@@ -35,6 +36,8 @@ COLUMNS = (
     Column("mark", " "),
     Column("id", "id", lambda r: r.id),
     Column("name", "name", lambda r: r.name.lower()),
+    # a sweep's members sort together: by sweep, configuration, seed
+    Column("sweep", "sweep", lambda r: (r.sweep_id is None, r.sweep_id or 0, r.sweep_config or "", r.sweep_seed or 0)),
     Column("preset", "preset", lambda r: r.preset or ""),
     Column("state", "state", lambda r: r.state),
     Column("epoch", "epoch", lambda r: _num(r.epoch)),
@@ -70,16 +73,23 @@ def row_cells(r: RunSummary, now: float, *, marked: bool, baseline: bool) -> lis
     margin = "–" if r.last_margin is None else Text(f"{r.last_margin:+.4f}",
                                                     style="green" if r.last_margin > 0 else "red")
     age = r.heartbeat_age(now)
-    return [Text("●", style="bold yellow") if marked else " ", str(r.id), name, r.preset or "",
+    return [Text("●", style="bold yellow") if marked else " ", str(r.id), name, sweep_cell(r), r.preset or "",
             state_text(r.state, r.heartbeat_at, now), "–" if r.epoch is None else epoch_label(r.epoch, r.total_epochs),
             margin, Text(sparkline(r.margins), style="cyan"), fmt(r.val_cos), fmt(r.r_at_5), gates,
             "–" if r.skip_rate is None else f"{100 * r.skip_rate:.2f}", fmt(r.rho_max),
             "–" if age is None else fmt_duration(age)]
 
 
+def sweep_cell(r: RunSummary) -> Text | str:
+    """`1 v2.1·prev=true s0`: the sweep, the configuration and the seed of a member; blank otherwise."""
+    if r.sweep_id is None:
+        return ""
+    return Text(f"{r.sweep_id} {short_config(r.sweep_config or '')} s{r.sweep_seed}", style="cyan")
+
+
 def matches(r: RunSummary, text: str) -> bool:
-    """The filter: every word appears in the name, preset or state (case-insensitive)."""
-    hay = f"{r.name} {r.preset or ''} {r.state}".lower()
+    """The filter: every word appears in the name, preset, state or sweep configuration (case-insensitive)."""
+    hay = f"{r.name} {r.preset or ''} {r.state} {r.sweep_config or ''}".lower()
     return all(word in hay for word in text.lower().split())
 
 
