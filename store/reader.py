@@ -288,8 +288,10 @@ class StepSeries:
         sample_stride > 1; min/max may miss spikes). None when refresh() alone is quick."""
         if self.started or self.step_from:  # a window is quick to read: it spans few bins of steps
             return None
-        first, last = conn.execute("SELECT MIN(step), MAX(step) FROM steps WHERE run_id = ? AND step <= ?",
-                                   (self.run_id, self.step_limit)).fetchone()
+        # two subqueries, one index probe each (MIN and MAX in one SELECT read every row of the run)
+        first, last = conn.execute("SELECT (SELECT MIN(step) FROM steps WHERE run_id = ? AND step <= ?),"
+                                   " (SELECT MAX(step) FROM steps WHERE run_id = ? AND step <= ?)",
+                                   (self.run_id, self.step_limit) * 2).fetchone()
         if last is None or last - first < PREVIEW_MIN_STEPS:
             return None
         width, stride = self._width_for(last), (last - first) // PREVIEW_SAMPLES

@@ -166,21 +166,24 @@ def sweep_progress(conn: sqlite3.Connection) -> list[dict]:
 BASELINE = "loss.preset=mse"  # what `lvmd compare --sweep` holds a configuration against by default
 
 
-def baseline_config(conn: sqlite3.Connection, sweep_id: int, label: str, baseline: str = BASELINE) -> str | None:
-    """The configuration `lvmd compare --sweep` compares `label` with: `baseline` as a label, or
-    its key=value swapped into label's own overrides (v2.1 with prev=true → mse with prev=true).
-    The rule of lvmd/eval/sweepstats.baseline_of, here for the TUI, which may not import lvmd.
-    None when the sweep has no such configuration, or when it is `label` itself."""
-    configs = configs_of(conn, sweep_id)
-    overrides = {c["label"]: dict(o.split("=", 1) for o in c["overrides"]) for c in configs}
-    key, _, value = baseline.partition("=")
+def baseline_label(overrides: dict[str, dict[str, str]], label: str, baseline: str) -> str | None:
+    """The configuration a sweep's `label` is compared with (`lvmd compare --sweep`, the TUI's
+    grey band): `baseline` itself when it is a label, else its key=value swapped into label's own
+    overrides (v2.1 with prev=true → mse with prev=true: margins on different y_prev do not
+    compare). `overrides`: label → {key: value} of every configuration; None when none matches."""
     if baseline in overrides:
-        found = baseline
-    elif key in overrides.get(label, {}):
-        want = {**overrides[label], key: value}
-        found = next((c for c, o in overrides.items() if o == want), None)
-    else:
-        found = None
+        return baseline
+    key, _, value = baseline.partition("=")
+    if key not in overrides.get(label, {}):
+        return None
+    want = {**overrides[label], key: value}
+    return next((c for c, o in overrides.items() if o == want), None)
+
+
+def baseline_config(conn: sqlite3.Connection, sweep_id: int, label: str, baseline: str = BASELINE) -> str | None:
+    """baseline_label over the sweep's configurations; None also when it is `label` itself."""
+    overrides = {c["label"]: dict(o.split("=", 1) for o in c["overrides"]) for c in configs_of(conn, sweep_id)}
+    found = baseline_label(overrides, label, baseline)
     return None if found == label else found
 
 

@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass
 
 from lvmd.eval.verdict import ITERATE, PROMOTE, Report
+from store.sweeps import baseline_label
 
 LEVEL = 0.95
 # (name, v_run_summary column, format): the per-run numbers a sweep compares.
@@ -132,14 +133,8 @@ def baseline_of(config: dict, configs: list[dict], baseline: str) -> dict | None
     swapped into config's own overrides (so v2.1 with prev=true is held against mse with
     prev=true: margins with different y_prev are not comparable)."""
     by_label = {c["label"]: c for c in configs}
-    if baseline in by_label:
-        return by_label[baseline]
-    key, _, value = baseline.partition("=")
-    own = overrides_map(config["overrides"])
-    if key not in own:
-        return None
-    want = {**own, key: value}
-    return next((c for c in configs if overrides_map(c["overrides"]) == want), None)
+    found = baseline_label({c["label"]: overrides_map(c["overrides"]) for c in configs}, config["label"], baseline)
+    return None if found is None else by_label[found]
 
 
 def compare_sweep(configs: list[dict], values: list[dict], *, baseline: str = DEFAULT_BASELINE,
