@@ -29,25 +29,26 @@ _EXTREMES = {"pos_min": ("MIN(pos)", "min(pos_min, excluded.pos_min)"),
              "rho_max": ("MAX(rho)", "max(rho_max, excluded.rho_max)"),
              "rho_pre_max": ("MAX(rho_pre)", "max(rho_pre_max, excluded.rho_pre_max)")}
 
-_COLUMNS = ("run_id", "epoch", "block", "steps", "first_step", "last_step", "pos_negative",
-            *_EXTREMES, *(f"sum_{m}" for m in SUMMED))
-
 
 def _block_of(step: str) -> str:
     return f"({step} / {BLOCK_STEPS})"
+
+
+_COLUMNS = ("run_id", "epoch", "block", "steps", "first_step", "last_step", "pos_negative",
+            *_EXTREMES, *(f"sum_{m}" for m in SUMMED))
+# a block's row (in _COLUMNS order) from the rows of `steps` grouped into that block
+_AGGREGATES = ", ".join(["run_id", "epoch", _block_of("step"), "COUNT(*)", "MIN(step)", "MAX(step)",
+                         "TOTAL(pos < 0)", *(agg for agg, _ in _EXTREMES.values()), *(f"SUM({m})" for m in SUMMED)])
 
 
 def _resum(row: str) -> str:
     """Statements that rebuild the block of `row` (OLD or NEW) from its rows in `steps`."""
     where = (f"run_id = {row}.run_id AND epoch = {row}.epoch AND step BETWEEN {_block_of(f'{row}.step')} * "
              f"{BLOCK_STEPS} AND {_block_of(f'{row}.step')} * {BLOCK_STEPS} + {BLOCK_STEPS - 1}")
-    aggregates = ", ".join(["run_id", "epoch", _block_of("step"), "COUNT(*)", "MIN(step)", "MAX(step)",
-                            "TOTAL(pos < 0)", *(agg for agg, _ in _EXTREMES.values()),
-                            *(f"SUM({m})" for m in SUMMED)])
     return (f"DELETE FROM step_blocks WHERE run_id = {row}.run_id AND epoch = {row}.epoch"
             f" AND block = {_block_of(f'{row}.step')};\n"
             f"    INSERT INTO step_blocks ({', '.join(_COLUMNS)})"
-            f" SELECT {aggregates} FROM steps WHERE {where} GROUP BY run_id, epoch;")
+            f" SELECT {_AGGREGATES} FROM steps WHERE {where} GROUP BY run_id, epoch;")
 
 
 def _add_new_row() -> str:
@@ -70,10 +71,7 @@ def create_step_blocks(conn: sqlite3.Connection) -> None:
         steps INTEGER NOT NULL, first_step INTEGER NOT NULL, last_step INTEGER NOT NULL,
         pos_negative INTEGER NOT NULL, pos_min REAL NOT NULL, rho_max REAL NOT NULL, rho_pre_max REAL NOT NULL,
         {sums}, PRIMARY KEY (run_id, epoch, block)) WITHOUT ROWID""")
-    aggregates = ", ".join(["run_id", "epoch", _block_of("step"), "COUNT(*)", "MIN(step)", "MAX(step)",
-                            "TOTAL(pos < 0)", *(agg for agg, _ in _EXTREMES.values()),
-                            *(f"SUM({m})" for m in SUMMED)])
-    conn.execute(f"INSERT INTO step_blocks ({', '.join(_COLUMNS)}) SELECT {aggregates} FROM"
+    conn.execute(f"INSERT INTO step_blocks ({', '.join(_COLUMNS)}) SELECT {_AGGREGATES} FROM"
                  f" (SELECT * FROM steps ORDER BY run_id, step) GROUP BY run_id, epoch, {_block_of('step')}")
     conn.execute(f"CREATE TRIGGER steps_add_to_block AFTER INSERT ON steps BEGIN\n    {_add_new_row()}\nEND")
     conn.execute(f"CREATE TRIGGER steps_resum_block_on_delete AFTER DELETE ON steps BEGIN\n    {_resum('OLD')}\nEND")
