@@ -151,7 +151,8 @@ def sweep_progress(conn: sqlite3.Connection) -> list[dict]:
             " AND e.epoch = (SELECT MAX(epoch) FROM epochs WHERE run_id = r.id)"
             " WHERE r.sweep_id = ? AND r.state = 'finished' GROUP BY r.sweep_config", (s["id"],)).fetchall()
         done = {label: (label, n, margin) for label, n, margin in finished if margin is not None}
-        # in creation order, then by margin: ties go to the older configuration, as in v_sweep_summary
+        # in creation order, then by margin (a stable sort): ties go to the older configuration, as
+        # in v_sweep_summary
         ranked = sorted((done[c] for c, state in configs.items() if c in done and state != "pruned"),
                         key=lambda c: c[2], reverse=True)
         out.append({"id": s["id"], "name": s["name"], "search": s["search"], "state": s["state"],

@@ -24,10 +24,10 @@ def short_config(label: str) -> str:
 
 def progress_text(p: Mapping) -> Text:
     """`sweep 1 demo ████████········ 12/24 done · 2 training · best v2.2·prev=true −0.1412 (n=3) · running`"""
-    done = int(BAR * p["finished"] / p["planned"]) if p["planned"] else 0
+    done = min(BAR, int(BAR * p["finished"] / p["planned"])) if p["planned"] else 0
     line = Text(f"sweep {p['id']} {p['name']} ", style="bold")
-    line.append("█" * min(BAR, done), style="green")
-    line.append("·" * (BAR - min(BAR, done)), style="dim")
+    line.append("█" * done, style="green")
+    line.append("·" * (BAR - done), style="dim")
     line.append(f" {p['finished']}/{p['planned']} done")
     if p["training"]:
         line.append(f" · {p['training']} training", style="cyan")

@@ -24,7 +24,7 @@ from lvmd.errors import UserError
 from lvmd.run.runlock import OWNER_FILE, PID_FILE, RunLock, not_our_daemon, process_start_time, read_pidfile  # noqa: F401 (re-exported)
 from lvmd.run.sysmon import SystemSampler
 from store import commands
-from store.db import connect
+from store.db import connect, transaction
 from store.runs import (DAEMON_LOCK, LIVE_STATES, daemon_alive, database_id, get_run, insert_event, lock_held,
                         record_state, update_run)
 
@@ -256,14 +256,12 @@ def _note_error(db_or_conn, run_id: int, error: str) -> None:
     state is left as it was (stopped or crashed), so the run can be resumed once it is fixed."""
     conn = connect(db_or_conn) if isinstance(db_or_conn, (str, Path)) else db_or_conn
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        if get_run(conn, run_id)["state"] in ("stopped", "crashed"):
-            insert_event(conn, run_id, "error", {"error": error, "during": "resume"})
-            update_run(conn, run_id, error=error.splitlines()[0])
-        conn.execute("COMMIT")
+        with transaction(conn):
+            if get_run(conn, run_id)["state"] in ("stopped", "crashed"):
+                insert_event(conn, run_id, "error", {"error": error, "during": "resume"})
+                update_run(conn, run_id, error=error.splitlines()[0])
     except Exception:                        # the one-line error still reaches the user
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        pass
     finally:
         if conn is not db_or_conn:
             conn.close()

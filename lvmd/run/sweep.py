@@ -28,7 +28,7 @@ from lvmd.errors import UserError
 from lvmd.run import daemon
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue
-from store.db import connect
+from store.db import connect, transaction
 from store.runs import LIVE_STATES, mark_stale_crashed, record_state, truncate_after
 from store.sweeps import (
     add_config,
@@ -37,6 +37,7 @@ from store.sweeps import (
     get_sweep,
     guardrail_events,
     last_epoch,
+    member_values,
     members,
     record_pruned,
     set_config,
@@ -160,16 +161,15 @@ def create(db: Path, spec: SweepSpec, *, name: str, parallel: int) -> int:
             raise UserError(f"{label}: {exc}") from None
     conn = connect(db)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        sweep_id = create_sweep(conn, name=name, search=spec.search, config_path=spec.config or "",
-                                spec=spec.to_dict(), parallel=parallel)
-        for label, overrides in points:
-            add_config(conn, sweep_id, label, overrides)
-        if spec.search == "optuna":
-            sweep_dir(db).mkdir(parents=True, exist_ok=True, mode=0o700)
-            update_sweep(conn, sweep_id, study_storage=f"sqlite:///{sweep_dir(db) / 'optuna.db'}",
-                         study_name=f"lvmd-sweep-{sweep_id}")
-        conn.execute("COMMIT")
+        with transaction(conn):
+            sweep_id = create_sweep(conn, name=name, search=spec.search, config_path=spec.config or "",
+                                    spec=spec.to_dict(), parallel=parallel)
+            for label, overrides in points:
+                add_config(conn, sweep_id, label, overrides)
+            if spec.search == "optuna":
+                sweep_dir(db).mkdir(parents=True, exist_ok=True, mode=0o700)
+                update_sweep(conn, sweep_id, study_storage=f"sqlite:///{sweep_dir(db) / 'optuna.db'}",
+                             study_name=f"lvmd-sweep-{sweep_id}")
     finally:
         conn.close()
     return sweep_id
@@ -403,9 +403,8 @@ class Driver:
                 self.search.tell(config, None, "failed")
             return
         column = OBJECTIVES[self.spec.objective]
-        values = [conn.execute(f"SELECT {column} FROM v_run_summary WHERE run_id = ?", (r["id"],)).fetchone()[0]
-                  for r in runs]
-        values = [v for v in values if v is not None]
+        ids = {r["id"] for r in runs}
+        values = [m[column] for m in member_values(conn, self.id) if m["run_id"] in ids and m[column] is not None]
         objective = sum(values) / len(values) if values else None
         set_config(conn, self.id, config["label"], "complete", objective=objective)
         if self.search:
