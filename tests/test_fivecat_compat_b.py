@@ -127,3 +127,90 @@ def test_compat_ranks_never_beat_the_correct_ranks_by_more_than_the_target_itsel
     right = fivecat.article_ranks(yhat, seqs.article_ids, rows, bank, lnsp=False)
     lnsp = fivecat.article_ranks(yhat, seqs.article_ids, rows, bank, lnsp=True)
     assert set(np.unique(lnsp - right)) <= {0, 1}
+
+
+# -- issue 23: compat B exact, end to end through a checkpoint -------------------------------
+def near_tie_files(tmp_path) -> tuple[str, str]:
+    """Articles whose chunks come in near-duplicate pairs (the second = the first + 1e-7 noise),
+    so a chunk beside the target scores within a few ulps of it: ranks that hang on the last bit."""
+    base = data.synth_articles(n_articles=24, min_chunks=8, max_chunks=14, dim=48, seed=3)
+    rng = np.random.default_rng(4)
+    vecs = np.repeat(base.vectors, 2, axis=0)
+    vecs[1::2] += 1e-7 * rng.standard_normal(vecs[1::2].shape).astype(np.float32)
+    aids = np.repeat(base.article_ids, 2)
+    chunks = np.concatenate([np.arange(n) for n in np.unique(aids, return_counts=True)[1]])
+    arts = data.Articles(vecs.astype(np.float32), aids, chunks)
+    data.save_articles(tmp_path / "articles.npz", arts)
+    data.save_sequences(tmp_path / "val.npz", data.build_windows(arts))
+    return str(tmp_path / "articles.npz"), str(tmp_path / "val.npz")
+
+
+def original_checkpoint(tmp_path, kind: str, dim: int) -> str:
+    """A checkpoint in the original's own layout (LEGACY.md), from a seeded untrained model."""
+    torch.manual_seed(1)
+    mcfg = ModelConfig(kind=kind, d_model=32, nhead=4, num_layers=2, ff=128, hidden=32, amn_d=16)
+    model = build_model(mcfg, dim)
+    path = tmp_path / f"{kind}_best_model.pt"
+    torch.save({"epoch": 3, "model_type": kind, "model_state_dict": model.state_dict(),
+                "model_config": {"input_dim": dim, "nhead": 4, "dropout": 0.1, "output_dim": dim}}, path)
+    return str(path)
+
+
+def reference_ranks(model, val: data.Sequences, arts: data.Articles, max_samples: int) -> np.ndarray:
+    """The original's test B in its own arithmetic (SPEC §4, lvmd/docs/fivecat_compat.md): the
+    whole file's contexts l2-normalised, then one sample at a time: a forward of that context
+    alone, its unit output l2-normalised on the host (predict), the article's vectors normalised
+    once for the file and once per article, sims = article_vecs @ l2n(ŷ), true =
+    float(np.dot(l2n(ŷ), l2n(target row))), rank = 1 + #{sims > true}; the first max_samples usable."""
+    contexts = _l2(np.asarray(val.contexts))
+    vectors = _l2(np.asarray(arts.vectors))
+    ranks = []
+    for i in range(len(val)):
+        if len(ranks) == max_samples:
+            break
+        rows = np.flatnonzero(arts.article_ids == val.article_ids[i])
+        article_vecs = _l2(vectors[rows])
+        j = np.flatnonzero(arts.chunk_ids[rows] == val.target_indices[i])
+        if len(rows) < 6 or not len(j):
+            continue
+        with torch.no_grad():
+            out = model(torch.from_numpy(contexts[i][None]).to(dtype=torch.float32))[1]
+        vhat = _l2(out.detach().cpu().numpy()[0])
+        sims = article_vecs @ _l2(vhat)
+        true = float(np.dot(_l2(vhat), _l2(article_vecs[j[0]])))
+        ranks.append(int(np.sum(sims > true) + 1))
+    return np.array(ranks)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "amn", "lstm", "gru"])
+def test_compat_b_ranks_equal_the_originals_one_at_a_time_ranks_row_for_row(tmp_path, monkeypatch, kind):
+    """Issue 23: `lvmd eval --compat lnsp` on an original checkpoint ranks every B row exactly
+    as the original's one-at-a-time float32 arithmetic does: 0 rows differ. Before, B used the
+    batched predictions (and F.normalize/unit): on these near-ties dozens of rows differed."""
+    from lvmd.eval import legacy
+    from lvmd.eval.fivecat import b_retrieval
+
+    apath, vpath = near_tie_files(tmp_path)
+    arts, val = data.load_articles(apath), data.load_sequences(vpath)
+    model, info = legacy.load_predictor(original_checkpoint(tmp_path, kind, val.dim))
+    assert info["format"] == "lnsp"
+    seen = []
+    real = b_retrieval.article_ranks
+    monkeypatch.setattr(b_retrieval, "article_ranks",
+                        lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    n = 300
+    result = fivecat.evaluate(lambda x: model(x)[1], val, None, arts, compat="lnsp", max_samples=n)
+    want = reference_ranks(model, val, arts, n)
+    got = seen[0]
+    assert len(want) == n and len(got) == n
+    assert int((got != want).sum()) == 0
+    assert result.metrics["VAL"]["r_at_1"] == np.mean(want == 1)
+    assert result.metrics["VAL"]["mrr"] == pytest.approx(np.mean(1.0 / want), rel=0, abs=1e-15)
+    # the data is such that the last bits matter: the batched predictions rank rows differently
+    with torch.no_grad():
+        batched = torch.nn.functional.normalize(model(torch.from_numpy(_l2(val.contexts)))[1], dim=-1).numpy()
+    bank = fivecat.Bank(arts)
+    rows = bank.rows(val.article_ids, val.target_indices)
+    ok = np.flatnonzero(retrievable(bank, val.article_ids, rows))[:n]
+    old = real(batched[ok], val.article_ids[ok], rows[ok], bank, lnsp=True)
+    assert (old != want).sum() > 0

@@ -38,6 +38,20 @@ class Batched:
                 out[lo:lo + len(batch)] = y.detach()  # casts and moves: a predictor may answer on the CPU
         return torch.nn.functional.normalize(out, dim=-1)
 
+    def one_by_one(self, ctx: torch.Tensor) -> np.ndarray:
+        """The predictor's own output for each context alone (a forward per row, as the original
+        script's predict did), copied to the host as float32 and not normalised again: compat's
+        test B, where the last bits decide its ranks (a batched forward rounds differently)."""
+        out = np.empty((len(ctx), self.dim), np.float32)
+        with torch.no_grad():
+            for i in range(len(ctx)):
+                y = self.predict(ctx[i:i + 1].contiguous())
+                y = y[-1] if isinstance(y, (tuple, list)) else y
+                if tuple(y.shape) != (1, self.dim):
+                    raise UserError(f"the model returned shape {tuple(y.shape)} for one context; expected (1, {self.dim})")
+                out[i] = y.detach().float().cpu().numpy()[0]
+        return out
+
 
 class Bank:
     """Index arithmetic on an Articles bank ordered by (article, chunk); never copies it whole."""
@@ -100,6 +114,13 @@ def norms(x: np.ndarray) -> np.ndarray:
 def unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(norms(x), np.float32(1e-12))[..., None]
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    """The original's l2_normalize: x / (‖x‖ + 1e-9) with np.linalg.norm, float32 in, float32
+    out. compat only: its rounding differs from unit()'s in the last bit, and test B's ranks
+    hang on that bit."""
+    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-9)
 
 
 def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

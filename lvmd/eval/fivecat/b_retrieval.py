@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lvmd.eval.fivecat.arrays import Bank, mean
+import torch
+
+from lvmd.eval.fivecat.arrays import Bank, Batched, l2n, mean
 
 MIN_ARTICLE_CHUNKS = 6       # B ranks only within articles of at least this many chunks
 
@@ -46,9 +48,13 @@ def _article_groups(aid: np.ndarray, bank: Bank):
         yield idx, int(start[0]), int(end[0])
 
 
-def l2n(x: np.ndarray) -> np.ndarray:
-    """The original's l2_normalize: x / (‖x‖ + 1e-9), float32 in, float32 out."""
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-9)
+def lnsp_predictions(run: Batched, ctx: torch.Tensor) -> np.ndarray:
+    """compat: test B's predictions made as the original made them, so its ranks are the
+    original's to the last bit: contexts already l2n-normalised (evaluate does that), one
+    context per forward, the model's unit output l2n-normalised again on the host in float32
+    (its predict). A batched forward differs in the last bits (≤ 1.2e-6), and the original's
+    `sims > true` compares one quantity computed two ways, so those bits move ranks by one."""
+    return l2n(run.one_by_one(ctx))
 
 
 def lnsp_article_ranks(yhat: np.ndarray, targets: np.ndarray, article: np.ndarray) -> np.ndarray:

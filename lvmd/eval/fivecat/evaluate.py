@@ -12,8 +12,8 @@ import torch
 from lvmd.data.formats import Articles, Sequences
 from lvmd.errors import UserError
 from lvmd.eval.fivecat.a_offsets import OFFSETS, offset_sweep
-from lvmd.eval.fivecat.arrays import Bank, Batched, Predict, rowdot, take, unit
-from lvmd.eval.fivecat.b_retrieval import retrievable, retrieval
+from lvmd.eval.fivecat.arrays import Bank, Batched, Predict, l2n, rowdot, take, unit
+from lvmd.eval.fivecat.b_retrieval import lnsp_predictions, retrievable, retrieval
 from lvmd.eval.fivecat.c_ablations import ablation_plan, ablations
 from lvmd.eval.fivecat.d_rollout import HORIZON, rollout
 from lvmd.eval.fivecat.e_bins import COMPAT_BINS, bins
@@ -130,10 +130,12 @@ def _evaluate_split(run: Batched, seqs: Sequences, bank: Bank, *, lnsp: bool, ma
     pos = {"A": usable((off_rows >= 0).all(1)), "B": usable(retrievable(bank, aid, tgt_rows)),
            "C": usable(every), "D": usable((future >= 0).all(1)), "E": usable(every)}
     union = np.unique(cand[np.concatenate(list(pos.values()))])             # rows predicted once
+    # compat: the original normalised contexts and targets with its l2_normalize before use
+    norm = l2n if lnsp else unit
     ctx = take(seqs.contexts, union)
     if lnsp:
-        ctx = unit(ctx)  # the original normalised contexts before the model saw them
-    tgt = unit(seqs.targets[union])
+        ctx = norm(ctx)
+    tgt = norm(seqs.targets[union])
     ctx_dev = run.upload(ctx)
     yhat_dev = run(ctx_dev)                                                   # (u, D) on the device
     yhat = yhat_dev.cpu().numpy()
@@ -143,7 +145,10 @@ def _evaluate_split(run: Batched, seqs: Sequences, bank: Bank, *, lnsp: bool, ma
     out: dict[str, float] = {"samples": float(len(union))}
     out |= offset_sweep(take(yhat, at["A"]), off_rows[pos["A"]], bank, lnsp=lnsp)
     stage_done(STAGES[1])
-    out |= retrieval(take(yhat, at["B"]), aid[pos["B"]], tgt_rows[pos["B"]], bank, lnsp=lnsp)
+    # compat: B alone is predicted one context at a time (its ranks hang on the last bit); the
+    # rest stays batched
+    yhat_b = lnsp_predictions(run, take(ctx_dev, at["B"])) if lnsp else take(yhat, at["B"])
+    out |= retrieval(yhat_b, aid[pos["B"]], tgt_rows[pos["B"]], bank, lnsp=lnsp)
     stage_done(STAGES[2])
     c = at["C"]
     plan = ablation_plan(take(ctx, c), aid[pos["C"]], bank, lnsp=lnsp, seed=seed)
