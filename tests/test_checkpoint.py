@@ -36,3 +36,75 @@ def test_temp_files_of_a_dead_writer_are_removed_and_nothing_else(tmp_path):
         p.write_bytes(b"x")
     assert sorted(checkpoint.remove_temp_files(tmp_path)) == sorted(left)
     assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
+# -- issue 23: one write per epoch (best.pt a hard link to the last.pt just written) ----------
+def _train(tiny_data, out_dir, sink, epochs: int, resume_from=None) -> "Trainer":
+    from lvmd.config import load_config
+    from lvmd.data.train_data import load_train_data
+    from lvmd.train.trainer import Trainer
+    from tests.conftest import TINY_MODEL, data_overrides
+
+    cfg = load_config(None, [*data_overrides(tiny_data), *TINY_MODEL, "model.kind=amn", f"train.epochs={epochs}",
+                             "train.batch_size=32"])
+    trainer = Trainer(cfg, load_train_data(cfg), sink, out_dir=out_dir)
+    if resume_from is not None:
+        trainer.load_checkpoint(resume_from)
+    assert trainer.run() == "finished"
+    return trainer
+
+
+def _sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_best_pt_is_a_hard_link_to_the_last_pt_of_an_improving_epoch(tiny_data, tmp_path):
+    from lvmd.train.sink import ListSink
+
+    out = tmp_path / "run"
+
+    class Watching(ListSink):      # what the folder holds the moment best.pt is made
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def event(self, kind, *, step=None, epoch=None, detail=None):
+            super().event(kind, step=step, epoch=epoch, detail=detail)
+            if kind == "checkpoint" and detail["which"] == "best":
+                last, best = out / "last.pt", out / "best.pt"
+                self.seen.append({"step": step, "how": detail.get("how"), "shared": os.path.samestat(
+                    os.stat(last), os.stat(best)), "sha": _sha(best)})
+
+    sink = Watching()
+    trainer = _train(tiny_data, out, sink, epochs=2)
+    assert sink.seen and all(s["how"] == "link" and s["shared"] for s in sink.seen)
+    # last.pt was written again after (the run's end, and epoch 2 if it did not improve): best.pt kept its file
+    last, best = out / "last.pt", out / "best.pt"
+    assert not os.path.samestat(os.stat(last), os.stat(best))
+    assert _sha(best) == sink.seen[-1]["sha"] and stat.S_IMODE(os.stat(best).st_mode) == 0o600
+    assert checkpoint.load(best)["step"] == sink.seen[-1]["step"] and checkpoint.load(last)["step"] == trainer.step
+    writes = [e for e in sink.events if e["kind"] == "checkpoint" and e["detail"]["which"] == "last"]
+    assert len(writes) == 2 + 1            # one per epoch, one at the end: never a second file for best.pt
+    # a resume from either works: from best.pt (epoch 1) on to the end, from last.pt into a 3rd epoch
+    from_best = _train(tiny_data, tmp_path / "b", ListSink(), epochs=2, resume_from=best)
+    assert from_best.step == trainer.step
+    from_last = _train(tiny_data, tmp_path / "l", ListSink(), epochs=3, resume_from=last)
+    assert from_last.epoch == 3 and from_last.step == 3 * trainer.batches_per_epoch
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_best_pt_is_an_atomic_copy_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    import errno
+
+    last = checkpoint.save(tmp_path / "last.pt", {"step": 7, "w": torch.arange(4.0)})
+
+    def no_links(src, dst, *a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    best, how = checkpoint.link_best(last, tmp_path / "best.pt")
+    assert how == "copy" and not os.path.samestat(os.stat(last), os.stat(best))
+    assert best.read_bytes() == last.read_bytes() and checkpoint.load(best)["step"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]

@@ -33,6 +33,28 @@ def copy(src: str | Path, dst: str | Path) -> Path:
     return _write_atomically(dst, fill)
 
 
+def link_best(last: str | Path, best: str | Path) -> tuple[Path, str]:
+    """best.pt as the checkpoint just written to last.pt, without writing it again: a hard link
+    to last.pt's file, renamed over best.pt in one step ("link"). last.pt is only ever replaced
+    by a rename (save), never rewritten in place, so the next save gives last.pt a new file and
+    best.pt keeps this one. Where the filesystem has no hard links (EPERM, EXDEV, ENOTSUP, a
+    FAT volume...), an atomic copy ("copy"). Returns (best, how)."""
+    last, best = Path(last), Path(best)
+    tmp = best.parent / f".{best.name}.{os.urandom(6).hex()}.tmp"   # what remove_temp_files clears
+    try:
+        os.link(last, tmp)
+    except OSError:
+        return copy(last, best), "copy"
+    try:
+        hold("checkpoint")
+        os.replace(tmp, best)
+        fsync_dir(best.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return best, "link"
+
+
 def _write_atomically(path: str | Path, fill: Callable[[BinaryIO], None]) -> Path:
     """fill() writes a temp file beside `path`; fsync, owner-only, then one rename over it."""
     path = Path(path)

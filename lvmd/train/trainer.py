@@ -312,8 +312,9 @@ class Trainer:
         improved = self._is_best(val)
         last = self.save_checkpoint("last")      # the epoch's commit: it names the 5CAT still owed
         if improved and self.main:
-            best = checkpoint.copy(last, self.checkpoint_path("best"))
-            self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": "best", "path": str(best)})
+            best, how = checkpoint.link_best(last, self.checkpoint_path("best"))   # one write per epoch
+            self.sink.event("checkpoint", step=self.step, epoch=self.epoch,
+                            detail={"which": "best", "path": str(best), "how": how})
         if run_full:
             self.run_fivecat(trigger="epoch", epoch=finished_epoch)
             self.eval_due = None
