@@ -100,6 +100,7 @@ class TrainConfig:
     precision: str = "auto"     # auto (bf16 where native, else fp32) | fp32 | bf16 (autocast)
     threads: int | str = "auto"  # torch CPU threads: auto (the usable CPUs left free) | N | 0 (torch's default)
     best_metric: str = "val_loss"  # val_loss (the original's) | margin
+    compile: str = "auto"       # auto (torch.compile the training forward where a probe says it pays) | on | off
     checkpoint_every: int = 0   # also checkpoint every N steps (0 = at epoch ends only)
     telemetry_block: int = 64   # steps per device→host copy of telemetry
     flush_seconds: float = 0.5  # SQLite commit interval
@@ -153,6 +154,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.preset": ("mse", "v1", "v2.1", "v2.2"),
     "loss.prev": ("ctx-2", "true"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "train.compile": ("auto", "on", "off"),
     "train.backend": ("auto", "gloo", "nccl"),
     "train.best_metric": ("val_loss", "margin"),
     "watch.action": ("warn", "pause", "stop"),

@@ -182,6 +182,17 @@ def _m009_step_blocks(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_V3)
 
 
+def _m010_run_compile(db: sqlite_utils.Database) -> None:
+    """runs.compile (on | off) and runs.compile_why (one line: the probe's timings, or why it
+    was not asked): whether the training forward runs under torch.compile (train.compile, decided
+    in the process that trains). Self-contained: needs only m001, and adds only the columns a
+    file lacks (a file rebuilt from an older schema may keep them)."""
+    have = {row[1] for row in db.conn.execute("PRAGMA table_info(runs)")}
+    for column in ("compile", "compile_why"):
+        if column not in have:
+            db.conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
@@ -192,6 +203,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m007_sweeps,
     _m008_database_id,
     _m009_step_blocks,
+    _m010_run_compile,
 ]
 
 

@@ -15,10 +15,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # 2-core CI: keep in-process tests from fighting subprocesses
 
-# A model small enough that a 2-epoch run takes about a second on one core. Precision and
-# threads are pinned (their defaults are "auto"): the same numbers on every CPU.
+# A model small enough that a 2-epoch run takes about a second on one core. Precision, threads
+# and compile are pinned (their defaults are "auto"): the same numbers on every CPU, and no
+# torch.compile in a test that does not ask for it (tests/test_compile.py does).
 TINY_MODEL = ["model.d_model=16", "model.nhead=2", "model.num_layers=1", "model.ff=32",
-              "model.hidden=16", "model.amn_d=8", "train.threads=1", "train.precision=fp32"]
+              "model.hidden=16", "model.amn_d=8", "train.threads=1", "train.precision=fp32", "train.compile=off"]
 
 
 def lvmd(*args: str, cwd: str | Path | None = None, check: bool = False, timeout: float = 120,

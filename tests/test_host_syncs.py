@@ -17,7 +17,7 @@ from lvmd.train.trainer import Trainer
 SYNC_CALLS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__",
               "nonzero", "__format__", "__repr__"}
 TINY = ["model.d_model=16", "model.nhead=2", "model.num_layers=1", "model.ff=32", "model.hidden=16",
-        "model.amn_d=8", "train.threads=1", "train.batch_size=8", "train.precision=fp32"]
+        "model.amn_d=8", "train.threads=1", "train.batch_size=8", "train.precision=fp32", "train.compile=off"]
 
 
 class SyncCounter(TorchFunctionMode):
@@ -41,8 +41,11 @@ def seqs():
     return data.build_windows(data.synth_articles(n_articles=10, min_chunks=12, max_chunks=14, dim=16, seed=1))
 
 
-def _syncs_per_step(cfg, seqs, steps: int = 3) -> list[list[str]]:
+def _syncs_per_step(cfg, seqs, steps: int = 3, backend: str | None = None) -> list[list[str]]:
     trainer = Trainer(cfg, TrainData(seqs, seqs), ListSink(), out_dir="unused")
+    if backend:                                   # the forward compiled with this torch.compile backend
+        trainer.net = torch.compile(trainer.model, backend=backend)
+    assert (trainer.hardware.compile == "on") == (cfg.train.compile == "on")
     split, stage, idx = trainer.train_split, stage_for_epoch(cfg.loss.ramp, 0), torch.arange(8)
     batch = (split.contexts[idx], split.targets[idx], split.prev[idx], stage)
     trainer.train_step(*batch)  # the optimizer makes its state on the first step
@@ -67,6 +70,23 @@ def _syncs_per_step(cfg, seqs, steps: int = 3) -> list[list[str]]:
 def test_a_training_step_makes_no_host_sync(seqs, kind, preset, compat):
     cfg = load_config(None, TINY + [f"model.kind={kind}", f"loss.preset={preset}", f"compat={compat}"])
     assert _syncs_per_step(cfg, seqs) == [[], [], []]
+
+
+def test_a_compiled_training_step_makes_no_host_sync(seqs):
+    """train.compile=on (issue 23): the compiled amn forward (inductor), its backward and the
+    eager loss, clip and AdamW around it still never wait for the device (a graph break on
+    `.item()` would run eagerly and be counted). The same tiny amn graph as tests/test_compile.py."""
+    cfg = load_config(None, TINY + ["model.kind=amn", "loss.preset=v2.1", "train.compile=on"])  # the last wins
+    assert _syncs_per_step(cfg, seqs) == [[], [], []]
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm", "gru"])
+def test_the_other_models_captured_by_dynamo_make_no_host_sync(seqs, kind):
+    """The other models through dynamo's capture and AOTAutograd (backend aot_eager): host syncs
+    come from graph breaks, which are dynamo's; inductor's C++ compile of each would cost minutes
+    cold on a 2-core box, and the amn above runs the real thing."""
+    cfg = load_config(None, TINY + [f"model.kind={kind}", "loss.preset=v2.1", "train.compile=off"])
+    assert _syncs_per_step(cfg, seqs, backend="aot_eager") == [[], [], []]
 
 
 def test_the_counter_sees_the_sync_an_unflagged_causal_mask_makes(seqs):

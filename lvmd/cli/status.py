@@ -27,6 +27,7 @@ def status_of(conn, run: dict) -> dict:
         "last_eval": None if ev is None else {k: ev.get(k) for k in (
             "id", "epoch", "step", "trigger", "gates_passed", "gates_total", "verdict_3of5", "error")},
         "device": run.get("device"), "precision": run.get("precision"), "threads": run.get("threads"),
+        "compile": run.get("compile"), "compile_why": run.get("compile_why"),
         "error": run["error"], "out_dir": run["out_dir"],
     }
 
@@ -52,6 +53,8 @@ def status_block(s: dict) -> str:
     lines.append(f"  progress   epoch {_epoch(s)}, step {s['step']}/{s['total_steps']} ({pct:.1f} %)")
     if s["precision"]:
         lines.append(f"  hardware   {s['device']} {s['precision']} {s['threads']} thread{'s' * (s['threads'] != 1)}")
+    if s["compile"]:
+        lines.append(f"  compile    {s['compile']}: {s['compile_why']}")
     if s["steps_per_s"]:
         per_rank = s["samples_per_s_per_rank"]
         lines.append(f"  speed      {s['steps_per_s']:.1f} steps/s, ETA {_duration(s['eta_s'])}"

@@ -95,7 +95,8 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int,
 
 
 def hardware_fields(hw: hardware.Hardware) -> dict:
-    return {"device": str(hw.device), "precision": hw.precision, "threads": hw.threads}
+    compiled = {"compile": hw.compile, "compile_why": hw.compile_why} if hw.compile else {}  # the trainer's decision
+    return {"device": str(hw.device), "precision": hw.precision, "threads": hw.threads, **compiled}
 
 
 def default_out_dir(db: str | Path, db_id: str, run_id: int) -> Path:

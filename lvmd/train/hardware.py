@@ -29,6 +29,8 @@ class Hardware:
     precision: str      # fp32 | bf16: what autocast uses
     threads: int        # torch CPU threads in force
     why: str            # one line: how precision and threads were chosen
+    compile: str = ""   # on | off once the trainer has decided (lvmd.train.compiling); "" before
+    compile_why: str = ""
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:

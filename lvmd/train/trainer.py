@@ -22,7 +22,7 @@ from lvmd.data import formats as datamod
 from lvmd.data import stream
 from lvmd.data.formats import Articles, DataError, Sequences
 from lvmd.data.train_data import TrainData
-from lvmd.train import checkpoint, distributed, hardware
+from lvmd.train import checkpoint, compiling, distributed, hardware
 from lvmd.train.control import Control, Request
 from lvmd.train.guardrails import DEVICE_METRICS, guarded_loss
 from lvmd.train.models import build_model
@@ -176,6 +176,9 @@ class Trainer:
         self.total_steps = t.epochs * self.batches_per_epoch
         if t.max_steps:
             self.total_steps = min(self.total_steps, t.max_steps)
+        # compile hook: the training forward compiled where train.compile says (auto: a probe of this
+        # step); the decision joins self.hardware (the run row, the hardware event)
+        self.net, self.hardware = compiling.for_trainer(self)
         self.epoch = 0        # current epoch (from 0)
         self.batch = 0        # next batch index within the epoch
         self.step = 0         # optimizer steps done
@@ -200,14 +203,16 @@ class Trainer:
                                self.device)
 
     # -- one optimizer step (also used bare by scripts/bench_trainer.py) --------------------
-    def train_step(self, ctx: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor, stage) -> torch.Tensor:
-        """Forward, guarded loss, backward, clip, step. Returns the packed telemetry (device)."""
+    def train_step(self, ctx: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor, stage,
+                   net: torch.nn.Module | None = None) -> torch.Tensor:
+        """Forward, guarded loss, backward, clip, step. Returns the packed telemetry (device).
+        net: the module to run (the compile probe's); self.net otherwise."""
         t = self.cfg.train
         if t.last_slot_noise > 0:
             ctx = corrupt_last_slot(ctx, share=t.last_slot_noise, sigma=t.noise_sigma, swap_share=t.swap_share)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            raw, unit = self.net(ctx)                                     # (B, D) each
+            raw, unit = (self.net if net is None else net)(ctx)           # (B, D) each
         total, metrics = self.loss_fn(raw, unit, y, y_prev, stage, self.cfg.loss, compat=self.cfg.compat)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
