@@ -72,7 +72,7 @@ def sync(device: torch.device) -> None:
 
 def bench(name: str, overrides: list[str], args, data: TrainData, db: Path) -> dict:
     cfg = load_config(None, overrides + [f"train.batch_size={args.batch}", f"train.precision={args.precision}",
-                                         f"train.device={args.device}"])
+                                         f"train.device={args.device}", "train.compile=off"])  # eager both
     conn = connect(db)
     run_id = create_run(conn, name=f"bench-{name}", preset=cfg.loss.preset, compat="none", config={}, data={})
     sink = SqliteSink(db, run_id, flush_seconds=cfg.train.flush_seconds)
@@ -124,7 +124,7 @@ def grid_trainer(config: Path | None, data: TrainData, precision: str, args, tmp
     from lvmd.train.sink import NullSink
 
     cfg = load_config(config, [f"train.batch_size={args.batch}", f"train.precision={precision}",
-                               "train.threads=1", "train.device=cpu"])
+                               "train.threads=1", "train.device=cpu", "train.compile=off"])
     t = Trainer(cfg, data, NullSink(), out_dir=tmp)
     split, stage, bs = t.train_split, stage_for_epoch(cfg.loss.ramp, 0), cfg.train.batch_size
     order = t.epoch_order(0)

@@ -50,6 +50,9 @@ HEARTBEAT_S = 1.0
 class Decision:
     compiled: bool
     why: str            # one line: what was decided and on what evidence
+    eager_ms: float | None = None       # the probe's medians, where it timed them
+    compiled_ms: float | None = None
+    compile_s: float | None = None
 
     @property
     def state(self) -> str:
@@ -138,7 +141,8 @@ def _probe(net: nn.Module, step: Callable[[nn.Module], Any], total_steps: int, d
     run_s = eager_s * total_steps
     if run_s < MIN_RUN_S:
         return Decision(False, f"compile auto: off (the run's {total_steps} steps take ~{run_s:.0f} s eager at "
-                               f"{eager_s * 1e3:.1f} ms/step; under {MIN_RUN_S:.0f} s a compile cannot pay back)")
+                               f"{eager_s * 1e3:.1f} ms/step; under {MIN_RUN_S:.0f} s a compile cannot pay back)",
+                        eager_ms=eager_s * 1e3)
     compiled = _compile(net)
     try:
         started = time.perf_counter()
@@ -156,9 +160,11 @@ def _probe(net: nn.Module, step: Callable[[nn.Module], Any], total_steps: int, d
     e, c = statistics.median(eager), statistics.median(fast)
     gain = 1.0 - c / e
     yes = gain >= MIN_GAIN
+    change = f"{gain:.0%} faster" if gain >= 0 else f"{-gain:.0%} slower"
     why = (f"compile auto: {'on' if yes else 'off'} (probe: compiled {c * 1e3:.1f} ms/step vs eager {e * 1e3:.1f}, "
-           f"{gain:+.0%} less time{'' if yes else f', needs {MIN_GAIN:.0%}'}; compiling took {compile_s:.0f} s)")
-    return (compiled, Decision(True, why)) if yes else Decision(False, why)
+           f"{change}{'' if yes else f', needs {MIN_GAIN:.0%} faster'}; compiling took {compile_s:.0f} s)")
+    decision = Decision(yes, why, eager_ms=e * 1e3, compiled_ms=c * 1e3, compile_s=compile_s)
+    return (compiled, decision) if yes else decision
 
 
 @contextlib.contextmanager
