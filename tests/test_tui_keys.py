@@ -262,3 +262,13 @@ async def test_b_says_what_happens_to_a_chosen_baseline(db):
         await pilot.pause()
         assert any(f"run {b} is the baseline itself: nothing to overlay" in m for m in messages())
         assert screen.baseline is None
+
+
+def test_lvmd_tui_takes_db_as_every_other_command_does(tmp_path):
+    from conftest import lvmd
+
+    missing = tmp_path / "none.db"
+    proc = lvmd("tui", "--db", str(missing), "--run", "1")
+    assert proc.returncode == 1 and "no such database" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    proc = lvmd("tui", str(tmp_path / "a.db"), "--db", str(tmp_path / "b.db"))
+    assert proc.returncode == 1 and "two databases named" in proc.stderr, proc.stderr

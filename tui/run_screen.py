@@ -205,10 +205,14 @@ class RunScreen(Screen):
                 "system": lambda: self.query_one(SystemPane)}[tab]()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        tab = event.pane.id
+        self.call_after_refresh(self._focus_home, event.pane.id)
+
+    def _focus_home(self, tab: str) -> None:
+        """Give the shown tab the focus, unless a key (`/`) already put it somewhere in that tab."""
         focused = self.focused
-        if not (isinstance(focused, Chart) and tab in CHART_TABS and focused.slot in CHART_TABS[tab]):
-            self.call_after_refresh(self._home(tab).focus)
+        pane = self.query_one(f"TabPane#{tab}")
+        if self.shown_tab() == tab and (focused is None or pane not in focused.ancestors):
+            self._home(tab).focus()
 
     def _commands_here(self, key: str) -> bool:
         if isinstance(self.focused, COMMAND_HOMES):
@@ -258,10 +262,12 @@ class RunScreen(Screen):
         self.replay_epoch = epoch
         self.query_one(GateTable).picked_eval_id = None
         self.app.follow(replay_epoch=epoch)
+        self._refresh_status()  # the mode shows at once; the charts when the tail has read it
 
     def action_zoom(self) -> None:
         self.zoom = (self.zoom + 1) % (MAX_ZOOM + 1)
         self.app.follow(zoom=self.zoom)
+        self._refresh_status()
 
     def action_smooth(self) -> None:
         self.deck.cycle_smooth()
@@ -304,6 +310,9 @@ class RunScreen(Screen):
         self.show_baseline = not self.show_baseline
         self.notify(f"baseline run {wanted} {'shown' if self.show_baseline else 'hidden'} (b)", timeout=3)
         self.app.follow(baseline_id=wanted if self.show_baseline else None)
+        if not self.show_baseline:
+            self.baseline = None
+            self._refresh_status()
 
     def action_pick_eval(self, delta: int) -> None:
         self.query_one(GateTable).pick(delta)

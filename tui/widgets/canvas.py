@@ -338,9 +338,9 @@ def _marker_row(cells) -> Text:
 
 
 def x_ticks(plot: Plot, cols: int) -> list[tuple[float, str]]:
-    """(x, label) of the x axis: round steps, epochs or durations, about one per 9 columns."""
+    """(x, label) of the x axis: round steps, epochs or durations, about one per 7 columns."""
     x0, x1 = plot.x_range
-    want = max(2, cols // 9)
+    want = max(2, cols // 7)
     if plot.x_kind == "time":
         return [(v, tick_label(v, 0, "time")) for v in time_ticks(x0, x1, want)]
     values, step = ticks(x0, x1, want, integer=plot.x_kind == "step" or (plot.x_kind == "epoch" and x1 - x0 >= 2))

@@ -65,18 +65,20 @@ class Folded:
         self.rows: list[dict] = []
         self._open: dict[tuple, int] = {}  # (step, trigger) of an evaluation -> its row
 
-    def update(self, events: tuple[dict, ...]) -> bool:
-        """Fold in what is new; True if the rows changed."""
+    def update(self, events: tuple[dict, ...]) -> int | None:
+        """Fold in what is new: None if nothing changed, else the first row that is new (0
+        after a rebuild; a folded row before it may have changed in place)."""
         n = len(self.source)
         if n and (len(events) < n or events[n - 1] is not self.source[n - 1]):
             self.__init__()
             n = 0
         if len(events) == n:
-            return False
+            return None
+        first = len(self.rows) if n else 0
         for e in events[n:]:
             self._add(e)
         self.source = events
-        return True
+        return first
 
     def _add(self, e: dict) -> None:
         if e["kind"] != PROGRESS:
@@ -208,6 +210,8 @@ class EventsPane(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.folded = Folded()
+        self.shown: list[dict] = []   # the rows that pass the filters
+        self._upto = 0                # folded rows the shown list covers
         self.kind: str | None = None
         self.words: list[str] = []
         self.epoch_ends: list[int] = []
@@ -225,15 +229,22 @@ class EventsPane(Vertical):
 
     def show(self, events: tuple[dict, ...], epochs: tuple[dict, ...], commands: tuple[dict, ...]) -> None:
         ends = [e["step"] for e in epochs if e.get("step") is not None]
-        if self.folded.update(events) or ends != self.epoch_ends:
+        first = self.folded.update(events)
+        if first is not None or ends != self.epoch_ends:
             self.epoch_ends = ends
-            self._refilter()
+            self._refilter(first or 0)
         self.query_one(CommandLog).show(commands)
 
-    def _refilter(self) -> None:
-        rows = [r for r in self.folded.rows if row_matches(r, self.kind, self.words)]
-        self.query_one(EventLog).show(rows, self.epoch_ends)
-        self._header(len(rows))
+    def _refilter(self, first: int = 0) -> None:
+        """The rows that pass the filters: only the rows from `first` on are new (a live run
+        appends), else all of them again (a filter changed, a resume rebuilt the rows)."""
+        if first and first == self._upto:
+            self.shown = self.shown + [r for r in self.folded.rows[first:] if row_matches(r, self.kind, self.words)]
+        else:
+            self.shown = [r for r in self.folded.rows if row_matches(r, self.kind, self.words)]
+        self._upto = len(self.folded.rows)
+        self.query_one(EventLog).show(self.shown, self.epoch_ends)
+        self._header(len(self.shown))
 
     def _header(self, shown: int | None = None) -> None:
         text = Text(EventLog.HEADER)
