@@ -69,6 +69,13 @@ until_shown() {  # until_shown TEXT: wait (up to 20 s) for TEXT on screen before
   echo "tour: waited in vain for \"$1\"" >&2
   missing=$((missing + 1))
 }
+until_gone() {  # until_gone TEXT: wait (up to 20 s) for TEXT (a dialog) to leave the screen
+  local i
+  for i in $(seq 40); do
+    tmux capture-pane -p -t "$session" | grep -qF -- "$1" || return 0
+    sleep 0.5
+  done
+}
 keys() {  # keys KEY...
   tmux send-keys -t "$session" "$@"
   sleep "${PAUSE:-0.6}"
@@ -97,7 +104,7 @@ for size in 160x48 80x24; do
   keys Down; keys b; shot runs-baseline "baseline: run $run_base"   # the short run is the baseline
   keys g; shot runs-g-not-a-sweep "not a sweep member"
   keys Up; keys m; shot runs-marked "1 marked"; keys m
-  keys '?'; shot runs-help "keys · Runs"; keys Escape
+  keys '?'; shot runs-help "keys · Runs"; keys Escape; until_gone "keys · Runs"
   keys o; shot runs-sorted "sorted by state"; keys O; shot runs-reversed "sorted by state"
   keys /; text tour-live; keys Enter; shot runs-filter-name "1 match “tour-live”"
   keys Enter; shot run-train "run $run_long tour-live"
@@ -105,7 +112,7 @@ for size in 160x48 80x24; do
   keys r; shot run-resumed "resume"
   keys c; shot run-checkpoint "checkpoint"
   keys e; shot run-eval-5cat "5CAT"
-  keys s; shot run-stop-asks "Stop run $run_long"; keys n
+  keys s; shot run-stop-asks "Stop run $run_long"; keys n; until_gone "Stop run $run_long"
   keys '['; shot run-replay-last-epoch "REPLAY"
   keys ']'; keys l; shot run-live
   keys b; shot run-baseline-hidden "hidden"; keys b
@@ -127,7 +134,7 @@ for size in 160x48 80x24; do
   keys Escape Escape
   keys 5; shot run-system "lvmd daemon"
   keys C-p; shot run-palette "Quit"; keys Escape; sleep 1
-  keys '?'; shot run-help "keys · Run"; keys Escape; sleep 1
+  keys '?'; shot run-help "keys · Run"; keys Escape; until_gone "keys · Run"
   keys 1; keys Escape; shot back-to-runs "lvmd ·"
   keys q
   sleep 1

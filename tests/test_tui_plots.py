@@ -1,9 +1,12 @@
 """Pure pieces of the TUI: braille drawing, plot building, alerts (no app, no database)."""
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from store.reader import SERIES_COLUMNS, SeriesBin, SeriesSnapshot
 from tui.alerts import alerts_for
@@ -66,6 +69,17 @@ def test_band_shades_only_its_rows_and_empty_plots_say_so():
                                          (2.34e-5, "2.34e-5"), (None, "–"), (0, "0"), (0.2500000298, ".250")])
 def test_fmt_keeps_three_significant_digits_in_seven_characters(value, text):
     assert fmt(value) == text and len(fmt(value)) <= 7
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1e-9, max_value=1e12), st.booleans())
+def test_every_value_keeps_three_significant_digits(v, negative):
+    """Read back, a legend value is within half a unit of its third significant digit."""
+    v = -v if negative else v
+    text = fmt(v)
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9}.get(text[-1], 1.0)
+    back = float(text[:-1] if scale != 1.0 else text) * scale
+    assert len(text) <= 8 and math.isclose(back, v, rel_tol=5e-3), (v, text)
 
 
 def test_counts_read_as_integers():

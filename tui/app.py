@@ -15,6 +15,7 @@ from textual.screen import Screen
 
 from tui import control, prefs
 from tui.dialogs import HelpScreen
+from tui.metrics import DEFAULT_SPECS, picked_spec, step_columns
 from tui.run_screen import RunScreen
 from tui.runs_screen import RunsScreen
 from tui.tail import FALLBACK_S, DbTail, TailFailed, TailUpdate, TailView
@@ -46,8 +47,12 @@ class LvmdTui(App):
 
     def on_mount(self) -> None:
         self._load_prefs()
-        # a chart is never wider than the screen: start there, the run screen narrows it after layout
-        self.tail.set_view(replace(self.tail.view, run_id=self.start_run_id, target_bins=2 * self.size.width))
+        # a chart is never wider than the screen: start there, the run screen narrows it after layout;
+        # the columns the remembered charts draw are read from the first read on (not read twice)
+        columns = step_columns(picked_spec(slot, self.chart_prefs.slots.get(slot) or "default")
+                               for slot in DEFAULT_SPECS)
+        self.tail.set_view(replace(self.tail.view, run_id=self.start_run_id, target_bins=2 * self.size.width,
+                                   step_columns=columns))
         self.run_worker(self.tail.run, thread=True, name="db-tail", exit_on_error=True)
         self.push_screen(RunsScreen())
         if self.start_run_id is not None:

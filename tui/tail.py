@@ -119,6 +119,7 @@ class _RunTracker:
     gates: dict[int, tuple[dict, ...]] = field(default_factory=dict)
     eval_metrics: dict[int, MappingProxyType] = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list)
+    history: tuple[dict, ...] = ()   # the samples as last handed over: the same object while none arrive
     t0: float | None = None
     last_series: reader.SeriesSnapshot | None = None
     series_shape: tuple = ()
@@ -167,14 +168,18 @@ class _RunTracker:
             steps_per_s=_rate(recent), events=tuple(events), epochs=tuple(epochs), evals=tuple(evals),
             gates=MappingProxyType(dict(self.gates)), commands=tuple(reader.recent_commands(conn, self.run_id)),
             step_limit=limit, last_epoch=all_epochs[-1]["epoch"] if all_epochs else None,
-            system=self._latest_sample(), system_history=tuple(self.samples),
+            system=self._latest_sample(), system_history=self.history,
             eval_metrics=MappingProxyType(dict(self.eval_metrics)), t0=self.t0)
 
     def _read_samples(self, conn: sqlite3.Connection) -> None:
         """New system samples by rowid; those the daemon has trimmed (older than an hour) go too."""
-        self.samples += samples_after(conn, self.run_id, self.samples[-1]["rowid"] if self.samples else 0)
-        if self.samples and self.samples[0]["t"] < self.samples[-1]["t"] - KEEP_SAMPLES_S:
+        new = samples_after(conn, self.run_id, self.samples[-1]["rowid"] if self.samples else 0)
+        if not new:
+            return
+        self.samples += new
+        if self.samples[0]["t"] < self.samples[-1]["t"] - KEEP_SAMPLES_S:
             self.samples = [r for r in self.samples if r["t"] >= self.samples[-1]["t"] - KEEP_SAMPLES_S]
+        self.history = tuple(self.samples)
 
     def _latest_sample(self) -> tuple[dict, ...]:
         """The newest sample, a row per device."""

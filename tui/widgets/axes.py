@@ -16,7 +16,7 @@ def _finite(v) -> bool:
 
 
 def fmt(v: float | None, *, count: bool = False) -> str:
-    """A legend value: >= 3 significant digits in at most 7 characters; `count` as an integer."""
+    """A legend value: >= 3 significant digits in at most 8 characters (`-2.34e-5`); `count` as an integer."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float) and math.isinf(v):
@@ -141,3 +141,16 @@ def tick_label(v: float, step: float, kind: str = "value") -> str:
     if text.startswith(("0.", "-0.")) and text not in ("0.", "-0."):
         text = text.replace("0.", ".", 1)
     return ("0" if text in ("-0", "-.0") else text) + (suffix if v else "")
+
+
+def fmt_short(v: float, width: int = 6) -> str:
+    """fmt(v) when it fits in `width` (a gutter), else fewer digits in e-notation (`-2e-5`)."""
+    text = fmt(v)
+    if len(text) <= width:
+        return text
+    for digits in (1, 0):
+        mantissa, exponent = f"{v:.{digits}e}".split("e")
+        text = f"{mantissa}e{int(exponent)}"
+        if len(text) <= width:
+            return text
+    return text[:width]

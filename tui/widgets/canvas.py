@@ -15,7 +15,7 @@ from typing import Sequence
 
 from rich.text import Text
 
-from tui.widgets.axes import fmt, log_ticks, tick_label, ticks, time_ticks  # noqa: F401  (fmt: re-export)
+from tui.widgets.axes import fmt, fmt_short, log_ticks, tick_label, ticks, time_ticks  # noqa: F401  (fmt: re-export)
 
 GUTTER = 7  # y-axis labels (6) + a space
 _DOT_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))  # [dx][dy]
@@ -138,8 +138,17 @@ def draw(plot: Plot, width: int, height: int) -> list[Text]:
     def px(x: float) -> int:
         return min(dots_w - 1, max(0, round((x - x0) / x_span * (dots_w - 1))))
 
-    def py(v: float) -> int:  # v already transformed
-        return min(dots_h - 1, max(0, round((y_hi - v) / (y_hi - y_lo) * (dots_h - 1))))
+    y_scale = (dots_h - 1) / (y_hi - y_lo)
+
+    def py_t(t: float) -> int:  # a transformed value's dot row
+        return min(dots_h - 1, max(0, round((y_hi - t) * y_scale)))
+
+    if plot.log_y:
+        def py(v: float) -> int:
+            return py_t(tf(v))
+    else:
+        def py(v: float) -> int:  # the hot path: no transform
+            return min(dots_h - 1, max(0, round((y_hi - v) * y_scale)))
 
     grid = _Grid(cols, plot_rows)
     for band in plot.bands:
@@ -148,14 +157,14 @@ def draw(plot: Plot, width: int, height: int) -> list[Text]:
         for a, b, y in ref.segments:
             for x in range(px(a), px(b) + 1):
                 if x % 3 == 0:
-                    grid.dot(x, py(tf(y)), ref.style)
+                    grid.dot(x, py(y), ref.style)
     spans = [_columns(tr, px, dots_w) for tr in plot.traces]
     for tr, trace_spans in zip(plot.traces, spans):  # every envelope under every line
         if tr.envelope:
-            _envelope(grid, tr, trace_spans, lambda v: py(tf(v)))
+            _envelope(grid, tr, trace_spans, py)
     for tr, trace_spans in sorted(zip(plot.traces, spans), key=lambda p: not p[0].under):  # stable
-        _mean_line(grid, tr, _smoothed(tr, trace_spans), lambda v: py(tf(v)))
-    labels = _y_labels(plot.log_y, y_lo, y_hi, plot_rows, py)
+        _mean_line(grid, tr, _smoothed(tr, trace_spans), py)
+    labels = _y_labels(plot.log_y, y_lo, y_hi, plot_rows, py_t)
     lines = [legend]
     cursor_cell = None if plot.cursor is None else px(plot.cursor) // 2
     for r in range(plot_rows):
@@ -219,7 +228,7 @@ def _y_labels(log_y: bool, y_lo: float, y_hi: float, rows: int, py) -> dict[int,
             continue
         labels[row] = tick_label(v, step, kind)
     if len(labels) < 2:  # no two round values fit: the range's ends
-        labels = {0: fmt(10 ** y_hi if log_y else y_hi), rows - 1: fmt(10 ** y_lo if log_y else y_lo)}
+        labels = {0: fmt_short(10 ** y_hi if log_y else y_hi), rows - 1: fmt_short(10 ** y_lo if log_y else y_lo)}
     return labels
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from tui.widgets.axes import fmt
@@ -40,7 +41,10 @@ class Part:
         return text
 
     def width(self) -> int:
-        return self.render().cell_len
+        """render().cell_len, without building the Text (fit() asks it often)."""
+        name = cell_len(self.glyph + self.label)
+        value = cell_len(self.value) if self.value is not None else 0
+        return value + (1 if value and name else 0) + name + (1 + cell_len(self.detail) if self.detail else 0)
 
 
 def _shorten(label: str, length: int) -> str:
@@ -100,12 +104,17 @@ def fit(title: str, parts: list[Part], width: int) -> tuple[str, list[Part], str
     return title, parts, sep
 
 
+def _bare(title: str) -> str:
+    """The title without the smoothing mark (`ρ ~0.9` → `ρ`)."""
+    return title.split(" ~", 1)[0]
+
+
 def _parts(plot: Plot) -> list[Part]:
     parts = []
     for tr in plot.traces:
         if not tr.label and tr.value is None:
             continue
-        label = "" if tr.rank == 0 and tr.label == plot.title else tr.label
+        label = "" if tr.rank == 0 and tr.label == _bare(plot.title) else tr.label
         glyph = "" if tr.dash == "solid" else DASH_GLYPHS.get(tr.dash, "")
         parts.append(Part(None if tr.value is None else fmt(tr.value, count=tr.count), label, glyph, tr.style, tr.rank))
     for ref in plot.refs:
@@ -124,7 +133,7 @@ def _readout_parts(plot: Plot) -> list[Part]:
         if point is None:
             continue
         lo, hi = fmt(point[2], count=tr.count), fmt(point[3], count=tr.count)
-        label = "" if tr.rank == 0 and tr.label == plot.title else tr.label
+        label = "" if tr.rank == 0 and tr.label == _bare(plot.title) else tr.label
         glyph = "" if tr.dash == "solid" else DASH_GLYPHS.get(tr.dash, "")
         parts.append(Part(fmt(point[4], count=tr.count), label, glyph, tr.style, tr.rank,
                           "" if lo == hi else f"[{lo}‥{hi}]"))

@@ -111,7 +111,7 @@ class SystemPane(Widget, can_focus=True):
         self.rows: tuple[dict, ...] = ()  # the newest sample, a row per device
 
     def show(self, history: tuple[dict, ...], latest: tuple[dict, ...]) -> None:
-        if history != self.history:
+        if history is not self.history:  # the tail hands over the same tuple while no sample arrived
             self.history, self.rows = history, latest
             self.refresh()
 
