@@ -175,7 +175,7 @@ def _markers(run: RunSnapshot, axis: XAxis) -> list[tuple[float, str]]:
 
 
 def _cursor(view: ChartView, axis: XAxis) -> tuple[float | None, str]:
-    """The cursor's x on this axis, and its label (`1.2k`, `5m10s`, `ep 3.25`)."""
+    """The cursor's x on this axis, and its label (`1.2k`, `5m10s`, `3.25 epochs`)."""
     step = view.cursor_step
     if step is None:
         return None, ""

@@ -1,8 +1,8 @@
 """One run, live: status, charts, gates, events, config and the machine, and the keys that steer it.
 
 The screen holds what the tail must follow (replay, zoom, baseline) and what every chart shares
-(x axis, smoothing, cursor); the views are widgets that draw what they are shown and speak by
-messages (a chart's new metric or scale, the mouse over a step, an event kind to choose).
+(x axis, smoothing, cursor: tui.chart_deck); the views are widgets that draw what they are shown
+and speak by messages (a chart's new metric or scale, the mouse over a step).
 
 Focus decides what a key means: while a text box has focus every printable key is text; the
 run's commands (p r e c s) act only from a chart or a table, and say so elsewhere."""
@@ -217,8 +217,8 @@ class RunScreen(Screen):
     def _commands_here(self, key: str) -> bool:
         if isinstance(self.focused, COMMAND_HOMES):
             return True
-        where = "the config search" if isinstance(self.focused, Input) else f"the {self.shown_tab()} tab"
-        self.notify(f"`{key}` steers the run from a chart or a table (tabs 1–3); not from {where}",
+        where = "a text box" if isinstance(self.focused, Input) else f"the {self.shown_tab()} tab"
+        self.notify(f"`{key}` steers the run from a chart or a table (tabs 1, 2, 3, 5); not from {where}",
                     severity="warning", timeout=4)
         return False
 

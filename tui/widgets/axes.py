@@ -70,8 +70,8 @@ def fmt_x(x: float, kind: str) -> str:
     """An x position in words of its axis (the cursor readout)."""
     if kind == "time":
         return fmt_duration(x)
-    if kind == "epoch":
-        return f"ep {x:.2f}".rstrip("0").rstrip(".")
+    if kind == "epoch":  # epochs completed: 3.25 is a quarter into the fourth
+        return f"{x:.2f}".rstrip("0").rstrip(".") + " epochs"
     return fmt_step(x)
 
 
