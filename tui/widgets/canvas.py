@@ -385,8 +385,13 @@ def marker_columns(plot: Plot, width: int) -> dict[int, str]:
 
 
 def bin_at(trace: Trace, x: float) -> tuple[float, float, float, float, float] | None:
-    """The point (bin) of the trace that holds x, else the nearest one; None if it has none."""
+    """The point (bin) of the trace that holds x, else the nearest one (another run's bins need
+    not line up with the open run's); None if it has none, or if x lies more than a bin beyond
+    the trace's ends (a shorter run has no value at a step it never reached)."""
     points = [p for p in trace.points if p[2] is not None]
     if not points:
+        return None
+    reach = max(p[1] - p[0] for p in points) + (points[-1][0] - points[0][0]) / max(1, len(points) - 1)
+    if not points[0][0] - reach <= x <= points[-1][1] + reach:
         return None
     return min(points, key=lambda p: 0 if p[0] <= x <= p[1] else min(abs(x - p[0]), abs(x - p[1])))

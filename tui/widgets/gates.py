@@ -92,15 +92,18 @@ class GateTable(Vertical):
         self.shown = (ev["id"], gates)
         table.clear(columns=True)
         splits = split_order(list(gates))
-        table.add_column("gate", key="gate")
-        for split in splits:
-            table.add_column(split.upper(), key=split)
         cells: dict[tuple[str, str], dict[str, dict]] = {}
         for g in gates:
             cells.setdefault((g["gate"], g["metric"]), {})[g["split"]] = g
-        for (gate, metric), by_split in sorted(cells.items(), key=lambda kv: kv[0][0]):
-            table.add_row(Text(f"{gate} {metric.removeprefix('delta_')}"),
-                          *(gate_cell(by_split.get(split)) for split in splits), key=f"{gate}:{metric}")
+        rows = [(f"{gate}:{metric}", [Text(f"{gate} {metric.removeprefix('delta_')}"),
+                                      *(gate_cell(by_split.get(split)) for split in splits)])
+                for (gate, metric), by_split in sorted(cells.items(), key=lambda kv: kv[0][0])]
+        # Each column as wide as its widest cell, said now: DataTable measures auto-width columns
+        # only when it is next idle, and a busy screen (a live run) drew them label-wide till then.
+        for i, (label, key) in enumerate([("gate", "gate"), *((s.upper(), s) for s in splits)]):
+            table.add_column(label, key=key, width=max([len(label), *(row[i].cell_len for _, row in rows)]))
+        for key, row in rows:
+            table.add_row(*row, key=key)
 
 
 def gate_cell(g: dict | None) -> Text:

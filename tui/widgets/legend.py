@@ -90,10 +90,10 @@ def fit(title: str, parts: list[Part], width: int) -> tuple[str, list[Part], str
     if total() <= width:
         return title, parts, sep
     sep = " "
-    for i, p in enumerate(parts):  # the cursor's ranges, lowest priority first
+    for i in range(len(parts) - 1, -1, -1):  # the cursor's ranges, lowest priority (last) first
         if total() <= width:
             return title, parts, sep
-        parts[i] = replace(p, detail="")
+        parts[i] = replace(parts[i], detail="")
     if (drop(lambda p: p.rank >= 4) or shorten_to(LONG_LABEL) or drop(lambda p: p.rank >= 3) or unlabel()
             or drop(lambda p: p.rank >= 2) or drop(lambda p: p.rank >= 1) or shorten_to(1)):
         return title, parts, sep
