@@ -37,6 +37,34 @@ class StoreError(Exception):
     """A problem with the database file, reported in one line."""
 
 
+# Databases this process must not open again: the file at the path is no longer the one its
+# writer opened (store.writer.DatabaseWatch), and connections kept open on purpose (park).
+_LOST: dict[str, str] = {}
+_PARKED: list[sqlite3.Connection] = []
+
+
+def mark_lost(path: str | os.PathLike, reason: str) -> None:
+    """From now on connect(path) in this process refuses with `reason`: whatever is at the path
+    is not the database this process was writing (a final state must not land in another file)."""
+    _LOST[os.path.abspath(path)] = reason
+
+
+def lost_reason(path: str | os.PathLike) -> str | None:
+    return _LOST.get(os.path.abspath(path))
+
+
+def park(conn: sqlite3.Connection) -> None:
+    """Keep `conn` open until the process ends instead of closing it: after its database was
+    moved or its -wal deleted, SQLite's close would delete the -wal and -shm BY PATH, which may
+    now belong to another database. A process that parked a connection must end with os._exit
+    (lvmd.cli.main does), so no finaliser closes it either."""
+    _PARKED.append(conn)
+
+
+def parked() -> bool:
+    return bool(_PARKED)
+
+
 def meaning(exc: sqlite3.Error) -> str | None:
     """What an SQLite error says about the file or the disk (None: not about them, e.g. a bug)."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -99,6 +127,8 @@ def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conne
     migrations. Every failure is a one-line StoreError naming the file.
     """
     path = Path(path)
+    if lost_reason(path) is not None:
+        raise StoreError(f"{lost_reason(path)}; this process will not open it again")
     check_path(path, create=not readonly)
     try:
         conn = _open_readonly(path) if readonly else _open_writer(path)

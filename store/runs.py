@@ -155,6 +155,56 @@ def record_state(conn: sqlite3.Connection, run_id: int, state: str, detail: dict
     return changed
 
 
+RESUMABLE_STATES = ("stopped", "crashed")
+
+
+def begin_resume(conn: sqlite3.Connection, run_id: int, *, pid: int) -> bool:
+    """stopped | crashed → starting, before a resume spawns its daemon: from here on the run is
+    live, so a `stop` typed while the daemon starts is queued and honoured by it at its first
+    step boundary. `pid` is the process that waits for the daemon (it heartbeats the row, see
+    beat_starting). False if the run was not resumable any more (another resume began)."""
+    with contextlib.nullcontext() if conn.in_transaction else transaction(conn):
+        row = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None or row["state"] not in RESUMABLE_STATES:
+            return False
+        return record_state(conn, run_id, "starting", {"resume": True, "from": row["state"]},
+                            expect=RESUMABLE_STATES, pid=pid, heartbeat_at=time.time(), ended_at=None)
+
+
+def beat_starting(conn: sqlite3.Connection, run_id: int, pid: int) -> None:
+    """The heartbeat of a run whose resume is starting, from the process `pid` that waits for
+    its daemon (only while the row still names that process: the daemon takes over)."""
+    conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND state = 'starting' AND pid = ?",
+                 (time.time(), run_id, pid))
+
+
+def end_failed_resume(conn: sqlite3.Connection, run_id: int, error: str, *, if_starting: bool = False) -> None:
+    """A resume that failed before its daemon trained: the run goes back to the state it had
+    (stopped or crashed; crashed if that is not known) with an 'error' event and the row's
+    error, so it can be resumed once the cause is fixed; commands queued meanwhile fail with
+    it. A stopped or crashed run only gets the error (nothing at all with `if_starting`: the
+    daemon has said it already)."""
+    first = error.strip().splitlines()[0] if error.strip() else "resume failed"
+    with contextlib.nullcontext() if conn.in_transaction else transaction(conn):
+        row = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return
+        if row["state"] == "starting":
+            last = conn.execute("SELECT detail FROM events WHERE run_id = ? AND kind = 'state' ORDER BY id DESC "
+                                "LIMIT 1", (run_id,)).fetchone()
+            try:
+                began = json.loads(last["detail"]) if last and last["detail"] else {}
+            except ValueError:
+                began = {}
+            back = began.get("from") if began.get("resume") and began.get("from") in RESUMABLE_STATES else "crashed"
+            record_state(conn, run_id, back, {"reason": "the resume failed", "error": first},
+                         expect=("starting",), error=first)
+        elif row["state"] not in RESUMABLE_STATES or if_starting:
+            return
+        insert_event(conn, run_id, "error", {"error": error, "during": "resume"})
+        update_run(conn, run_id, error=first)
+
+
 def pid_alive(pid: int | None) -> bool:
     """Is process `pid` running on this host? A zombie (dead, not yet reaped) counts as gone."""
     if not pid or pid <= 0:

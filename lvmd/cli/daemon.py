@@ -21,13 +21,21 @@ from lvmd.config import load_config
 from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
 from lvmd.run import daemon, launch
+from lvmd.run.runlock import folder_refusal, refuse
+from lvmd.run.signals import send_signal
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get
 from store.db import connect
 from store.runs import (
+    DAEMON_LOCK,
     LIVE_STATES,
+    STALE_SECONDS,
     TERMINAL_STATES,
+    begin_resume,
     daemon_alive,
+    database_id,
+    end_failed_resume,
+    lock_held,
     get_run,
     list_runs,
     look_readonly,
@@ -63,8 +71,10 @@ def register(sub) -> None:
     _db_arg(p)
     p.add_argument("--resume", action="store_true", help="continue a stopped or crashed run from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--begun", action="store_true", help=argparse.SUPPRESS)   # spawned by a resume that began the run
     _allow_pickle_arg(p)
     _allow_data_change_arg(p)
+    _adopt_folder_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("stop", help="stop a run: checkpoint, state stopped, exit")
@@ -98,6 +108,7 @@ def register(sub) -> None:
                    help="restart on N local processes (default: as many as the run last had)")
     _allow_pickle_arg(p)
     _allow_data_change_arg(p)
+    _adopt_folder_arg(p)
     p.set_defaults(func=cmd_resume, verb="resume")
 
 
@@ -109,6 +120,12 @@ def _allow_pickle_arg(p) -> None:
 def _allow_data_change_arg(p) -> None:
     p.add_argument("--allow-data-change", action="store_true",
                    help="resume even though a data file's sha256 differs from the one stored at create")
+
+
+def _adopt_folder_arg(p) -> None:
+    p.add_argument("--adopt-folder", action="store_true",
+                   help="use a run folder (and its last.pt) that cannot prove it is this run's: no run.json, or a "
+                        "checkpoint without identity (made by an older lvmd); never taken from the DB")
 
 
 def _db_arg(p) -> None:
@@ -198,8 +215,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_id = resolve_run(conn, args.run)["id"]
     finally:
         conn.close()
-    return serve_foreground(str(db), run_id, resume=args.resume, quiet=args.quiet,
-                            allow_pickle=args.allow_pickle, allow_data_change=args.allow_data_change)
+    return serve_foreground(str(db), run_id, resume=args.resume, quiet=args.quiet, begun=args.begun,
+                            allow_pickle=args.allow_pickle, allow_data_change=args.allow_data_change,
+                            adopt_folder=args.adopt_folder)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -256,11 +274,18 @@ def _done_line(run_id: int, verb: str, cmd: dict, result: dict) -> str:
 def cmd_resume(args: argparse.Namespace) -> int:
     """A paused run with a live daemon takes a `resume` command; a stopped or crashed run (or
     one whose daemon is gone) restarts from its last checkpoint under the same id. A run that
-    is already running says so and exits non-zero."""
+    is already running (or being resumed) says so and exits non-zero.
+
+    The restart is begun in the database before its daemon is spawned (store.runs.begin_resume:
+    the run is `starting` from then on), so a stop typed while the daemon starts is queued and
+    the daemon honours it at its first step boundary; a resume that fails puts the run back."""
 
     conn, db = _open(args)
     try:
         run = resolve_run(conn, args.run)
+        if run["state"] == "starting" and _being_started(run):
+            raise UserError(f"run {run['id']} is already being resumed or started (pid {run['pid']}); "
+                            f"`lvmd status {run['id']}` shows it")
         if run["state"] in LIVE_STATES and _alive_settled(run, paused=run["state"] == "paused"):
             if args.foreground:
                 raise UserError(f"run {run['id']} is {run['state']} in pid {run['pid']}; "
@@ -272,19 +297,43 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 return sent
             run = get_run(conn, run["id"])     # its daemon died before taking it: restart below
         daemon.resumable_checkpoint(conn, run, locked=False)   # marks it crashed if its daemon is gone
+        owner = {"db": str(db), "db_id": database_id(conn), "run_id": run["id"]}
+        refuse(folder_refusal(Path(run["out_dir"]), owner, adopt=args.adopt_folder))  # before its log is opened
+        if not begin_resume(conn, run["id"], pid=os.getpid()):
+            raise UserError(f"run {run['id']} is already being resumed; `lvmd status {run['id']}` shows it")
+        run = get_run(conn, run["id"])
     finally:
         conn.close()
     nproc = check_nproc(args.nproc if args.nproc is not None else run.get("world_size") or 1)
-    opts = {"allow_pickle": args.allow_pickle, "allow_data_change": args.allow_data_change}
+    opts = {"allow_pickle": args.allow_pickle, "allow_data_change": args.allow_data_change,
+            "adopt_folder": args.adopt_folder}
     if args.foreground and nproc > 1:
-        return launch_foreground(str(db), run["id"], nproc, quiet=args.quiet, resume=True, **opts)
+        return launch_foreground(str(db), run["id"], nproc, quiet=args.quiet, resume=True, begun=True, **opts)
     if args.foreground:
-        return serve_foreground(str(db), run["id"], resume=True, quiet=args.quiet, **opts)
-    spawned = daemon.spawn(db, run, resume=True, nproc=nproc, **opts)
+        return serve_foreground(str(db), run["id"], resume=True, begun=True, quiet=args.quiet, **opts)
+    try:
+        spawned = daemon.spawn(db, run, resume=True, nproc=nproc, begun=True, **opts)
+    except BaseException as exc:
+        _end_failed_resume(db, run["id"], f"cannot start its daemon: {exc}")
+        raise
     run = daemon.wait_started(db, run["id"], spawned, timeout=max(args.timeout, START_SECONDS), resume=True)
     print(f"run {run['id']} resumed from step {run['step']} ({run['state']}, pid {run['pid']}); log {spawned.log}",
           flush=True)
     return 0
+
+
+def _being_started(run: dict) -> bool:
+    """A `starting` run whose daemon holds its lock, or whose starter still heartbeats it."""
+    lock = Path(run["out_dir"] or ".") / DAEMON_LOCK
+    return lock_held(lock) or time.time() - (run["heartbeat_at"] or 0) < STALE_SECONDS
+
+
+def _end_failed_resume(db: Path, run_id: int, error: str) -> None:
+    conn = connect(db)
+    try:
+        end_failed_resume(conn, run_id, error, if_starting=True)
+    finally:
+        conn.close()
 
 
 def _alive_settled(run: dict, *, paused: bool) -> bool:
@@ -335,8 +384,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
             return 0
         ended = _await_end(conn, run, args.grace)
         if ended is None:
-            if _signal(run, signal.SIGTERM):
-                print(f"lvmd: run {run['id']} did not stop within {args.grace:g} s; sent SIGTERM", file=sys.stderr)
+            now = get_run(conn, run["id"])
+            why = send_signal(now, signal.SIGTERM, db_id=database_id(conn))
+            print(f"lvmd: run {run['id']} did not stop within {args.grace:g} s; "
+                  + ("sent SIGTERM" if why is None else f"pid {now['pid']} not signalled: {why}"), file=sys.stderr)
             ended = _await_end(conn, run, TERM_WAIT_SECONDS)
         if ended is None:
             raise UserError(f"run {run['id']} is still running after stop and SIGTERM; "
@@ -372,17 +423,6 @@ def _await_end(conn, run: dict, timeout: float) -> dict | None:
     return None
 
 
-def _signal(run: dict, sig: int) -> bool:
-    """Send `sig` to the run's daemon if it is alive on this host."""
-    if run["host"] != socket.gethostname() or not daemon_alive(run) or not pid_alive(run["pid"]):
-        return False
-    try:
-        os.kill(run["pid"], sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _kill(conn, run: dict) -> int:
     """--force: SIGKILL, then record the run stopped (it wrote no checkpoint for this stop;
     resume continues from the last one and drops the rows after it)."""
@@ -391,10 +431,10 @@ def _kill(conn, run: dict) -> int:
         raise UserError(f"run {run['id']} runs on {run['host']}; --force works on that host only")
     killed = False
     if daemon_alive(run):
-        why = daemon.not_our_daemon(run)
+        why = send_signal(run, signal.SIGKILL, db_id=database_id(conn))
         if why is not None:
             raise UserError(f"run {run['id']}: pid {run['pid']} is not its daemon ({why}); not killed")
-        killed = _signal(run, signal.SIGKILL)
+        killed = True
     deadline = time.monotonic() + FORCE_WAIT_SECONDS
     while daemon_alive(get_run(conn, run["id"])) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -183,6 +183,7 @@ class Trainer:
         # An epoch whose end-of-epoch 5CAT is owed: set in the checkpoint that ends the epoch and
         # cleared once the 5CAT is written, so a process killed during it re-runs it on resume.
         self.eval_due: int | None = None
+        self.identity: dict | None = None    # checkpoint.identity() of the run (the runner sets it)
         self.telemetry = TelemetryBuffer(sink, block=t.telemetry_block, flush_seconds=t.flush_seconds,
                                          on_rows=self._on_rows)
         if not self.main:        # distributed hook: rank 0 alone records the (global) telemetry
@@ -312,7 +313,7 @@ class Trainer:
         improved = self._is_best(val)
         last = self.save_checkpoint("last")      # the epoch's commit: it names the 5CAT still owed
         if improved and self.main:
-            best = checkpoint.copy(last, self.checkpoint_path("best"))
+            best = checkpoint.copy(last, self.checkpoint_path("best"), run_id=(self.identity or {}).get("run_id"))
             self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": "best", "path": str(best)})
         if run_full:
             self.run_fivecat(trigger="epoch", epoch=finished_epoch)
@@ -394,6 +395,8 @@ class Trainer:
             "epoch_stats": dict(vars(self.telemetry.stats)),  # a mid-epoch resume keeps the epoch's aggregates
             "eval_due": -1 if self.eval_due is None else self.eval_due,
         }
+        if self.identity is not None:
+            state["identity"] = self.identity
         if ranks is not None:
             state.update(world_size=self.dist.world, rng_ranks=ranks)
         path = checkpoint.save(self.checkpoint_path(which), state)
