@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "lvmd.cli.tui",
     "lvmd.cli.eval",
     "lvmd.cli.report",
+    "lvmd.cli.dbtools",
 ]
 
 

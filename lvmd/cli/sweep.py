@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--sampler-seed", type=int, default=0, help="optuna: the TPE sampler's seed")
     p.add_argument("--prune-skip-max", type=float,
                    help="optuna: prune when an epoch's skip rate exceeds this (default: the run's watch.skip_rate_max)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read the original's pickled NPZ metadata in every member (runs code from the file); "
+                        "`sweep resume` needs it again: it is never taken from the database")
     p.add_argument("--json", action="store_true", help="status: JSON")
     p.add_argument("--db", help="SQLite file (default $LVMD_DB or ./lvmd.db)")
     p.set_defaults(func=cmd_sweep)
@@ -75,6 +78,7 @@ def _seeds(text: str) -> list[int]:
 
 def _new(args) -> int:
     from lvmd.cli.train import split_config_arg
+    from lvmd.config import load_config
     from lvmd.run import sweep
 
     config, overrides = split_config_arg(args.config, args.overrides)
@@ -97,20 +101,17 @@ def _new(args) -> int:
         seeds=_seeds(args.seeds), search=args.search, trials=args.trials, objective=args.objective,
         ranges=ranges, enqueue=[item.split() for item in args.enqueue], sampler_seed=args.sampler_seed,
         prune_skip_max=args.prune_skip_max)
-    name = args.name or _config_name(config, overrides)
+    base = load_config(config, overrides)
+    name = args.name or base.name
+    # the opt-in: this command line, or the config file and overrides given now (never the DB later)
+    allow_pickle = args.allow_pickle or base.data.allow_pickle
     db = _db(args)
     parallel = args.parallel or sweep.default_parallel()
     sweep_id = sweep.create(db, spec, name=name, parallel=parallel)
     print(f"sweep {sweep_id} ({name}): {args.search}, seeds {','.join(map(str, spec.seeds))}, "
           f"{parallel} at once → {db}", flush=True)
-    state = sweep.Driver(db, sweep_id, say=_say).run()
+    state = sweep.Driver(db, sweep_id, say=_say, allow_pickle=allow_pickle).run()
     return 0 if state in ("finished", "stopped") else 1
-
-
-def _config_name(config: str | None, overrides: list[str]) -> str:
-    from lvmd.config import load_config
-
-    return load_config(config, overrides).name
 
 
 def _say(text: str) -> None:
@@ -121,7 +122,7 @@ def _resume(args) -> int:
     from lvmd.run import sweep
 
     if len(args.overrides) != 1:
-        raise UserError("usage: lvmd sweep resume ID [--parallel N] [--db FILE]")
+        raise UserError("usage: lvmd sweep resume ID [--parallel N] [--allow-pickle] [--db FILE]")
     db = _db(args)
     if not db.exists():
         raise UserError(f"{db}: no such database")
@@ -134,7 +135,7 @@ def _resume(args) -> int:
     except UnknownSweep as exc:
         raise UserError(str(exc)) from None
     print(f"sweep {sweep_id}: resuming → {db}", flush=True)
-    state = sweep.resume(db, sweep_id, parallel=args.parallel, say=_say)
+    state = sweep.resume(db, sweep_id, parallel=args.parallel, say=_say, allow_pickle=args.allow_pickle)
     return 0 if state in ("finished", "stopped") else 1
 
 

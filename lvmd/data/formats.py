@@ -34,6 +34,10 @@ SEQUENCE_KEYS = {
 }
 
 
+class PickleRefused(UserError, ValueError):
+    """A file whose needed content is pickled, read without the user's --allow-pickle."""
+
+
 class DataError(UserError, ValueError):
     """Bad data file; the message names the file, the key and the problem."""
 
@@ -195,7 +199,7 @@ def load_sequences(path: str | Path, *, allow_pickle: bool = False) -> Sequences
 
 def _ids_from_metadata(npz, path, allow_pickle: bool, m: int, art, idx):
     if not allow_pickle:
-        raise DataError(f"{path}: article ids and target indices are only in the pickled 'metadata' key; "
+        raise PickleRefused(f"{path}: article ids and target indices are only in the pickled 'metadata' key; "
                         "reading it runs code stored in the file. If you trust the file, pass --allow-pickle "
                         "(config: data.allow_pickle = true)")
     meta = npz["metadata"]

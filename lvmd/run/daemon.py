@@ -21,8 +21,7 @@ from lvmd.config import RunConfig, config_from_dict
 from lvmd.data.train_data import load_train_data
 from lvmd.train.control import HEARTBEAT_SECONDS, Control, Request, ignore
 from lvmd.errors import UserError
-from lvmd.run.runlock import (OWNER_FILE, PID_FILE, RunLock, folder_refusal, process_start_time,  # noqa: F401
-                              read_pidfile, refuse)
+from lvmd.run.runlock import RunLock
 from lvmd.run.sysmon import SystemSampler
 from store import commands
 from store.db import connect, park
@@ -389,14 +388,20 @@ START_GRACE_S = 2.0
 def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float, resume: bool = False) -> dict:
     """Block until the spawned daemon records itself live (its pid, past `starting`) and return
     the row; if it exits first, raise its own error (from the row, else from its log). A fresh
-    row its daemon never touched is marked failed; a resume never writes a state here: if another
-    daemon won the run (two resumes at once), the run is healthy and this one just says so."""
+    row its daemon never touched is marked failed. A resume begun by this process (begin_resume)
+    is heartbeaten here until its daemon takes over, and put back (stopped or crashed) if the
+    daemon dies before it could say so; if another daemon won the run (two resumes at once), the
+    run is healthy and this one just says so."""
     proc = daemon.proc
     deadline = time.monotonic() + timeout
     live_since = None
+    next_beat = 0.0
     conn = connect(db)
     try:
         while True:
+            if resume and time.monotonic() >= next_beat:
+                beat_starting(conn, run_id, os.getpid())
+                next_beat = time.monotonic() + HEARTBEAT_SECONDS
             run = get_run(conn, run_id)
             ours = _started_by(run["pid"], proc.pid)
             if ours and run["state"] in LIVE_STATES and run["state"] != "starting":
