@@ -190,13 +190,19 @@ def end_failed_resume(conn: sqlite3.Connection, run_id: int, error: str, *, if_s
         if row is None:
             return
         if row["state"] == "starting":
-            last = conn.execute("SELECT detail FROM events WHERE run_id = ? AND kind = 'state' ORDER BY id DESC "
-                                "LIMIT 1", (run_id,)).fetchone()
-            try:
-                began = json.loads(last["detail"]) if last and last["detail"] else {}
-            except ValueError:
-                began = {}
-            back = began.get("from") if began.get("resume") and began.get("from") in RESUMABLE_STATES else "crashed"
+            back = "crashed"
+            # the state the resume began from: its begin_resume event, past the daemon's own `starting`
+            for (text,) in conn.execute("SELECT detail FROM events WHERE run_id = ? AND kind = 'state' "
+                                        "ORDER BY id DESC LIMIT 4", (run_id,)).fetchall():
+                try:
+                    began = json.loads(text) if text else {}
+                except ValueError:
+                    break
+                if began.get("state") != "starting":
+                    break
+                if began.get("resume"):
+                    back = began.get("from") if began.get("from") in RESUMABLE_STATES else back
+                    break
             record_state(conn, run_id, back, {"reason": "the resume failed", "error": first},
                          expect=("starting",), error=first)
         elif row["state"] not in RESUMABLE_STATES or if_starting:

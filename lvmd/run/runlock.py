@@ -109,8 +109,10 @@ def folder_refusal(out_dir: Path, owner: dict, *, adopt: bool = False, lock_made
                 f"lvmd's); nothing was written into it. If it is this run's folder, `lvmd resume "
                 f"{owner['run_id']} --adopt-folder` uses it")
     same_run = (mine.get("db_id"), mine.get("run_id")) == (owner["db_id"], owner["run_id"])
-    other_db = mine.get("db") and mine["db"] != owner["db"] and Path(mine["db"]).exists() \
-        and not _same_file(mine["db"], owner["db"])
+    # the same id in another live file: a copy of the database (cp, a restored backup), which must
+    # not share its runs' folders; a file there with another id (or none) means the database moved
+    other_db = mine.get("db") and mine["db"] != owner["db"] and not _same_file(mine["db"], owner["db"]) \
+        and _db_id_at(mine["db"]) == owner["db_id"]
     if not same_run or other_db:
         return (f"{out_dir}: this folder belongs to run {mine.get('run_id')} of "
                 f"{mine.get('db') or 'another database'} (database id {str(mine.get('db_id'))[:12]}); {run} "
@@ -123,6 +125,25 @@ def claim_folder(out_dir: Path, owner: dict) -> None:
     if read_owner(out_dir) != owner:
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(out_dir / OWNER_FILE, json.dumps(owner, sort_keys=True) + "\n")
+
+
+def _db_id_at(path: str) -> str | None:
+    """The database id of the lvmd database at `path` (None: none there, or not readable)."""
+    from store.db import StoreError, connect
+    from store.runs import database_id
+
+    if not Path(path).is_file():
+        return None
+    try:
+        conn = connect(path, readonly=True)
+    except (StoreError, OSError):
+        return None
+    try:
+        return database_id(conn)
+    except Exception:
+        return None
+    finally:
+        conn.close()
 
 
 def _same_file(a: str, b: str) -> bool:

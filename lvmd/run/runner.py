@@ -24,6 +24,7 @@ from lvmd.errors import UserError
 from lvmd.run.runlock import claim_folder, folder_refusal, refuse
 from store.db import StoreError, check_path, connect, transaction
 from store.evals import has_epoch_eval
+from store.holdpoints import hold
 from store.reader import epochs_of, latest_steps
 from store.commands import fail_open
 from store.runs import create_run, database_id, get_run, insert_event, sync_progress, truncate_after, update_run
@@ -156,6 +157,8 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         sink.update_run(pid=os.getpid(), host=socket.gethostname(), started_at=time.time(), ended_at=None, error=None,
                         world_size=dist.world if dist else 1)
         control.set_state("starting", pid=os.getpid(), resume_from=str(resume_from) if resume_from else None)
+        if resume:
+            hold("resume-start")         # crash tests: a kill -9 of a resumed daemon before it trains
         watch = CollapseWatch(cfg, sink, act=control.request)
         trainer = Trainer(cfg, data, sink, out_dir=out_dir, control=control,
                           evaluator=make_evaluator(cfg, data, sink), progress=progress, watch=watch)
