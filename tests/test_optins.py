@@ -62,7 +62,7 @@ def sql(db, text: str, *params) -> None:
 
 @pytest.mark.parametrize("field", ["spec overrides", "spec config file", "sweep_configs overrides"])
 def test_sweep_resume_never_takes_allow_pickle_from_a_stored_field(field, files, tmp_path):
-    from lvmd.run.sweep_plan import SweepSpec
+    from lvmd.run.sweep import SweepSpec
     from store.db import connect
     from store.sweeps import add_config, create_sweep
 

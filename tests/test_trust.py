@@ -54,8 +54,9 @@ def one_line_error(proc, *words: str) -> str:
 
 
 def finished_then_stopped(db, files: Path, *extra: str) -> dict:
-    """A short foreground run (it writes last.pt), then marked stopped so it can be resumed."""
-    lvmd("run", *data_args(files), *SHORT, "train.max_steps=6", *extra, "--quiet", "--db", db, check=True)
+    """A one-epoch foreground run (it writes last.pt and best.pt), then marked stopped so it can
+    be resumed."""
+    lvmd("run", *data_args(files), *SHORT, "train.epochs=1", *extra, "--quiet", "--db", db, check=True)
     run_id = query(db, "SELECT max(id) FROM runs")[0][0]
     sql(db, "UPDATE runs SET state = 'stopped' WHERE id = ?", run_id)
     return row(db, run_id)
@@ -72,20 +73,27 @@ def test_resume_refuses_another_runs_checkpoint_naming_both_sides(db, files):
     last_a = Path(a["out_dir"], "last.pt")
     own = last_a.read_bytes()
     shutil.copyfile(Path(b["out_dir"], "last.pt"), last_a)             # b's weights and step in a's folder
+    n = a["step"]
     line = one_line_error(lvmd("resume", "1", "--foreground", "--quiet", "--db", db), "last.pt",
                           "a checkpoint of run 2 of database", "not of run 1 of database")
-    assert "not used" in line and row(db)["state"] == "stopped" and steps(db) == list(range(1, 7))
+    assert "not used" in line and row(db)["state"] == "stopped" and steps(db) == list(range(1, n + 1))
     last_a.write_bytes(own)                                              # its own again: it resumes
     proc = lvmd("resume", "1", "--foreground", "--quiet", "--db", db)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("run 1 finished"), proc.stderr
-    assert steps(db) == list(range(1, 7))
+    assert steps(db) == list(range(1, n + 1))
+    # best.pt by the run's name: `lvmd predict --run` proves it too
+    predict = ["predict", "--run", "1", "--which", "best", "--articles", str(files / "articles.npz"),
+               "--context", "0,1,2,3,4", "--db", db]
+    assert lvmd(*predict).returncode == 0
+    shutil.copyfile(Path(b["out_dir"], "best.pt"), Path(a["out_dir"], "best.pt"))
+    one_line_error(lvmd(*predict), "best.pt", "a checkpoint of run 2 of database", "not of run 1")
 
 
 def test_a_checkpoint_ahead_of_the_database_is_refused(db, files, tmp_path):
     """The database restored from a copy older than the checkpoint: resuming would leave a gap."""
     run = finished_then_stopped(db, files)
     sql(db, "DELETE FROM steps WHERE run_id = 1 AND step > 2")
-    one_line_error(lvmd("resume", "1", "--foreground", "--quiet", "--db", db), "is at step 6",
+    one_line_error(lvmd("resume", "1", "--foreground", "--quiet", "--db", db), f"is at step {run['step']}",
                    "steps only up to 2", "gap")
     assert row(db)["state"] == "stopped" and Path(run["out_dir"], "last.pt").exists()
 
@@ -182,6 +190,13 @@ def test_lock_holders_names_the_process_that_holds_the_flock(tmp_path):
 
 
 # -- stop racing resume; a failed resume ----------------------------------------------------------
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def test_a_stop_typed_while_a_resume_starts_is_honoured_at_its_first_step(db, files):
     lvmd("start", *data_args(files), *LONG, "--db", db, check=True)
     wait_for(lambda: query(db, "SELECT count(*) FROM steps")[0][0] > 5, 60, "some steps")
@@ -189,7 +204,8 @@ def test_a_stop_typed_while_a_resume_starts_is_honoured_at_its_first_step(db, fi
     at = row(db)["step"]
     resume = subprocess.Popen([sys.executable, "-m", "lvmd", "resume", "1", "--db", db], env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: row(db)["state"] != "stopped", 60, "the resume to begin")   # before its daemon runs
+    # the moment its daemon process exists, long before that daemon can say anything itself
+    wait_for(lambda: children(resume.pid), 60, "the resume to spawn its daemon", interval=0.01)
     stop = lvmd("stop", "1", "--db", db)
     out, err = resume.communicate(timeout=180)
     assert stop.returncode == 0 and stop.stdout.startswith("run 1 stopped at step"), stop.stderr

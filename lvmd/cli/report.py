@@ -333,11 +333,11 @@ def _checkpoint_and_bank(args: argparse.Namespace) -> tuple[Path, str | None]:
     if args.checkpoint:
         return Path(args.checkpoint), args.articles
 
+    from lvmd.run.identity import run_checkpoint
+
     with _reader(args) as conn:
         run = resolve_run(conn, args.run)
-    path = Path(run["out_dir"] or ".") / f"{args.which}.pt"
-    if not path.exists():
-        raise UserError(f"run {run['id']} has no {args.which} checkpoint ({path}); try --which last")
+        path = run_checkpoint(conn, args.db or default_db(), run, args.which)   # its folder and file name this run
     bank = args.articles or json.loads(run["config_json"]).get("data", {}).get("articles") or None
     return path, bank
 

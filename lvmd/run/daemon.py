@@ -21,6 +21,7 @@ from lvmd.config import RunConfig, config_from_dict
 from lvmd.data.train_data import load_train_data
 from lvmd.train.control import HEARTBEAT_SECONDS, Control, Request, ignore
 from lvmd.errors import UserError
+from lvmd.run.identity import checked_checkpoint, run_identity
 from lvmd.run.runlock import RunLock
 from lvmd.run.sysmon import SystemSampler
 from store import commands
@@ -285,30 +286,6 @@ def _note_error(db_or_conn, run_id: int, error: str) -> None:
     finally:
         if conn is not db_or_conn:
             conn.close()
-
-
-def run_identity(run: dict, db_id: str | None) -> dict:
-    """What every checkpoint of this run carries and a resume expects (checkpoint.identity)."""
-    from lvmd.train.checkpoint import identity
-
-    return identity(db_id, run["id"], json.loads(run["config_json"]), json.loads(run["data_json"] or "{}"))
-
-
-def checked_checkpoint(conn, run: dict, path: Path, db_id: str | None, *, adopt: bool = False) -> dict:
-    """The checkpoint a resume will load, proven to be this run's: its identity names this
-    database, run, config and data (checkpoint.identity_mismatch), and its step is one the
-    database holds (a checkpoint ahead of the rows would leave a gap: a database restored from
-    an older copy). Tensors stay on disk (mmap); one line names both sides of a mismatch."""
-    from lvmd.train import checkpoint as ckpt
-    from store.reader import last_step
-
-    state = ckpt.load(path, expect=run_identity(run, db_id), adopt=adopt, mmap=True)
-    step = int(state.get("step", 0))
-    held = last_step(conn, run["id"]) or 0
-    if step > held:
-        raise UserError(f"{path}: is at step {step} but the database holds run {run['id']}'s steps only up to "
-                        f"{held} (a database older than the checkpoint?); resuming would leave a gap")
-    return state
 
 
 def check_data_unchanged(cfg: RunConfig, run: dict, *, allow_change: bool) -> None:
