@@ -1,5 +1,5 @@
-"""`lvmd start | serve | stop | status | pause | resume | eval-now | checkpoint`: detached runs and the
-commands they take. Commands are rows in `commands`; the daemon acks them at a step boundary
+"""`lvmd start | serve | stop | status | pause | resume | eval-now | checkpoint`: detached runs
+and the commands they take (stop lives in lvmd/cli/stop.py). Commands are rows in `commands`; the daemon acks them at a step boundary
 and completes them, and these verbs wait for that (--no-wait to skip). Every verb first marks
 crashed any run of this host whose daemon is gone (store.runs.mark_stale_crashed)."""
 from __future__ import annotations
@@ -7,9 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +19,6 @@ from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
 from lvmd.run import daemon, launch
 from lvmd.run.runlock import folder_refusal, refuse
-from lvmd.run.signals import send_signal
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get
 from store.db import connect
@@ -30,7 +26,6 @@ from store.runs import (
     DAEMON_LOCK,
     LIVE_STATES,
     STALE_SECONDS,
-    TERMINAL_STATES,
     begin_resume,
     daemon_alive,
     database_id,
@@ -40,7 +35,6 @@ from store.runs import (
     list_runs,
     look_readonly,
     mark_stale_crashed,
-    pid_alive,
     record_state,
     resolve_run,
     shown_crashed,
@@ -51,8 +45,6 @@ from store.runs import (
 
 WAIT_SECONDS = 10.0        # how long a command verb waits for the daemon by default
 START_SECONDS = 120.0      # how long start/resume wait for the daemon to report running
-TERM_WAIT_SECONDS = 10.0   # after the grace period and SIGTERM, how long stop still waits
-FORCE_WAIT_SECONDS = 5.0
 DYING_SECONDS = 3.0        # how long resume lets a daemon that was just killed finish dying
 
 
@@ -83,7 +75,7 @@ def register(sub) -> None:
     p.add_argument("--grace", type=float, default=30.0, help="seconds to wait before SIGTERM (default 30)")
     p.add_argument("--force", action="store_true", help="SIGKILL now (no checkpoint)")
     p.add_argument("--no-wait", action="store_true", help="queue the stop and return")
-    p.set_defaults(func=cmd_stop)
+    p.set_defaults(func=_cmd_stop)
 
     p = sub.add_parser("status", help="state, progress, speed, heartbeat and last gate verdict of runs")
     p.add_argument("run", nargs="?", help="run id or name (default: every run)")
@@ -110,6 +102,12 @@ def register(sub) -> None:
     _allow_data_change_arg(p)
     _adopt_folder_arg(p)
     p.set_defaults(func=cmd_resume, verb="resume")
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from lvmd.cli.stop import cmd_stop
+
+    return cmd_stop(args)
 
 
 def _allow_pickle_arg(p) -> None:
@@ -367,85 +365,6 @@ def _send_resume(conn, run: dict, args: argparse.Namespace) -> int | None:
             return None
         time.sleep(0.05)
     return _report(conn, run["id"], command_id, args)
-
-
-# -- stop --------------------------------------------------------------------------------------
-def cmd_stop(args: argparse.Namespace) -> int:
-    conn, _ = _open(args)
-    try:
-        run = resolve_run(conn, args.run)
-        if run["state"] not in LIVE_STATES:
-            raise UserError(f"run {run['id']} is {run['state']}; there is nothing to stop")
-        if args.force:
-            return _kill(conn, run)
-        command_id = _enqueue(conn, run, "stop", {"grace": args.grace})
-        if args.no_wait:
-            print(f"run {run['id']}: stop queued (command {command_id})")
-            return 0
-        ended = _await_end(conn, run, args.grace)
-        if ended is None:
-            now = get_run(conn, run["id"])
-            why = send_signal(now, signal.SIGTERM, db_id=database_id(conn))
-            print(f"lvmd: run {run['id']} did not stop within {args.grace:g} s; "
-                  + ("sent SIGTERM" if why is None else f"pid {now['pid']} not signalled: {why}"), file=sys.stderr)
-            ended = _await_end(conn, run, TERM_WAIT_SECONDS)
-        if ended is None:
-            raise UserError(f"run {run['id']} is still running after stop and SIGTERM; "
-                            f"`lvmd stop {run['id']} --force` kills it")
-        checkpoint = _result(_get(conn, command_id)).get("checkpoint")
-        print(f"run {run['id']} {ended['state']} at step {ended['step']}"
-              + (f"; checkpoint {checkpoint}" if checkpoint else ""))
-        return 0
-    finally:
-        conn.close()
-
-
-def _get(conn, command_id: int) -> dict:
-    return get(conn, command_id)
-
-
-def _await_end(conn, run: dict, timeout: float) -> dict | None:
-    """The run row once it is in a final state and its process has exited (so a resume can
-    follow at once); None if that takes longer than `timeout`."""
-
-    here = run["host"] == socket.gethostname()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = get_run(conn, run["id"])
-        gone = not daemon_alive(row) and not (here and pid_alive(row["pid"]))
-        if row["state"] in TERMINAL_STATES and gone:
-            return row
-        if gone:   # died on the way out without recording it
-            record_state(conn, row["id"], "crashed", {"reason": "its daemon died while stopping"},
-                         expect=(row["state"],), error="crashed while stopping")
-            return get_run(conn, run["id"])
-        time.sleep(0.05)
-    return None
-
-
-def _kill(conn, run: dict) -> int:
-    """--force: SIGKILL, then record the run stopped (it wrote no checkpoint for this stop;
-    resume continues from the last one and drops the rows after it)."""
-
-    if run["host"] != socket.gethostname():
-        raise UserError(f"run {run['id']} runs on {run['host']}; --force works on that host only")
-    killed = False
-    if daemon_alive(run):
-        why = send_signal(run, signal.SIGKILL, db_id=database_id(conn))
-        if why is not None:
-            raise UserError(f"run {run['id']}: pid {run['pid']} is not its daemon ({why}); not killed")
-        killed = True
-    deadline = time.monotonic() + FORCE_WAIT_SECONDS
-    while daemon_alive(get_run(conn, run["id"])) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if daemon_alive(get_run(conn, run["id"])):
-        raise UserError(f"run {run['id']}: pid {run['pid']} is still there after SIGKILL")
-    record_state(conn, run["id"], "stopped", {"forced": True, "signal": "SIGKILL" if killed else None,
-                                              "pid": run["pid"]})
-    row = get_run(conn, run["id"])
-    print(f"run {run['id']} {row['state']} (killed at about step {row['step']}); "
-          f"`lvmd resume {run['id']}` continues from its last checkpoint")
-    return 0
 
 
 # -- status ------------------------------------------------------------------------------------

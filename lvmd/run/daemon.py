@@ -22,7 +22,7 @@ from lvmd.data.train_data import load_train_data
 from lvmd.train.control import HEARTBEAT_SECONDS, Control, Request, ignore
 from lvmd.errors import UserError
 from lvmd.run.identity import checked_checkpoint, run_identity
-from lvmd.run.runlock import RunLock
+from lvmd.run.runlock import OWNER_FILE, PID_FILE, RunLock, process_start_time, read_pidfile  # noqa: F401 (re-exported)
 from lvmd.run.sysmon import SystemSampler
 from store import commands
 from store.db import connect, park
