@@ -138,9 +138,9 @@ def test_start_pause_resume_eval_stop_and_resume_continues(db, data):
     assert assert_contiguous(db, run_id) == run_row(db, run_id)["step"]
     ((detail,),) = query(db, "SELECT detail FROM events WHERE kind = 'resume' AND step = ?", stopped_at)
     assert json.loads(detail)["removed"]["steps"] == 0
-    assert state_events(db, run_id) == [
+    assert state_events(db, run_id) == [                # a resume: begun by `lvmd resume`, then its daemon's own
         "starting", "running", "paused", "running", "evaluating", "running", "stopping", "stopped",
-        "starting", "running", "stopping", "stopped"]
+        "starting", "starting", "running", "stopping", "stopped"]
 
 
 def test_kill_9_is_seen_as_crashed_and_resume_drops_the_rows_after_the_checkpoint(db, data):
