@@ -528,7 +528,11 @@ def make_data(folder: Path) -> tuple[list[str], Path]:
     return [f"data.train={folder / 'train.npz'}", f"data.val={folder / 'val.npz'}"], folder / "articles.npz"
 
 
-def run(cases: list[str], tries: int, seed: int, keep: Path | None, log=print) -> list[tuple[str, int, int, list]]:
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def run(cases: list[str], tries: int, seed: int, keep: Path | None, log=say) -> list[tuple[str, int, int, list]]:
     rng = random.Random(seed)
     results = []
     with tempfile.TemporaryDirectory(prefix="lvmd-trust-") as tmp:

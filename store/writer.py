@@ -101,6 +101,15 @@ class SqliteSink:
         """Block until everything handed over so far is committed."""
         self.call(lambda conn: None)
 
+    def check_database(self) -> str | None:
+        """`lost`, looking now as well (the writer looks before each commit)."""
+        if self.lost is None:
+            lost = self.watch.changed()
+            if lost is not None:
+                self.lost = lost
+                mark_lost(self.path, lost)
+        return self.lost
+
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(_CLOSE)
@@ -153,10 +162,7 @@ class SqliteSink:
         calls: list[tuple[Future, Any]] = []
         failed: list[tuple[Future, BaseException]] = []
         conn = self._conn
-        if self.lost is None:
-            self.lost = self.watch.changed()
-            if self.lost is not None:      # from now on nothing in this process opens the path
-                mark_lost(self.path, self.lost)
+        self.check_database()              # once lost, nothing in this process opens the path again
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in items:

@@ -220,7 +220,8 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
         try:
             lock.acquire()
         except UserError as exc:
-            if resume:
+            # a refused folder puts the run back; a lock another daemon holds is that daemon's run
+            if resume and not lock_held(Path(run["out_dir"]) / DAEMON_LOCK):
                 _note_error(conn, run_id, str(exc))
             raise
         try:

@@ -189,8 +189,7 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         raise
     finally:
         control.close()
-        if sink.lost is not None:
-            state = "stopped" if state in ("finished", "stopped") else state
+        if sink.check_database() is not None:
             error = error or sink.lost
             try:     # into the file the daemon opened: whatever is at the path now is another database
                 sink.call(lambda conn: finish_on(conn, run_id, state, error=error, detail=detail))
