@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tomllib
 import types
 import typing
@@ -17,6 +18,7 @@ from typing import Any
 
 
 from lvmd.errors import UserError
+from store.paths import not_regular
 
 
 class ConfigError(UserError, ValueError):
@@ -147,6 +149,57 @@ class RunConfig:
     watch: WatchConfig = field(default_factory=WatchConfig)
 
 
+# -- bounds -----------------------------------------------------------------------------
+# Every numeric key has a range, so an absurd number is its key's one-line error at load, never
+# an OverflowError in SQLite or a host out of threads later. (low, high, low_open): inclusive
+# unless low_open. The data-dependent bounds (batch vs rows, total steps) are check_fits'.
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10**9            # total optimizer steps of one run (epochs × batches, or max_steps)
+MAX_THREADS = 4096           # a stored config's ceiling; a new run's is the usable CPUs (check_host)
+MAX_NAME = 200
+_INT = 2**63 - 1             # SQLite's INTEGER
+Bounds = tuple[float, float, bool]
+RANGES: dict[str, Bounds] = {
+    "data.max_train": (0, 10**12, False),
+    "model.d_model": (1, 65_536, False), "model.nhead": (1, 1024, False), "model.num_layers": (1, 1024, False),
+    "model.ff": (1, 1 << 20, False), "model.dropout": (0, 1, False), "model.hidden": (1, 1 << 20, False),
+    "model.lstm_layers": (1, 1024, False), "model.lstm_dropout": (0, 1, False), "model.amn_d": (1, 65_536, False),
+    "loss.alpha": (0, 1, False), "loss.gamma": (0, 1000, True), "loss.m_ratio": (-2, 2, False),
+    "loss.tau": (0, 2, False), "loss.beta": (0, 1000, False), "loss.eta": (0, 1000, False),
+    "loss.kappa": (0, 1000, False), "loss.lam_min": (0, 1000, True), "loss.lam_max": (0, 1000, True),
+    "loss.rho_cap": (0, 100, False), "loss.rho_boost": (0, 100, False), "loss.skip_weak_pos": (-2, 2, False),
+    "loss.skip_neg": (-2, 2, False),
+    "train.epochs": (1, MAX_EPOCHS, False), "train.batch_size": (1, 1 << 24, False), "train.lr": (0, 10, True),
+    "train.weight_decay": (0, 10, False), "train.grad_clip": (0, 1e6, False), "train.plateau_factor": (0, 1, True),
+    "train.plateau_patience": (0, MAX_EPOCHS, False), "train.seed": (0, _INT, False),
+    "train.checkpoint_every": (0, MAX_STEPS, False), "train.telemetry_block": (1, 65_536, False),
+    "train.flush_seconds": (0, 3600, True), "train.last_slot_noise": (0, 1, False),
+    "train.noise_sigma": (0, 10, False), "train.swap_share": (0, 1, False), "train.max_steps": (0, MAX_STEPS, False),
+    "train.device_data_budget": (0, 2**62, False),
+    "eval.fivecat_every": (0, MAX_EPOCHS, False), "eval.max_samples": (1, 10**8, False),
+    "eval.check_samples": (1, 10**8, False),
+    "watch.val_cos_floor": (-1, 1, False), "watch.val_cos_drop": (0, 2, False), "watch.skip_window": (1, 10**7, False),
+    "watch.warmup_steps": (0, MAX_STEPS, False), "watch.skip_rate_max": (0, 1, False),
+    "watch.rho_over_cap_share": (0, 1, False), "watch.r_at_5_floor": (0, 1, False),
+}
+RAMP_RANGES: dict[str, Bounds] = {"until": (1, 10**9, False), "m_gap": (-2, 2, False), "frac": (0, 1, False),
+                                  "rho_cap": (0, 100, False)}
+
+
+def check_range(key: str, value: Any, bounds: Bounds) -> None:
+    low, high, low_open = bounds
+    if (value <= low if low_open else value < low) or value > high:
+        shown = f"{value!r}" if len(repr(value)) <= 24 else f"{repr(value)[:20]}… ({len(repr(value))} digits)"
+        raise ConfigError(f"{key}: {shown} is out of range; allowed {'>' if low_open else '>='} {low:g} "
+                          f"and <= {high:g}")
+
+
+def _name_ok(name: str) -> bool:
+    """A run name people can read and type: printable (str.isprintable refuses tabs, newlines and
+    the bidirectional controls that make `evil` read as `live`), 1 to MAX_NAME characters."""
+    return 0 < len(name) <= MAX_NAME and name.isprintable() and name == name.strip()
+
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "compat": ("none", "lnsp"),
     "model.kind": ("transformer", "lstm", "gru", "amn"),
@@ -180,6 +233,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     base = Path.cwd()
     if path is not None:
         path = Path(path)
+        why = not_regular(path)
+        if why is not None:                   # a FIFO would block the read below
+            raise ConfigError(f"{why}; a config is a TOML file")
         try:
             user = tomllib.loads(path.read_text())
         except FileNotFoundError:
@@ -197,7 +253,48 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             value = item.split("=", 1)[1].strip()   # loss.prev=true is the string "true", not TOML's bool
         _set_dotted(user, key, value)
     cfg = config_from_dict(user)
+    check_host(cfg)
     return _resolve_paths(cfg, base)
+
+
+def check_host(cfg: RunConfig) -> None:
+    """What a NEW run may ask of this host (a stored config is not held to it: it may resume on
+    a larger machine than the one it was made on, or be read for its checkpoint)."""
+    threads, cpus = cfg.train.threads, usable_cpus()
+    if isinstance(threads, int) and threads > cpus:
+        raise ConfigError(f"train.threads: {threads} is more than the {cpus} usable CPUs of this host; "
+                          f"choose auto or 1 to {cpus}")
+
+
+def check_fits(cfg: RunConfig, train_rows: int) -> None:
+    """The bounds that depend on the data: a batch no larger than the training split (a larger
+    one is a single step an epoch that silently trains on less than asked), and a total step
+    count within MAX_STEPS."""
+    if cfg.train.batch_size > train_rows:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the {train_rows} training "
+                          f"sequences of data.train; choose 1 to {train_rows}")
+    steps = cfg.train.epochs * -(-train_rows // cfg.train.batch_size)
+    if cfg.train.max_steps:
+        steps = min(steps, cfg.train.max_steps)
+    if steps > MAX_STEPS:
+        raise ConfigError(f"train.epochs: {cfg.train.epochs} epochs of {-(-train_rows // cfg.train.batch_size)} "
+                          f"steps is {steps} steps, over the {MAX_STEPS:,} a run may take; lower train.epochs "
+                          f"or set train.max_steps")
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -243,6 +340,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if unknown:
         key = prefix + unknown[0]
         raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(sorted(names))}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConfigError(f"{prefix.rstrip('.')}: missing {', '.join(missing)} (each needs {', '.join(required)}; "
+                          f"got {data!r})")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
@@ -297,30 +400,16 @@ def validate(cfg: RunConfig) -> None:
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
         raise ConfigError(f"train.device: {device!r} is not allowed; choose auto, cpu, cuda, cuda:N or mps")
-    positive = ["train.epochs", "train.batch_size", "train.lr", "train.telemetry_block",
-                "train.flush_seconds", "model.d_model", "model.nhead", "model.num_layers", "model.ff",
-                "model.hidden", "model.lstm_layers", "model.amn_d", "loss.gamma", "loss.lam_min",
-                "loss.lam_max", "eval.max_samples", "eval.check_samples", "watch.skip_window"]
-    for key in positive:
-        if not _get_dotted(cfg, key) > 0:
-            raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be > 0")
-    non_negative = ["train.weight_decay", "train.grad_clip", "train.plateau_patience", "train.seed",
-                    "train.checkpoint_every", "train.device_data_budget", "train.max_steps", "train.noise_sigma",
-                    "loss.beta", "loss.eta", "loss.kappa", "loss.rho_cap", "loss.rho_boost", "loss.tau",
-                    "eval.fivecat_every", "data.max_train", "watch.warmup_steps"]
-    for key in non_negative:
-        if not _get_dotted(cfg, key) >= 0:
-            raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be >= 0")
-    unit = ["loss.alpha", "model.dropout", "model.lstm_dropout", "train.last_slot_noise",
-            "train.swap_share", "watch.skip_rate_max", "watch.rho_over_cap_share"]
-    for key in unit:
-        if not 0 <= _get_dotted(cfg, key) <= 1:
-            raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be between 0 and 1")
+    for key, bounds in RANGES.items():
+        check_range(key, _get_dotted(cfg, key), bounds)
     threads = cfg.train.threads
-    if isinstance(threads, str) and threads != "auto" or isinstance(threads, int) and threads < 0:
-        raise ConfigError(f"train.threads: {threads!r} is not allowed; choose auto, 0 (torch's default) or a count")
-    if not 0 < cfg.train.plateau_factor < 1:
-        raise ConfigError(f"train.plateau_factor: {cfg.train.plateau_factor!r} must be between 0 and 1 (exclusive)")
+    if isinstance(threads, str) and threads != "auto" or isinstance(threads, int) and not 0 <= threads <= MAX_THREADS:
+        raise ConfigError(f"train.threads: {threads!r} is not allowed; choose auto, 0 (torch's default) or a count "
+                          f"of CPUs (at most {MAX_THREADS})")
+    if not _name_ok(cfg.name):
+        raise ConfigError(f"name: {cfg.name[:40]!r}{f'… ({len(cfg.name)} characters)' if len(cfg.name) > 40 else ''}"
+                          f" is not allowed; a run name is 1 to {MAX_NAME} printable characters (no tabs, "
+                          f"newlines, direction controls, or spaces at either end)")
     if cfg.loss.lam_min > cfg.loss.lam_max:
         raise ConfigError(f"loss.lam_min: {cfg.loss.lam_min!r} must not exceed loss.lam_max ({cfg.loss.lam_max!r})")
     if cfg.model.kind == "transformer" and cfg.model.d_model % cfg.model.nhead:
@@ -328,9 +417,9 @@ def validate(cfg: RunConfig) -> None:
     untils = [s.until for s in cfg.loss.ramp]
     if any(b <= a for a, b in zip(untils, untils[1:])) or untils[0] <= 0:
         raise ConfigError(f"loss.ramp: stage 'until' epochs must be positive and increasing, got {untils}")
-    for i, s in enumerate(cfg.loss.ramp):
-        if not 0 <= s.frac <= 1 or s.rho_cap < 0:
-            raise ConfigError(f"loss.ramp[{i}]: frac must be in [0, 1] and rho_cap >= 0, got {s}")
+    for i, stage in enumerate(cfg.loss.ramp):
+        for name, bounds in RAMP_RANGES.items():
+            check_range(f"loss.ramp[{i}].{name}", getattr(stage, name), bounds)
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:

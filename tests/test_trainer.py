@@ -100,7 +100,7 @@ def test_resumed_run_reproduces_the_uninterrupted_telemetry(tiny_data, tmp_path)
 
 
 @pytest.mark.parametrize("args, words", [
-    (["train.epochs=0"], ["train.epochs", "must be > 0"]),
+    (["train.epochs=0"], ["train.epochs", "out of range"]),
     (["model.kind=cnn"], ["model.kind", "cnn"]),
     (["data.train=/nonexistent/x.npz"], ["/nonexistent/x.npz", "no such file"]),
 ])

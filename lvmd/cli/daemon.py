@@ -22,8 +22,8 @@ from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
 from lvmd.run import daemon, launch
 from lvmd.train.sink import NullSink
-from store.commands import CommandError, enqueue, get
-from store.db import connect
+from store.commands import CommandError, enqueue, get, next_step
+from store.db import check_path, connect
 from store.runs import (
     LIVE_STATES,
     TERMINAL_STATES,
@@ -125,8 +125,7 @@ def _command_args(p) -> None:
 # -- shared ------------------------------------------------------------------------------
 def _db_path(args) -> Path:
     path = Path(args.db or default_db())
-    if not path.exists():
-        raise UserError(f"{path}: no such database")
+    check_path(path, create=False)       # missing (with how to name one), a FIFO, a device node
     return path.resolve()
 
 
@@ -325,10 +324,16 @@ def cmd_stop(args: argparse.Namespace) -> int:
     conn, _ = _open(args)
     try:
         run = resolve_run(conn, args.run)
+        if run["state"] == "stopped":
+            raise UserError(f"run {run['id']} is already stopped (at step {run['step']}){next_step(run['id'], 'stopped')}")
         if run["state"] not in LIVE_STATES:
-            raise UserError(f"run {run['id']} is {run['state']}; there is nothing to stop")
+            raise UserError(f"run {run['id']} is {run['state']}; there is nothing to stop"
+                            f"{next_step(run['id'], run['state'])}")
         if args.force:
             return _kill(conn, run)
+        if run["state"] == "stopping":       # a second stop: say so, and wait for the first
+            print(f"run {run['id']} is already stopping; waiting up to {args.grace:g} s for it "
+                  f"(`lvmd stop {run['id']} --force` kills it now)", file=sys.stderr, flush=True)
         command_id = _enqueue(conn, run, "stop", {"grace": args.grace})
         if args.no_wait:
             print(f"run {run['id']}: stop queued (command {command_id})")

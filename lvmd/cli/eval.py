@@ -16,6 +16,7 @@ from lvmd.cli import progress
 from lvmd.cli.daemon import cmd_command
 from lvmd.data import formats as data
 from lvmd.errors import UserError
+from store.paths import replaceable
 
 # Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
 # commands that need them, so `lvmd --help` and the light verbs start without them.
@@ -113,6 +114,8 @@ def _check_json_out(path: Path) -> None:
     """--json names a file we can write: refused before the evaluation, not after it."""
     if path.is_dir():
         raise UserError(f"--json {path}: is a directory; name the file to write")
+    if (why := replaceable(path)) is not None:
+        raise UserError(f"--json {why}")
     from lvmd.run.runner import check_folder
 
     check_folder(path.parent, "--json")
@@ -127,6 +130,8 @@ def write_json(path: str | Path, obj: dict) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        if (why := replaceable(path)) is not None:    # never rename over a device node or FIFO
+            raise UserError(f"--json {why}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from lvmd import __version__
 from lvmd.errors import UserError
-from store.db import StoreError, describe, meaning
+from store.db import MissingDatabase, StoreError, describe, meaning
+from store.paths import NotRegularFile
 from store.runs import UnknownRun
 
 DESCRIPTION = ("Train latent-vector models with the P6b v2.1 guardrails, watch every step live, "
@@ -72,7 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             args.overrides = [*args.overrides, *extra]
         return int(args.func(args) or 0)
-    except (UserError, StoreError, UnknownRun) as exc:
+    except BrokenPipeError:
+        if _stdout_closed():          # `lvmd status | head`: the reader has all it wanted
+            return _quiet_exit()
+        return _fail(f"broken pipe [{_save_traceback(sys.exc_info()[1], argv)}]", 1)
+    except MissingDatabase as exc:
+        return _fail(f"{_first_line(exc)}; name it with --db FILE or export LVMD_DB=FILE "
+                     f"(`lvmd run` or `lvmd start` creates one)", 1)
+    except (UserError, StoreError, UnknownRun, NotRegularFile) as exc:
         return _fail(_first_line(exc), getattr(exc, "exit_code", 1))
     except sqlite3.Error as exc:
         if meaning(exc) is None:      # not the file's or the disk's fault: keep the traceback
@@ -83,6 +91,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 -- the guard: no traceback ever reaches the user
         return _fail(f"{_explain(exc, args)} [{_save_traceback(exc, argv)}]", 1)
+
+
+def _stdout_closed() -> bool:
+    """Is our stdout a pipe whose reader has gone? (poll reports POLLERR on its write end.) Any
+    other broken pipe is an error worth its traceback."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_exit() -> int:
+    """Exit 0 without a word, as git and coreutils do under `| head`: what was left unwritten
+    has nowhere to go, and Python's own flush at exit must not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+    return 0
 
 
 def _fail(message: str, code: int) -> int:

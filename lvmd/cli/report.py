@@ -39,6 +39,7 @@ from lvmd.eval.verdict import (
     render_text,
     run_table_rows,
 )
+from store.paths import create_new, not_regular, replaceable
 from store.report import EXPORT_HELP, EXPORT_QUERIES, export_rows, open_readonly, report_data, run_table
 from store.runs import resolve_run
 from store.sweeps import UnknownSweep, configs_of, get_sweep, member_values
@@ -250,6 +251,8 @@ def _report_sweep(args: argparse.Namespace, th: Thresholds) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     if args.out and os.path.isdir(args.out):
         raise UserError(f"{args.out}: is a directory; --out names the file to write")
+    if args.out and (why := replaceable(args.out) or not_regular(args.out)) is not None:
+        raise UserError(f"--out {why}")           # /dev/full, a FIFO: never replaced, never written to
     if args.out and os.path.lexists(args.out) and not args.force:
         raise UserError(f"{args.out}: exists; pass --force to overwrite it")
     with _reader(args) as conn:
@@ -267,11 +270,12 @@ def _output(path: str | None):
     if path is None:
         yield sys.stdout
         return
-    # written beside the target and renamed over it at the end: an error leaves no half file
+    # written beside the target (a new file: O_EXCL | O_NOFOLLOW) and renamed over it at the end:
+    # an error leaves no half file, and what is renamed over is only ever a regular file
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        fh = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w", newline="", encoding="utf-8")
+        fh = open(create_new(tmp, 0o644), "w", newline="", encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{path}: cannot write ({exc.strerror})") from None
     try:
@@ -279,6 +283,8 @@ def _output(path: str | None):
             yield fh
         if target.is_dir():
             raise UserError(f"{path}: is a directory")
+        if (why := replaceable(target)) is not None:      # something else appeared there meanwhile
+            raise UserError(f"--out {why}")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
