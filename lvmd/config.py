@@ -230,7 +230,6 @@ COMPAT_DEFAULTS: dict[str, dict[str, Any]] = {
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The resolved config from a TOML file (or None) and `section.key=value` overrides."""
     user: dict[str, Any] = {}
-    base = Path.cwd()
     if path is not None:
         path = Path(path)
         why = not_regular(path)
@@ -246,15 +245,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{path}: not a TOML text file (not UTF-8)") from None
         except OSError as exc:  # a directory, no permission, ...
             raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
-        base = path.resolve().parent
+        _resolve_paths(user, path.resolve().parent)     # a path in a file is relative to that file
     for item in overrides:
         key, value = parse_override(item)
         if not isinstance(value, str) and _hint(key) is str:
             value = item.split("=", 1)[1].strip()   # loss.prev=true is the string "true", not TOML's bool
+        if key in PATH_KEYS and isinstance(value, str) and value:
+            value = str((Path.cwd() / value).resolve())  # a path typed on the command line: to where it is typed
         _set_dotted(user, key, value)
     cfg = config_from_dict(user)
     check_host(cfg)
-    return _resolve_paths(cfg, base)
+    return cfg
 
 
 def check_host(cfg: RunConfig) -> None:
@@ -422,13 +423,30 @@ def validate(cfg: RunConfig) -> None:
             check_range(f"loss.ramp[{i}].{name}", getattr(stage, name), bounds)
 
 
-def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    def resolve(p: str) -> str:
-        return str((base / p).resolve()) if p else p
+PATH_KEYS = ("data.train", "data.val", "data.ood", "data.articles", "data.ood_articles", "out_dir")
 
-    data = dataclasses.replace(cfg.data, **{k: resolve(getattr(cfg.data, k))
-                                            for k in ("train", "val", "ood", "articles", "ood_articles")})
-    return dataclasses.replace(cfg, data=data, out_dir=resolve(cfg.out_dir))
+
+def absolute_overrides(overrides: list[str]) -> list[str]:
+    """`data.train=x.npz` as typed here, made absolute, for a command that stores the overrides to
+    apply them later from another folder (`lvmd sweep`, then `lvmd sweep resume`)."""
+    out = []
+    for item in overrides:
+        key, _, text = item.partition("=")
+        if key.strip() in PATH_KEYS and text.strip():
+            item = f"{key.strip()}={(Path.cwd() / text.strip()).resolve()}"
+        out.append(item)
+    return out
+
+
+def _resolve_paths(user: dict, base: Path) -> None:
+    """The config file's own paths made absolute against `base` (its folder), in place."""
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        table = user
+        for section in sections:
+            table = table.get(section) if isinstance(table, dict) else None
+        if isinstance(table, dict) and isinstance(table.get(name), str) and table[name]:
+            table[name] = str((base / table[name]).resolve())
 
 
 def _deep_merge(into: dict, layer: dict) -> None:

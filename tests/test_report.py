@@ -229,7 +229,7 @@ def test_compare_puts_runs_side_by_side(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     table = {line.split("  ")[0].strip(): line.split()[-2:] for line in lines[2:]}
     assert lines[0].split() == ["run", "1", "2"]
-    assert list(table) == ["name", "preset", "state", "epochs", "steps", "last margin", "best margin", "val cos",
+    assert list(table) == ["name", "preset", "state", "epoch", "steps", "last margin", "best margin", "val cos",
                            "R@5", "5CAT gates", "skip share", "ρ max", "ρ pre-cap max", "steps attenuated",
                            "min pos̄", "ratio first → last", "collapse warnings", "verdict"]
     assert table["name"] == ["good", "worse"] and table["last margin"] == ["+0.0400", "-0.0200"]
@@ -284,7 +284,7 @@ def test_unknown_run_is_a_one_line_error(real_db, argv, capsys):
 
 def test_unknown_run_exits_nonzero_from_the_shell(real_db, tmp_path):
     proc = lvmd("report", "42", "--db", str(real_db))
-    assert proc.returncode == 1 and proc.stderr.strip() == "lvmd: error: no run 42 in this database"
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("lvmd: error: no run 42 in this database (")
     proc = lvmd("runs", "--db", str(tmp_path / "missing.db"))
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "no such database" in proc.stderr
 

@@ -174,8 +174,14 @@ def format_result(result) -> str:
     lines += ["", f"{'gate':<5}{'split':<9}{'metric':<22}{'value':>10}  {'op':<3}{'threshold':>10}  result"]
     for c in result.checks:
         lines.append(f"{c.gate:<5}{c.split:<9}{c.metric:<22}{_num(c.value, c.metric):>10}  {c.op:<3}"
-                     f"{_num(c.threshold, c.metric):>10}  {'pass' if c.passed else 'FAIL'}")
+                     f"{_num(c.threshold, c.metric):>10}  {'pass' if c.passed else 'FAIL'}"
+                     + ("  too few samples" if c in result.too_few_samples else ""))
     gates = "  ".join(f"{g} {'pass' if ok else 'FAIL'}" for g, ok in result.gates.items())
+    from lvmd.eval.fivecat.results import MIN_SAMPLES
+
+    few = "; ".join(f"{c.split} {c.gate} n={_num(c.value, c.metric)}" for c in result.too_few_samples)
+    if few:
+        lines += ["", f"too few samples (< {MIN_SAMPLES} rows, so these gates do not pass): {few}"]
     lines += ["", f"gates: {gates}",
               f"verdict: {result.gates_passed}/{result.gates_total} gates; 3-of-5 rule (seed): "
               f"{'PASS' if result.verdict_3of5 else 'FAIL'}; all-5 rule (original): "

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 from lvmd.cli.main import default_db
+from lvmd.config import absolute_overrides
 from lvmd.errors import UserError
 from lvmd.eval.verdict import format_table
 from lvmd.run.sweep import LOCK_FILE, sweep_dir
-from store.db import connect
+from store.db import check_path, connect
 from store.runs import lock_held
 from store.sweeps import UnknownSweep, get_sweep, list_sweeps, sweep_summary
 
@@ -93,7 +94,7 @@ def _new(args) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise UserError(f"--parallel {args.parallel}: must be >= 1")
     spec = sweep.SweepSpec(
-        config=str(Path(config).resolve()) if config else None, overrides=overrides, grid=grid,
+        config=str(Path(config).resolve()) if config else None, overrides=absolute_overrides(overrides), grid=grid,
         seeds=_seeds(args.seeds), search=args.search, trials=args.trials, objective=args.objective,
         ranges=ranges, enqueue=[item.split() for item in args.enqueue], sampler_seed=args.sampler_seed,
         prune_skip_max=args.prune_skip_max)
@@ -123,8 +124,7 @@ def _resume(args) -> int:
     if len(args.overrides) != 1:
         raise UserError("usage: lvmd sweep resume ID [--parallel N] [--db FILE]")
     db = _db(args)
-    if not db.exists():
-        raise UserError(f"{db}: no such database")
+    check_path(db, create=False)      # missing (with how to name one), a FIFO, a device node
     try:
         conn = connect(db)
         try:
@@ -140,8 +140,7 @@ def _resume(args) -> int:
 
 def _status(args) -> int:
     db = _db(args)
-    if not db.exists():
-        raise UserError(f"{db}: no such database")
+    check_path(db, create=False)      # missing (with how to name one), a FIFO, a device node
     conn = connect(db)
     try:
         try:

@@ -229,7 +229,8 @@ def signed_bar(value: float | None, scale: float, width: int = 12) -> str:
 def render_text(report: Report, series: dict[str, list[float]]) -> str:
     r = report.run
     lines = [f"run {r['id']} {r['name']!r} · preset {r['preset']} · compat {r['compat']} · {r['state']} · "
-             f"{r['epochs_done']}/{r['total_epochs']} epochs · {r['steps']} steps" + _speed(r), ""]
+             f"epoch {epoch_of_total(r['epochs_done'], r['total_epochs'])} ({r['epochs_done']} finished) · "
+             f"{r['steps']} steps" + _speed(r), ""]
     for title, checks in (("Guardrails (the seed's questions)", report.guardrails),
                           ("Success criteria", report.criteria)):
         lines.append(title)
@@ -324,14 +325,24 @@ def _pad(text: str, width: int, *, left: bool) -> str:
     return text + gap if left else gap + text
 
 
-RUN_TABLE_HEADERS = ["id", "name", "preset", "state", "epochs", "margin", "best", "val cos", "R@5",
+def epoch_of_total(epoch: int | None, total: int | None) -> str:
+    """`36/60`: the epoch in progress (0-based `epoch`, as runs.epoch stores it and as the count of
+    finished epochs reads), counted from 1 as every human view counts it, and the total once the
+    last has run. SQL and JSON keep the stored 0-based numbers (README, the database)."""
+    if epoch is None:
+        return f"–/{fmt(total)}"
+    shown = min(int(epoch) + 1, total) if total else int(epoch) + 1
+    return f"{shown}/{fmt(total)}"
+
+
+RUN_TABLE_HEADERS = ["id", "name", "preset", "state", "epoch", "margin", "best", "val cos", "R@5",
                      "gates", "skips", "ρ max", "min pos̄"]
 
 
 def run_table_rows(summaries: list[dict]) -> list[list[str]]:
     """`lvmd runs`: one line per v_run_summary row."""
     return [[str(s["run_id"]), s["name"], s["preset"] or "", s["state"],
-             f"{s['epochs_done']}/{fmt(s['total_epochs'])}", fmt(s["last_margin"], "+.4f"),
+             epoch_of_total(s["epochs_done"], s["total_epochs"]), fmt(s["last_margin"], "+.4f"),
              fmt(s["best_margin"], "+.4f"), fmt(s["last_val_cos"], ".3f"), fmt(s["last_r_at_5"], ".3f"),
              "–" if s["last_gates_passed"] is None else f"{s['last_gates_passed']}/{s['last_gates_total']}",
              fmt(s["skip_rate"], ".2%"), fmt(s["rho_max"], ".3f"), fmt(s["pos_min"], "+.3f")] for s in summaries]
@@ -355,7 +366,7 @@ def compare_rows(items: list[tuple[dict, Report]]) -> list[list[str]]:
         ("name", lambda d, r: d["run"]["name"]),
         ("preset", lambda d, r: d["run"]["preset"] or ""),
         ("state", lambda d, r: d["run"]["state"]),
-        ("epochs", lambda d, r: f"{d['summary']['epochs_done']}/{fmt(d['run']['total_epochs'])}"),
+        ("epoch", lambda d, r: epoch_of_total(d["summary"]["epochs_done"], d["run"]["total_epochs"])),
         ("steps", lambda d, r: fmt(d["summary"]["steps"])),
         ("last margin", lambda d, r: fmt(crit(r, "margin"), "+.4f")),
         ("best margin", lambda d, r: fmt(d["summary"]["best_margin"], "+.4f")),

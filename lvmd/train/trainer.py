@@ -313,7 +313,7 @@ class Trainer:
         last = self.save_checkpoint("last")      # the epoch's commit: it names the 5CAT still owed
         if improved and self.main:
             best = checkpoint.copy(last, self.checkpoint_path("best"))
-            self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": "best", "path": str(best)})
+            self.sink.event("checkpoint", step=self.step, epoch=self.step_epoch, detail={"which": "best", "path": str(best)})
         if run_full:
             self.run_fivecat(trigger="epoch", epoch=finished_epoch)
             self.eval_due = None
@@ -369,6 +369,13 @@ class Trainer:
                            "epochs": self.cfg.train.epochs, **metrics[-1]})
 
     # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def step_epoch(self) -> int:
+        """The epoch the current step belongs to (its steps row's): at an epoch's end self.epoch
+        already names the next one, and an event there must not read one epoch ahead of the
+        state events and steps beside it."""
+        return self.epoch - 1 if self.batch == 0 and self.epoch > 0 and self.step > 0 else self.epoch
+
     def checkpoint_path(self, which: str) -> Path:
         return self.out_dir / f"{which}.pt"
 
@@ -397,7 +404,7 @@ class Trainer:
         if ranks is not None:
             state.update(world_size=self.dist.world, rng_ranks=ranks)
         path = checkpoint.save(self.checkpoint_path(which), state)
-        self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": which, "path": str(path)})
+        self.sink.event("checkpoint", step=self.step, epoch=self.step_epoch, detail={"which": which, "path": str(path)})
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
