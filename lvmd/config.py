@@ -169,7 +169,7 @@ RANGES: dict[str, Bounds] = {
     "loss.kappa": (0, 1000, False), "loss.lam_min": (0, 1000, True), "loss.lam_max": (0, 1000, True),
     "loss.rho_cap": (0, 100, False), "loss.rho_boost": (0, 100, False), "loss.skip_weak_pos": (-2, 2, False),
     "loss.skip_neg": (-2, 2, False),
-    "train.epochs": (1, MAX_EPOCHS, False), "train.batch_size": (1, 1 << 24, False), "train.lr": (0, 10, True),
+    "train.epochs": (1, MAX_EPOCHS, False), "train.batch_size": (1, 1 << 24, False), "train.lr": (0, 1e6, True),
     "train.weight_decay": (0, 10, False), "train.grad_clip": (0, 1e6, False), "train.plateau_factor": (0, 1, True),
     "train.plateau_patience": (0, MAX_EPOCHS, False), "train.seed": (0, _INT, False),
     "train.checkpoint_every": (0, MAX_STEPS, False), "train.telemetry_block": (1, 65_536, False),

@@ -114,7 +114,7 @@ def test_bad_input_one_line_error_and_nothing_written(tiny_data, tmp_path, args,
 
 
 def test_divergence_fails_the_run_with_the_reason(tiny_data, tmp_path):
-    proc = lvmd("run", *data_overrides(tiny_data), *TINY_MODEL, "train.lr=1e30", "--quiet",
+    proc = lvmd("run", *data_overrides(tiny_data), *TINY_MODEL, "train.lr=1e6", "--quiet",
                 "--db", str(tmp_path / "x.db"), cwd=tmp_path)
     assert proc.returncode == 1 and "non-finite" in proc.stderr
     db = sqlite3.connect(tmp_path / "x.db")

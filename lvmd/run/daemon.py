@@ -174,7 +174,10 @@ class DaemonControl(Control):
 
     def _beat_until(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
-            self.heartbeat(self.step, self.epoch)
+            try:
+                self.heartbeat(self.step, self.epoch)
+            except Exception:                # a broken sink: the loop raises it at its next write
+                return
 
     def close(self) -> None:
         self._close_waker()
