@@ -3,11 +3,11 @@
 windows, each kill followed at once by `lvmd resume`, every run then left to finish. Prints a
 table; target: every column N/N and no kill missed.
 
-Kill windows (dealt from a shuffled deck, so every window gets its share): `train` (a random
-moment while it trains), `fivecat` (during an epoch-end or re-run 5CAT), `checkpoint` (between a
-checkpoint's temp file and its rename), `commit` (inside a telemetry transaction). The last three
-use store/holdpoints.py: the daemon holds at the n-th time it reaches the point and this script
-kills it there. n is drawn from the occurrences the process is sure to reach (counted from the
+Kill windows (dealt from a shuffled deck, so every window gets its share): `train` (at a random
+step boundary while it trains), `fivecat` (during an epoch-end or re-run 5CAT), `checkpoint`
+(between a checkpoint's temp file and its rename), `commit` (inside a telemetry transaction).
+Each uses store/holdpoints.py: the daemon holds at the n-th time it reaches the point and this
+script kills it there. n is drawn from the occurrences the process is sure to reach (counted from the
 run's progress when it starts: windows_left), in the first half of them when another kill
 follows, so a kill does not wait for a window the run has already passed. A kill whose window
 never came is reported as missed.
@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 KINDS = ("train", "fivecat", "checkpoint", "commit")
 EPOCHS = 4
 CHECKPOINT_EVERY = 80
-COMMIT_AFTER = (3, 8)     # the n-th telemetry commit of a process: past start-up, seconds before its end
+COMMIT_AFTER = (6, 12)    # the n-th telemetry commit of a process: past start-up (start and resume wait
+                          # for it), seconds before its end
 WAIT_SECONDS = 180.0
 
 
@@ -92,12 +93,22 @@ def last_step(db: Path) -> int:
         conn.close()
 
 
-def windows_left(db: Path | None) -> dict[str, int]:
-    """How many times a process started now is sure to reach each hold point (None: a new run).
-    Counted from runs.step, which is at or past the checkpoint a resume starts from, so these
-    are lower bounds: a hold drawn from them is reached unless the process is killed first."""
+def planned_steps(data: list[str]) -> int:
+    """A new run's total steps: its epochs of batches of 2 over the training sequences."""
+    import numpy as np
+
+    train = next(item.split("=", 1)[1] for item in data if item.startswith("data.train="))
+    with np.load(train) as npz:
+        return EPOCHS * -(-len(npz["target_vectors"]) // 2)
+
+
+def windows_left(db: Path | None, total: int = 0) -> dict[str, int]:
+    """How many times a process started now is sure to reach each hold point (db None: a new
+    run of `total` steps). Counted from runs.step, which is at or past the checkpoint a resume
+    starts from, so these are lower bounds: a hold drawn from them is reached unless the
+    process is killed first."""
     if db is None:
-        return {"fivecat": EPOCHS, "checkpoint": EPOCHS + 1, "commit": COMMIT_AFTER[1]}
+        return {"step": total, "fivecat": EPOCHS, "checkpoint": EPOCHS + 1, "commit": COMMIT_AFTER[1]}
     run = row(db)
     conn = sqlite3.connect(db, timeout=30)
     try:
@@ -108,49 +119,42 @@ def windows_left(db: Path | None) -> dict[str, int]:
     total, step = run["total_steps"], run["step"]
     per_epoch = max(1, total // EPOCHS)
     saves = {s for s in range(step + 1, total + 1) if s % CHECKPOINT_EVERY == 0 or s % per_epoch == 0}
-    return {"fivecat": max(0, EPOCHS - evals), "checkpoint": len(saves) + 1,   # + the final save
+    return {"step": total - step, "fivecat": max(0, EPOCHS - evals), "checkpoint": len(saves) + 1,  # + the final save
             "commit": COMMIT_AFTER[1]}
 
 
-def hold_env(kind: str, holds: Path, rng: random.Random, db: Path | None, *, last: bool) -> dict:
+def hold_env(kind: str, holds: Path, rng: random.Random, db: Path | None, *, last: bool, total: int = 0) -> dict:
     """The hold for the next kill: at an occurrence the process is sure to reach, in the first
-    half of what is left unless it is the trial's last kill (so the next kill has a window too)."""
+    half of what is left unless it is the trial's last kill (so the next kill has a window too).
+    `train` holds at the n-th step boundary (a poll for the step, as this drill once did, is
+    outrun by a tiny model on a loaded machine)."""
     if kind == "train":
-        return {"LVMD_HOLD": ""}
+        left = windows_left(db, total)["step"]
+        n = rng.randint(1, max(1, int(left * (0.9 if last else 0.5))))
+        return {"LVMD_HOLD": "step", "LVMD_HOLD_FILE": str(holds), "LVMD_HOLD_AFTER": str(n),
+                "LVMD_HOLD_SECONDS": "120"}
     if kind == "commit":
         n = rng.randint(*COMMIT_AFTER) if last else rng.randint(COMMIT_AFTER[0], sum(COMMIT_AFTER) // 2)
     else:
-        left = windows_left(db)[kind]
+        left = windows_left(db, total)[kind]
         if left < 1:
             return {"LVMD_HOLD": ""}           # no such window left: kill_in_window calls it missed
         n = rng.randint(1, left if last else max(1, left // 2))
     return {"LVMD_HOLD": kind, "LVMD_HOLD_FILE": str(holds), "LVMD_HOLD_AFTER": str(n), "LVMD_HOLD_SECONDS": "120"}
 
 
-def kill_in_window(db: Path, kind: str, holds: Path, seen: int, rng: random.Random, *, last: bool) -> bool:
-    """SIGKILL the run's daemon inside the window; False if the run finished first (a miss)."""
+def kill_in_window(db: Path, holds: Path, seen: int) -> bool:
+    """SIGKILL the run's daemon where it holds (every window is a hold point now); False if the
+    run ended first (a miss)."""
     deadline = time.monotonic() + WAIT_SECONDS
-    if kind == "train":                  # at a random step of what is left (its first half, if more follow)
-        run = row(db)
-        step, total = run["step"], run["total_steps"]
-        target = rng.randint(step + 1, max(step + 1, step + int((total - step) * (0.9 if last else 0.5))))
-        while True:
-            run = row(db)
-            if run["state"] in ("finished", "failed", "crashed", "stopped") or time.monotonic() > deadline:
-                return False
-            if last_step(db) >= target:
-                break
-            time.sleep(0.02)
-        pid = run["pid"]
-    else:
-        while True:
-            lines = holds.read_text().splitlines() if holds.exists() else []
-            if len(lines) > seen:
-                pid = int(lines[seen].split()[1])
-                break
-            if row(db)["state"] in ("finished", "failed", "crashed", "stopped") or time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
+    while True:
+        lines = holds.read_text().splitlines() if holds.exists() else []
+        if len(lines) > seen:
+            pid = int(lines[seen].split()[1])
+            break
+        if row(db)["state"] in ("finished", "failed", "crashed", "stopped") or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -217,14 +221,15 @@ def one_trial(number: int, folder: Path, data: list[str], plan: list[str], rng: 
     work = folder / f"trial{number:02d}"
     work.mkdir()
     db, holds = work / "chaos.db", work / "holds"
+    total = planned_steps(data)
     proc = lvmd("start", *data, *config(), f"train.seed={number}", "--db", str(db),
-                env=hold_env(plan[0], holds, rng, None, last=len(plan) == 1))
+                env=hold_env(plan[0], holds, rng, None, last=len(plan) == 1, total=total))
     if proc.returncode != 0:
         trial.errors.append(f"start: {proc.stderr.strip()}")
         return trial
     seen = 0
     for i, kind in enumerate(plan):
-        if not kill_in_window(db, kind, holds, seen, rng, last=i + 1 == len(plan)):
+        if not kill_in_window(db, holds, seen):
             trial.kills.append(f"{kind}(missed)")
         else:
             trial.kills.append(kind)

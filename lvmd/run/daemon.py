@@ -25,6 +25,7 @@ from lvmd.run.runlock import OWNER_FILE, PID_FILE, RunLock, not_our_daemon, proc
 from lvmd.run.sysmon import SystemSampler
 from store import commands
 from store.db import connect, transaction
+from store.holdpoints import hold
 from store.runs import (DAEMON_LOCK, LIVE_STATES, daemon_alive, database_id, get_run, insert_event, lock_held,
                         record_state, update_run)
 
@@ -52,6 +53,7 @@ class DaemonControl(Control):
         self._waker: Iterator | None = None
 
     def poll(self, step: int, epoch: int) -> list[Request]:
+        hold("step")                             # crash drills: a kill -9 at the n-th step boundary
         if self.paused:
             self._sleep()
         self.beat(step, epoch)
