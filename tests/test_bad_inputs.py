@@ -261,6 +261,7 @@ CASES: list[Case] = [
     ("override-ramp-missing-fields", lambda w: w.run("loss.ramp=[{until=1}]"), "loss.ramp[0]: missing m_gap, frac"),
     ("override-ramp-frac", lambda w: w.run("loss.ramp=[{until=1, m_gap=0.1, frac=7}]"), "loss.ramp[0].frac"),
     ("override-batch-over-rows", lambda w: w.run("train.batch_size=1000000"), "train.batch_size"),
+    ("model-beyond-memory", lambda w: w.run("model.kind=lstm", "model.hidden=1048576"), "parameters, which need"),
     ("name-5000-chars", lambda w: w.run("name=" + "n" * 5000), "5000 characters"),
     ("name-tab", lambda w: w.run("name=a\tb"), "name"),
     ("name-right-to-left-override", lambda w: w.run("name=evil\u202elive"), "name"),

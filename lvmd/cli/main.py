@@ -16,7 +16,7 @@ from pathlib import Path
 from lvmd import __version__
 from lvmd.errors import UserError
 from store.db import MissingDatabase, StoreError, describe, meaning
-from store.paths import NotRegularFile
+from store.paths import NotRegularFile, create_new
 from store.runs import UnknownRun
 
 DESCRIPTION = ("Train latent-vector models with the P6b v2.1 guardrails, watch every step live, "
@@ -150,7 +150,7 @@ def _save_traceback(exc: Exception, argv: list[str] | None) -> str:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        with open(create_new(path, 0o600), "w") as fh:     # never through a link planted at that name
             fh.write(f"lvmd {__version__}: lvmd {' '.join(sys.argv[1:] if argv is None else argv)}\n")
             fh.write("".join(traceback.format_exception(exc)))
         for old in sorted(folder.glob("*.log"))[:-KEEP_CRASH_LOGS]:
