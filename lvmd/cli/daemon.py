@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from lvmd.cli.main import default_db
+from lvmd.cli.main import default_db, int_in, number_in
 from lvmd.cli.status import STATUS_HEADERS, status_block, status_of, status_row
 from lvmd.cli.tables import print_table
 from lvmd.cli.train import check_nproc, launch_foreground, nproc_arg, serve_foreground, split_config_arg
@@ -53,7 +53,7 @@ def register(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML config (omit to use defaults + overrides)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     _db_arg(p)
-    p.add_argument("--timeout", type=float, default=START_SECONDS, help="seconds to wait for the daemon to run")
+    p.add_argument("--timeout", type=number_in(0, 1e6), default=START_SECONDS, help="seconds to wait for the daemon to run")
     nproc_arg(p)
     _allow_pickle_arg(p)
     p.set_defaults(func=cmd_start)
@@ -70,7 +70,7 @@ def register(sub) -> None:
     p = sub.add_parser("stop", help="stop a run: checkpoint, state stopped, exit")
     p.add_argument("run", help="run id or name")
     _db_arg(p)
-    p.add_argument("--grace", type=float, default=30.0, help="seconds to wait before SIGTERM (default 30)")
+    p.add_argument("--grace", type=number_in(0, 1e6), default=30.0, help="seconds to wait before SIGTERM (default 30)")
     p.add_argument("--force", action="store_true", help="SIGKILL now (no checkpoint)")
     p.add_argument("--no-wait", action="store_true", help="queue the stop and return")
     p.set_defaults(func=cmd_stop)
@@ -94,7 +94,7 @@ def register(sub) -> None:
     _command_args(p)
     p.add_argument("--foreground", action="store_true", help="restart in this process instead of detached")
     p.add_argument("--quiet", action="store_true", help="no progress output (--foreground)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=int_in(1, 4096), default=None, metavar="N",
                    help="restart on N local processes (default: as many as the run last had)")
     _allow_pickle_arg(p)
     _allow_data_change_arg(p)
@@ -118,7 +118,7 @@ def _db_arg(p) -> None:
 def _command_args(p) -> None:
     p.add_argument("run", help="run id or name")
     _db_arg(p)
-    p.add_argument("--timeout", type=float, default=WAIT_SECONDS, help="seconds to wait for the daemon (default 10)")
+    p.add_argument("--timeout", type=number_in(0, 1e6), default=WAIT_SECONDS, help="seconds to wait for the daemon (default 10)")
     p.add_argument("--no-wait", action="store_true", help="queue the command and return")
 
 

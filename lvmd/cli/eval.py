@@ -15,6 +15,7 @@ from pathlib import Path
 from lvmd.cli import progress
 from lvmd.cli.daemon import cmd_command
 from lvmd.data import formats as data
+from lvmd.cli.main import int_in, number_in
 from lvmd.errors import UserError
 from store.paths import replaceable
 
@@ -39,10 +40,10 @@ def register(sub) -> None:
                    help="lnsp: reproduce the original script's numbers, defects included")
     p.add_argument("--profile", default="gtr-t5",
                    help="threshold profile: a name in lvmd/eval/profiles.toml, or FILE.toml[:NAME] of your own")
-    p.add_argument("--max-samples", type=int, default=5000, help="rows per split (default 5000)")
+    p.add_argument("--max-samples", type=int_in(1, 10**8), default=5000, help="rows per split (default 5000)")
     p.add_argument("--sample", choices=("first", "seeded"), default="first", help="which rows: the first or a seeded draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draw, the shuffle and cross-article picks")
-    p.add_argument("--batch-size", type=int, default=1024, help="contexts per forward pass")
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the draw, the shuffle and cross-article picks")
+    p.add_argument("--batch-size", type=int_in(1, 1 << 24), default=1024, help="contexts per forward pass")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the result as JSON (lvmd/docs/fivecat_json.md)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read the original's pickled 'metadata' in sequence files (runs code from the file)")
@@ -51,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.add_argument("--db", help="with RUN: SQLite file (default $LVMD_DB or ./lvmd.db)")
-    p.add_argument("--timeout", type=float, default=10.0, help="with RUN: seconds to wait for the daemon")
+    p.add_argument("--timeout", type=number_in(0, 1e6), default=10.0, help="with RUN: seconds to wait for the daemon")
     p.add_argument("--no-wait", action="store_true", help="with RUN: queue the command and return")
     p.set_defaults(func=cmd_eval)
 

@@ -53,6 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def int_in(low: int, high: int):
+    """An argparse type: an integer from low to high. Anything else is argparse's one-line usage
+    error naming the option, never an OverflowError or a MemoryError further on."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} digits)"
+            raise argparse.ArgumentTypeError(f"{shown} is out of range; allowed {low} to {high}")
+        return value
+    parse.__name__ = "integer"            # argparse names the type in its message
+    return parse
+
+
+def number_in(low: float, high: float):
+    """An argparse type: a finite number from low to high (seconds, shares, thresholds)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:        # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed {low:g} to {high:g}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
 def default_db() -> str:
     """The database used when --db is not given: $LVMD_DB, else ./lvmd.db."""
     return os.environ.get("LVMD_DB", "lvmd.db")

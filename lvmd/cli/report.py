@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from lvmd.cli.main import default_db
+from lvmd.cli.main import default_db, int_in, number_in
 from lvmd.cli.tables import print_table
 from lvmd.data import embed
 from lvmd.data import formats as data
@@ -59,18 +59,18 @@ def register(sub) -> None:
                    help=f"with --sweep: the configuration to beat, a label or KEY=VALUE (default {DEFAULT_BASELINE})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_ITERATE} when the verdict is iterate")
-    p.add_argument("--bins", type=int, default=60, help="width of the curves in characters (default 60)")
-    p.add_argument("--rho-cap", type=float, help="ρ limit for every step (default: the cap in force at each step: "
+    p.add_argument("--bins", type=int_in(1, 10_000), default=60, help="width of the curves in characters (default 60)")
+    p.add_argument("--rho-cap", type=number_in(0, 100), help="ρ limit for every step (default: the cap in force at each step: "
                         "the ramp stage's, else loss.rho_cap, else 0.25)")
-    p.add_argument("--skip-max", type=float, default=defaults.skip_share_max,
+    p.add_argument("--skip-max", type=number_in(0, 1), default=defaults.skip_share_max,
                    help=f"skips must stay under this share of batches (default {defaults.skip_share_max})")
-    p.add_argument("--pos-floor", type=float, default=defaults.pos_floor,
+    p.add_argument("--pos-floor", type=number_in(-1, 1), default=defaults.pos_floor,
                    help=f"pos̄ must never go below this (default {defaults.pos_floor})")
-    p.add_argument("--margin-min", type=float, default=defaults.margin_min,
+    p.add_argument("--margin-min", type=number_in(-2, 2), default=defaults.margin_min,
                    help=f"the last epoch's margin must exceed this (default {defaults.margin_min})")
-    p.add_argument("--r5-min", type=float, default=defaults.r_at_5_min, help=f"default {defaults.r_at_5_min}")
-    p.add_argument("--val-cos-min", type=float, default=defaults.val_cos_min, help=f"default {defaults.val_cos_min}")
-    p.add_argument("--gates-min", type=int, default=defaults.gates_min, help=f"of 5 (default {defaults.gates_min})")
+    p.add_argument("--r5-min", type=number_in(0, 1), default=defaults.r_at_5_min, help=f"default {defaults.r_at_5_min}")
+    p.add_argument("--val-cos-min", type=number_in(-1, 1), default=defaults.val_cos_min, help=f"default {defaults.val_cos_min}")
+    p.add_argument("--gates-min", type=int_in(0, 5), default=defaults.gates_min, help=f"of 5 (default {defaults.gates_min})")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("runs", help="table of the runs in a database")
@@ -118,7 +118,7 @@ def register(sub) -> None:
     ctx.add_argument("--text", action="append", help="a context sentence; repeat once per chunk (needs the embed extra)")
     p.add_argument("--embedder", choices=("minilm", "mpnet"),
                    help="with --text (default: by the bank's D: 384 minilm, 768 mpnet)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int_in(1, 10**6), default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a checkpoint that holds arbitrary Python objects (runs code from the file)")

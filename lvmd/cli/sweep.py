@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lvmd.cli.main import default_db
+from lvmd.cli.main import default_db, int_in, number_in
 from lvmd.config import absolute_overrides
 from lvmd.errors import UserError
 from lvmd.eval.verdict import format_table
@@ -31,18 +31,18 @@ def register(sub) -> None:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="an axis of the grid (repeat); with --search optuna, a categorical choice")
     p.add_argument("--seeds", default="1", help="N (seeds 0..N-1) or a list 0,5,9 (default 1)")
-    p.add_argument("--parallel", type=int, help="runs training at once (default: one per GPU, else cores/2)")
+    p.add_argument("--parallel", type=int_in(1, 1024), help="runs training at once (default: one per GPU, else cores/2)")
     p.add_argument("--name", help="sweep name (default: the config's name)")
     p.add_argument("--search", choices=("grid", "optuna"), default="grid")
-    p.add_argument("--trials", type=int, default=0, help="optuna: configurations to sample")
+    p.add_argument("--trials", type=int_in(0, 100_000), default=0, help="optuna: configurations to sample")
     p.add_argument("--objective", choices=("margin", "val_cos", "r_at_5"), default="margin",
                    help="what a configuration is judged by: the mean of its seeds' last epoch (maximised)")
     p.add_argument("--range", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
                    help="optuna: a float range to sample")
     p.add_argument("--enqueue", action="append", default=[], metavar="'KEY=V KEY=V'",
                    help="optuna: a configuration to try first (repeat)")
-    p.add_argument("--sampler-seed", type=int, default=0, help="optuna: the TPE sampler's seed")
-    p.add_argument("--prune-skip-max", type=float,
+    p.add_argument("--sampler-seed", type=int_in(0, 2**63 - 1), default=0, help="optuna: the TPE sampler's seed")
+    p.add_argument("--prune-skip-max", type=number_in(0, 1),
                    help="optuna: prune when an epoch's skip rate exceeds this (default: the run's watch.skip_rate_max)")
     p.add_argument("--json", action="store_true", help="status: JSON")
     p.add_argument("--db", help="SQLite file (default $LVMD_DB or ./lvmd.db)")
@@ -61,16 +61,21 @@ def _db(args) -> Path:
     return Path(args.db or default_db()).resolve()
 
 
+MAX_SEEDS = 1000
+
+
 def _seeds(text: str) -> list[int]:
     try:
         if "," in text:
             seeds = [int(s) for s in text.split(",")]
         else:
+            if not 0 < int(text) <= MAX_SEEDS:
+                raise UserError(f"--seeds {text[:24]!r}: a count from 1 to {MAX_SEEDS}, or a list (0,5,9)")
             seeds = list(range(int(text)))
     except ValueError:
         raise UserError(f"--seeds {text!r}: expected a count (3) or a list (0,5,9)") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UserError(f"--seeds {text!r}: expected at least one seed, none repeated or negative")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= 2**63:
+        raise UserError(f"--seeds {text!r}: expected at least one seed, none repeated, negative or past 2**63")
     return seeds
 
 

@@ -9,6 +9,7 @@ import errno
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -119,9 +120,15 @@ def unreadable(path: Path) -> None:
     why = not_regular(path)
     if why is not None:
         raise UserError(f"{why}; a checkpoint is a regular file")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise UserError(f"{path}: empty file (0 bytes), not a checkpoint; lvmd writes checkpoints whole "
                         "(temp file + rename), so something else truncated it")
+    with open(path, "rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"            # torch's archive format
+    if zipped and not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: truncated ({size:,} bytes): the archive ends before its directory; "
+                        "a copy or a disk that was cut off")
 
 
 def load_error(exc: Exception) -> str:
