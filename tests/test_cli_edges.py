@@ -186,3 +186,20 @@ def test_errors_say_the_next_step(finished_db, tmp_path, capsys, monkeypatch):
         assert code == 1 and "run 1 is stopped; it takes no commands; `lvmd resume 1` continues it" in err, err
     code, _, err = _call(["stop", "1", "--db", str(db)], capsys)
     assert code == 1 and "run 1 is already stopped (at step 17); `lvmd resume 1`" in err, err
+
+
+def test_a_second_stop_says_the_run_is_already_stopping_and_waits(tmp_path, capsys):
+    """The run's 'daemon' is a short `sleep` this test starts (so nothing else can be signalled):
+    a second stop says the first is under way, waits for the end and reports it."""
+    db = tmp_path / "x.db"
+    victim = subprocess.Popen(["sleep", "1"])
+    try:
+        conn = connect(db)
+        run = create_run(conn, name="r", preset="v2.1", compat="none", config={}, data={}, state="stopping")
+        update_run(conn, run, pid=victim.pid, step=42, heartbeat_at=time.time())
+        conn.close()
+        code, out, err = _call(["stop", str(run), "--grace", "30", "--db", str(db)], capsys)
+    finally:
+        victim.wait(timeout=30)
+    assert code == 0 and f"run {run} is already stopping" in err and "--force` kills it now" in err, err
+    assert out.startswith(f"run {run} crashed at step 42"), out          # it died without recording it
