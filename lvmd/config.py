@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
-from lvmd.bounds import (MAX_EPOCHS, MAX_NAME, MAX_STEPS, MAX_THREADS, RAMP_RANGES, RANGES, Bounds,  # noqa: F401
+from lvmd.bounds import (MAX_NAME, MAX_STEPS, MAX_THREADS, RAMP_RANGES, RANGES, Bounds,  # noqa: F401 (re-exported)
                          name_ok, out_of_range, usable_cpus)
 from lvmd.errors import UserError
 from store.paths import not_regular
