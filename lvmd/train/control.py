@@ -5,9 +5,9 @@ unless something is due. It returns Requests for the loop to act on. While `paus
 the loop polls again instead of stepping; this base class never pauses (lvmd.run.daemon's
 DaemonControl does, sleeping on the database inside poll).
 
-A 5CAT polls too, between its batches (Trainer._between_eval_batches), with hold=False: a run
-that was already paused when the evaluation began (eval-now on a paused run) must not sleep at
-every batch. A stop taken there abandons the evaluation by raising EvalAbandoned.
+A 5CAT polls too, between its batches (between_eval_batches, from Trainer.run_fivecat), with
+hold=False: a run that was already paused when the evaluation began (eval-now on a paused run)
+must not sleep at every batch. A stop taken there abandons the evaluation (EvalAbandoned).
 """
 from __future__ import annotations
 
