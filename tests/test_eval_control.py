@@ -140,3 +140,38 @@ def test_during_a_5cat_an_eval_joins_it_and_a_run_paused_before_it_is_not_held_a
         control.close()
         sink.close()
         cli.close()
+
+
+def test_a_checked_5cat_gives_the_same_numbers_and_looks_before_every_model_call():
+    """between() runs before every call to the model (its batches split as the run's control
+    needs) and after every stage; the numbers are exactly those of an unchecked evaluation."""
+    import numpy as np
+    import torch
+
+    from lvmd.config import ModelConfig
+    from lvmd.data import formats as data
+    from lvmd.eval import fivecat
+    from lvmd.train.models import build_model
+
+    arts = data.synth_articles(n_articles=24, min_chunks=12, max_chunks=18, dim=16, seed=7)
+    ids = np.unique(arts.article_ids)
+    val, ood = data.build_windows(arts, article_subset=ids[:12]), data.build_windows(arts, article_subset=ids[12:])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="transformer", d_model=16, nhead=2, num_layers=1, ff=32), 16).eval()
+    calls, looks = [], []
+
+    def predict(x):
+        calls.append((len(looks), len(x)))
+        with torch.no_grad():
+            return model(x)
+
+    kw = dict(max_samples=150, batch_size=512)
+    plain = fivecat.evaluate(predict, val, ood, arts, **kw)
+    n_plain, calls[:] = len(calls), []
+    checked = fivecat.evaluate(predict, val, ood, arts, between=lambda: looks.append(1), **kw)
+    same = {s: {k: v for k, v in m.items() if v == v} for s, m in plain.metrics.items()}   # NaN != NaN
+    assert {s: {k: v for k, v in m.items() if v == v} for s, m in checked.metrics.items()} == same
+    assert len(calls) > n_plain and all(n <= 512 for _, n in calls)                # split: from 64 rows up
+    seen = [s for s, _ in calls]
+    assert seen[0] >= 1 and all(a < b for a, b in zip(seen, seen[1:]))          # a look before each call
+    assert len(looks) >= len(calls) + 12                                           # and after each stage
