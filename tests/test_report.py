@@ -146,7 +146,8 @@ def test_rho_is_held_to_the_cap_of_each_ramp_stage(good_db):
     assert failed(judge(good_db, Thresholds(rho_cap=0.25))) == {"rho"}       # the seed's 0.25 for every step
     sql(good_db, "UPDATE steps SET rho = 0.40 WHERE step = 50")              # epoch 0: cap .35
     rho = judge(good_db).guardrails[0]
-    assert not rho.passed and rho.answer == "yes: max ρ 0.400 in 1 step"
+    # the attenuated steps are the trainer's flags (one per epoch here), not re-judged against the new caps
+    assert not rho.passed and rho.answer == "yes: max ρ 0.400 in 1 step; before the cap ρ went over it in 3 steps (attenuated)"
 
 
 def test_a_failed_run_is_not_promoted(good_db):

@@ -24,6 +24,7 @@ from lvmd.run import daemon, launch
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get, next_step
 from store.db import check_path, connect
+from store.evals import eval_progress
 from store.runs import (
     LIVE_STATES,
     TERMINAL_STATES,
@@ -42,6 +43,7 @@ from store.runs import (
 # commands that need them, so `lvmd --help` and the light verbs start without them.
 
 WAIT_SECONDS = 10.0        # how long a command verb waits for the daemon by default
+SAY_WAITING_S = 1.0        # a wait longer than this says what it is waiting for (stderr)
 START_SECONDS = 120.0      # how long start/resume wait for the daemon to report running
 TERM_WAIT_SECONDS = 10.0   # after the grace period and SIGTERM, how long stop still waits
 FORCE_WAIT_SECONDS = 5.0
@@ -156,14 +158,30 @@ def _await(conn, command_id: int, timeout: float) -> dict:
 
     deadline = time.monotonic() + timeout
     next_crash_check = time.monotonic() + 1.0
+    say_after, said = time.monotonic() + SAY_WAITING_S, None
     while True:
         cmd = get(conn, command_id)
         if cmd["state"] in ("done", "failed") or time.monotonic() >= deadline:
             return cmd
+        if time.monotonic() >= say_after and cmd["state"] != said:     # once per state: pending, acked
+            said = cmd["state"]
+            print(_waiting_line(conn, cmd), file=sys.stderr, flush=True)
         if time.monotonic() >= next_crash_check:
             mark_stale_crashed(conn)
             next_crash_check = time.monotonic() + 1.0
         time.sleep(0.05)
+
+
+def _waiting_line(conn, cmd: dict) -> str:
+    """What a command verb is waiting for (said once it has waited SAY_WAITING_S)."""
+    run = get_run(conn, cmd["run_id"])
+    doing = f"{run['state']} at step {run['step']}"
+    progress = eval_progress(conn, run["id"]) if run["state"] == "evaluating" else None
+    if progress:
+        doing += f", 5CAT {progress.get('done')}/{progress.get('total')} {progress.get('stage')}"
+    if cmd["state"] == "pending":
+        return f"lvmd: waiting for run {run['id']} ({doing}) to take the {cmd['verb']} (command {cmd['id']})…"
+    return f"lvmd: run {run['id']} took the {cmd['verb']} at step {cmd['acked_step']}; waiting for it to finish ({doing})…"
 
 
 def _result(cmd: dict) -> dict:

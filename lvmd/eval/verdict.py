@@ -10,10 +10,10 @@ import math
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
+from lvmd.train.rho_cap import over_cap
+
 PROMOTE, ITERATE = "promote", "iterate"
 SPARK = "▁▂▃▄▅▆▇█"
-# ρ after the cap is stored through float32; the cap itself must not count as "over".
-RHO_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,11 @@ def guardrail_checks(g: dict, th: Thresholds) -> list[Check]:
         over = g["rho_over_cap_steps"] > 0
     else:
         cap_text = f"{th.rho_cap:g}"
-        over = g["rho_max"] > th.rho_cap + RHO_TOLERANCE
+        over = over_cap(g["rho_max"], th.rho_cap)      # the guardrail's rule (lvmd.train.rho_cap)
     steps_over = f" in {_steps(g['rho_over_cap_steps'])}" if over and counted else ""
-    pre = (f"; before the cap ρ went over it in {_steps(g['rho_pre_over_cap_steps'])} (attenuated)"
-           if g["rho_pre_over_cap_steps"] and counted else "")
+    # the steps the trainer flagged `attenuate`: the count the events, compare and the TUI show
+    pre = (f"; before the cap ρ went over it in {_steps(g['attenuated_steps'])} (attenuated)"
+           if g["attenuated_steps"] and counted else "")
     rho = Check("rho", f"did ρ ever exceed the cap ({cap_text})?", not over,
                 (f"yes: max ρ {g['rho_max']:.3f}{steps_over}" if over else f"no: max ρ {g['rho_max']:.3f}") + pre,
                 g["rho_max"])
@@ -376,7 +377,7 @@ def compare_rows(items: list[tuple[dict, Report]]) -> list[list[str]]:
         ("skip share", lambda d, r: fmt(d["guardrails"]["skip_share"], ".2%")),
         ("ρ max", lambda d, r: fmt(d["guardrails"]["rho_max"], ".3f")),
         ("ρ pre-cap max", lambda d, r: fmt(d["guardrails"]["rho_pre_max"], ".3f")),
-        ("steps attenuated", lambda d, r: fmt(d["guardrails"]["rho_pre_over_cap_steps"])),
+        ("steps attenuated", lambda d, r: fmt(d["guardrails"]["attenuated_steps"])),
         ("min pos̄", lambda d, r: fmt(d["guardrails"]["pos_min"], "+.3f")),
         ("ratio first → last", lambda d, r: ratio(d["guardrails"])),
         ("collapse warnings", lambda d, r: fmt(d["guardrails"]["collapse_warnings"])),
