@@ -17,7 +17,6 @@ from store.schema import STEP_COLUMNS
 STEP_CHUNK = 4096          # step rows per read: bounded memory on a run of millions of steps
 # The step columns a mirror copies, in schema order (run_id is the cursor's, not a value).
 STEP_FIELDS: tuple[str, ...] = tuple(c for c in STEP_COLUMNS if c != "run_id")
-EPOCH_AXES = ("run_id", "epoch", "step", "t")       # epochs columns that place a row, not values
 
 
 @dataclass
@@ -29,8 +28,8 @@ class Cursor:
     event_id: int = 0
 
 
-def steps_after(conn: sqlite3.Connection, run_id: int, after_step: int, limit: int = STEP_CHUNK) -> list[tuple]:
-    """Up to `limit` step rows with step > after_step, as tuples in STEP_FIELDS order (one range
+def steps_after(conn: sqlite3.Connection, run_id: int, after_step: int, limit: int = STEP_CHUNK) -> list[sqlite3.Row]:
+    """Up to `limit` step rows with step > after_step, columns in STEP_FIELDS order (one range
     of the (run_id, step) index)."""
     return conn.execute(f"SELECT {', '.join(STEP_FIELDS)} FROM steps WHERE run_id = ? AND step > ?"
                         " ORDER BY step LIMIT ?", (run_id, after_step, limit)).fetchall()
