@@ -90,16 +90,22 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
-    p = sub.add_parser("export", help="one table of one run as CSV or JSON lines",
+    p = sub.add_parser("export", help="one table of one run as CSV or JSON lines, or the whole run for TensorBoard",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="tables:\n" + "\n".join(f"  {k:<13} {v}" for k, v in EXPORT_HELP.items()))
     p.add_argument("run", help="run id or name")
-    p.add_argument("--table", required=True, choices=list(EXPORT_QUERIES), metavar="TABLE",
-                   help=f"which table: {', '.join(EXPORT_QUERIES)} (listed below)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--table", choices=list(EXPORT_QUERIES), metavar="TABLE",
+                      help=f"which table: {', '.join(EXPORT_QUERIES)} (listed below)")
+    what.add_argument("--tensorboard", metavar="DIR",
+                      help="instead: the whole run as TensorBoard event files in DIR/RUN-NAME "
+                           "(needs the tensorboard extra: pip install 'lvmd[tensorboard]')")
+    p.add_argument("--follow", action="store_true",
+                   help="with --tensorboard: keep mirroring a live run until it ends (reads at most once a second)")
     p.add_argument("--format", default="csv", choices=("csv", "jsonl"),
                    help="csv (a header line, then rows) or jsonl (one JSON object per row); default csv")
     p.add_argument("--out", help="file to write (default stdout)")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite --out (or --tensorboard's event files) if there")
     _db(p)
     p.set_defaults(func=cmd_export)
 
@@ -249,6 +255,12 @@ def _report_sweep(args: argparse.Namespace, th: Thresholds) -> int:
 # -- export ----------------------------------------------------------------------------------
 @_pipe_safe
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.tensorboard is not None:
+        from lvmd.cli.tensorboard import export_tensorboard
+
+        return export_tensorboard(args)
+    if args.follow:
+        raise UserError("--follow goes with --tensorboard (a --table export is one read)")
     if args.out and os.path.isdir(args.out):
         raise UserError(f"{args.out}: is a directory; --out names the file to write")
     if args.out and (why := replaceable(args.out) or not_regular(args.out)) is not None:
