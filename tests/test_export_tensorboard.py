@@ -148,7 +148,10 @@ RUN = [*TINY_MODEL, "train.batch_size=16", "train.epochs=100000", "train.max_ste
 def test_follow_mirrors_a_live_run_until_it_finishes(tmp_path, synth200, db):
     data = [f"data.train={synth200 / 'train.npz'}", f"data.val={synth200 / 'val.npz'}",
             f"data.articles={synth200 / 'articles.npz'}"]
-    started = lvmd("start", *data, *RUN, "--db", db, check=True).stdout
+    # The daemon holds 5 s at its 50th step boundary (store/holdpoints), so the pause below lands
+    # before step 300 however fast the tiny run trains on this machine.
+    hold = {"LVMD_HOLD": "step", "LVMD_HOLD_AFTER": "50", "LVMD_HOLD_SECONDS": "5"}
+    started = lvmd("start", *data, *RUN, "--db", db, check=True, env=hold).stdout
     run_id = int(re.match(r"run (\d+) ", started)[1])
     conn = connect(db)
     enqueue(conn, run_id, "pause")          # held mid-run, so the follower surely starts before the end
