@@ -3,6 +3,7 @@ a connection."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import json
 import os
@@ -60,10 +61,29 @@ def update_run(conn: sqlite3.Connection, run_id: int, **fields: Any) -> None:
 
 
 def get_run(conn: sqlite3.Connection, run_id: int) -> dict:
-    row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    row = None if not 0 < run_id <= MAX_ID else conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
-        raise UnknownRun(f"no run {run_id} in this database")
+        raise UnknownRun(f"no run {run_id} in this database{_id_hint(conn)}")
     return dict(row)
+
+
+MAX_ID = 2**63 - 1          # SQLite's INTEGER: a larger id is no run, never an OverflowError
+
+
+def _id_hint(conn: sqlite3.Connection) -> str:
+    lo, hi, n = conn.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM runs").fetchone()
+    if not n:
+        return " (it has no runs yet)"
+    return f" (its only run is {lo})" if n == 1 else f" (it has {n} runs, ids {lo}–{hi}; `lvmd runs` lists them)"
+
+
+def _name_hint(conn: sqlite3.Connection, text: str) -> str:
+    """Names that start with `text`, else the close ones (difflib), as a 'did you mean'."""
+    names = [r[0] for r in conn.execute("SELECT DISTINCT name FROM runs ORDER BY id DESC LIMIT 10000")]
+    found = [n for n in names if n.startswith(text)][:3] or difflib.get_close_matches(text, names, n=3, cutoff=0.6)
+    if not found:
+        return f"{_id_hint(conn)}"
+    return "; did you mean " + " or ".join(repr(n) for n in found) + "?"
 
 
 def list_runs(conn: sqlite3.Connection) -> list[dict]:
@@ -78,11 +98,11 @@ def resolve_run(conn: sqlite3.Connection, ref: str | int | None) -> dict:
             raise UnknownRun("no runs in this database yet")
         return dict(row)
     text = str(ref)
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return get_run(conn, int(text))
     rows = conn.execute("SELECT * FROM runs WHERE name = ? ORDER BY id", (text,)).fetchall()
     if not rows:
-        raise UnknownRun(f"no run named {text!r} in this database")
+        raise UnknownRun(f"no run named {text!r} in this database{_name_hint(conn, text)}")
     if len(rows) > 1:
         ids = ", ".join(str(r["id"]) for r in rows)
         raise UnknownRun(f"run name {text!r} is ambiguous (ids {ids}); use the id")

@@ -132,9 +132,12 @@ class SqliteSink:
 
     # -- the writer thread --------------------------------------------------------------
     def _raise_pending(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise RuntimeError(f"{self.path}: telemetry write failed: {err}") from err
+        """A commit that failed breaks the sink for good: every later call raises, in whichever
+        thread makes it. (Raising it once let the heartbeat thread of a 5CAT take the error and
+        the training loop go on with a hole in its telemetry, issue 20.9.)"""
+        err = self._error
+        if err is not None:
+            raise RuntimeError(f"{self.path}: telemetry write failed: {_words(err)}") from err
 
     def _loop(self) -> None:
         pending: list = []
@@ -163,6 +166,11 @@ class SqliteSink:
         failed: list[tuple[Future, BaseException]] = []
         conn = self._conn
         self.check_database()              # once lost, nothing in this process opens the path again
+        if self._error is not None:      # broken: nothing after a lost batch may land (no holes)
+            for item in items:
+                if item[0] == "call" and not item[2].done():
+                    item[2].set_exception(self._error)
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in items:
@@ -180,11 +188,10 @@ class SqliteSink:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            waiting = [item[2] for item in items if item[0] == "call" and not item[2].done()]
-            for fut in waiting:
-                fut.set_exception(exc)
-            if not waiting:  # nobody is waiting: report it on the caller's next call
-                self._error = exc
+            for item in items:
+                if item[0] == "call" and not item[2].done():
+                    item[2].set_exception(exc)
+            self._error = exc            # and every later call raises it too
             return
         for fut, result in calls:
             fut.set_result(result)
@@ -232,8 +239,12 @@ class SqliteSink:
                 finally:
                     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 self.truncations += 0 if busy else 1
-        except (sqlite3.Error, OSError):
-            pass    # a busy checkpoint is retried at the next cadence; telemetry never waits on it
+        except (sqlite3.Error, OSError) as exc:
+            # a busy checkpoint is retried at the next cadence; telemetry never waits on it. A
+            # full disk is not retried: commits may still land in the reused -wal for a while,
+            # but the file cannot grow, so the run stops now and says why (issue 20.9)
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or getattr(exc, "errno", None) == 28:
+                self._error = exc
 
 
 class DatabaseWatch:
@@ -270,3 +281,8 @@ class DatabaseWatch:
         elif wal != self.wal_id:
             return f"{self.wal} was replaced under the daemon (inode {self.wal_id[1]} → {wal[1]})"
         return None
+
+
+def _words(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

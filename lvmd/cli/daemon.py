@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
-from lvmd.cli.main import default_db
+from lvmd.cli.main import default_db, int_in, number_in
 from lvmd.cli.status import STATUS_HEADERS, status_block, status_of, status_row
 from lvmd.cli.tables import print_table
 from lvmd.cli.train import check_nproc, launch_foreground, nproc_arg, serve_foreground, split_config_arg
@@ -21,7 +22,8 @@ from lvmd.run import daemon, launch
 from lvmd.run.runlock import folder_refusal, refuse
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get
-from store.db import connect
+from store.db import check_path, connect
+from store.evals import eval_progress
 from store.runs import (
     DAEMON_LOCK,
     LIVE_STATES,
@@ -44,6 +46,7 @@ from store.runs import (
 # commands that need them, so `lvmd --help` and the light verbs start without them.
 
 WAIT_SECONDS = 10.0        # how long a command verb waits for the daemon by default
+SAY_WAITING_S = 1.0        # a wait longer than this says what it is waiting for (stderr)
 START_SECONDS = 120.0      # how long start/resume wait for the daemon to report running
 DYING_SECONDS = 3.0        # how long resume lets a daemon that was just killed finish dying
 
@@ -53,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML config (omit to use defaults + overrides)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     _db_arg(p)
-    p.add_argument("--timeout", type=float, default=START_SECONDS, help="seconds to wait for the daemon to run")
+    p.add_argument("--timeout", type=number_in(0, 1e6), default=START_SECONDS, help="seconds to wait for the daemon to run")
     nproc_arg(p)
     _allow_pickle_arg(p)
     p.set_defaults(func=cmd_start)
@@ -72,7 +75,7 @@ def register(sub) -> None:
     p = sub.add_parser("stop", help="stop a run: checkpoint, state stopped, exit")
     p.add_argument("run", help="run id or name")
     _db_arg(p)
-    p.add_argument("--grace", type=float, default=30.0, help="seconds to wait before SIGTERM (default 30)")
+    p.add_argument("--grace", type=number_in(0, 1e6), default=30.0, help="seconds to wait before SIGTERM (default 30)")
     p.add_argument("--force", action="store_true", help="SIGKILL now (no checkpoint)")
     p.add_argument("--no-wait", action="store_true", help="queue the stop and return")
     p.set_defaults(func=_cmd_stop)
@@ -96,7 +99,7 @@ def register(sub) -> None:
     _command_args(p)
     p.add_argument("--foreground", action="store_true", help="restart in this process instead of detached")
     p.add_argument("--quiet", action="store_true", help="no progress output (--foreground)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=int_in(1, 4096), default=None, metavar="N",
                    help="restart on N local processes (default: as many as the run last had)")
     _allow_pickle_arg(p)
     _allow_data_change_arg(p)
@@ -133,15 +136,14 @@ def _db_arg(p) -> None:
 def _command_args(p) -> None:
     p.add_argument("run", help="run id or name")
     _db_arg(p)
-    p.add_argument("--timeout", type=float, default=WAIT_SECONDS, help="seconds to wait for the daemon (default 10)")
+    p.add_argument("--timeout", type=number_in(0, 1e6), default=WAIT_SECONDS, help="seconds to wait for the daemon (default 10)")
     p.add_argument("--no-wait", action="store_true", help="queue the command and return")
 
 
 # -- shared ------------------------------------------------------------------------------
 def _db_path(args) -> Path:
     path = Path(args.db or default_db())
-    if not path.exists():
-        raise UserError(f"{path}: no such database")
+    check_path(path, create=False)       # missing (with how to name one), a FIFO, a device node
     return path.resolve()
 
 
@@ -172,14 +174,30 @@ def _await(conn, command_id: int, timeout: float) -> dict:
 
     deadline = time.monotonic() + timeout
     next_crash_check = time.monotonic() + 1.0
+    say_after, said = time.monotonic() + SAY_WAITING_S, None
     while True:
         cmd = get(conn, command_id)
         if cmd["state"] in ("done", "failed") or time.monotonic() >= deadline:
             return cmd
+        if time.monotonic() >= say_after and cmd["state"] != said:     # once per state: pending, acked
+            said = cmd["state"]
+            print(_waiting_line(conn, cmd), file=sys.stderr, flush=True)
         if time.monotonic() >= next_crash_check:
             mark_stale_crashed(conn)
             next_crash_check = time.monotonic() + 1.0
         time.sleep(0.05)
+
+
+def _waiting_line(conn, cmd: dict) -> str:
+    """What a command verb is waiting for (said once it has waited SAY_WAITING_S)."""
+    run = get_run(conn, cmd["run_id"])
+    doing = f"{run['state']} at step {run['step']}"
+    progress = eval_progress(conn, run["id"]) if run["state"] == "evaluating" else None
+    if progress:
+        doing += f", 5CAT {progress.get('done')}/{progress.get('total')} {progress.get('stage')}"
+    if cmd["state"] == "pending":
+        return f"lvmd: waiting for run {run['id']} ({doing}) to take the {cmd['verb']} (command {cmd['id']})…"
+    return f"lvmd: run {run['id']} took the {cmd['verb']} at step {cmd['acked_step']}; waiting for it to finish ({doing})…"
 
 
 def _result(cmd: dict) -> dict:

@@ -12,7 +12,7 @@ import time
 from lvmd.cli.daemon import _enqueue, _open, _result
 from lvmd.errors import UserError
 from lvmd.run.signals import send_signal
-from store.commands import get
+from store.commands import get, next_step
 from store.runs import (LIVE_STATES, TERMINAL_STATES, daemon_alive, database_id, get_run, pid_alive, record_state,
                         resolve_run)
 
@@ -24,10 +24,16 @@ def cmd_stop(args: argparse.Namespace) -> int:
     conn, _ = _open(args)
     try:
         run = resolve_run(conn, args.run)
+        if run["state"] == "stopped":
+            raise UserError(f"run {run['id']} is already stopped (at step {run['step']}){next_step(run['id'], 'stopped')}")
         if run["state"] not in LIVE_STATES:
-            raise UserError(f"run {run['id']} is {run['state']}; there is nothing to stop")
+            raise UserError(f"run {run['id']} is {run['state']}; there is nothing to stop"
+                            f"{next_step(run['id'], run['state'])}")
         if args.force:
             return _kill(conn, run)
+        if run["state"] == "stopping":       # a second stop: say so, and wait for the first
+            print(f"run {run['id']} is already stopping; waiting up to {args.grace:g} s for it "
+                  f"(`lvmd stop {run['id']} --force` kills it now)", file=sys.stderr, flush=True)
         command_id = _enqueue(conn, run, "stop", {"grace": args.grace})
         if args.no_wait:
             print(f"run {run['id']}: stop queued (command {command_id})")

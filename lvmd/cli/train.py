@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from lvmd.cli.main import default_db
+from lvmd.cli.main import default_db, int_in
 from lvmd.config import load_config
 from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
@@ -29,7 +29,7 @@ def register(sub) -> None:
 
 
 def nproc_arg(p) -> None:
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=int_in(1, 4096), default=None, metavar="N",
                    help="train on N local processes (torchrun; train.batch_size is the global batch)")
 
 

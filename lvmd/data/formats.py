@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lvmd.errors import UserError
+from store.paths import not_regular, replaceable
 
 UNIT_NORM_TOL = 1e-2
 
@@ -104,6 +105,8 @@ def _open_npz(path: str | Path, allow_pickle: bool = False):
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if (why := not_regular(path)) is not None:   # a FIFO would block np.load
+        raise DataError(why)
     try:
         return np.load(path, allow_pickle=allow_pickle)
     except Exception as exc:  # zip errors, bad headers: one line, not a traceback
@@ -232,6 +235,8 @@ def _atomic_savez(path: str | Path, **arrays) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
+        if (why := replaceable(path)) is not None:      # never rename over a device node or FIFO
+            raise DataError(why)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -51,9 +51,10 @@ class DaemonControl(Control):
         self.reader = connect(db, readonly=True)
         self._next_check = 0.0
         self._waker: Iterator | None = None
+        self._evaluating = False
 
-    def poll(self, step: int, epoch: int) -> list[Request]:
-        if self.paused:
+    def poll(self, step: int, epoch: int, *, hold: bool = True) -> list[Request]:
+        if self.paused and hold:
             self._sleep()
         if self.sink.lost is not None and not self._stopping:
             # the database moved or lost its -wal (store.writer.DatabaseWatch): stop with a checkpoint
@@ -131,7 +132,7 @@ class DaemonControl(Control):
     def _unpause(self, **detail) -> None:
         self.paused = False
         self._close_waker()
-        self.set_state("running", **detail)
+        self.set_state("evaluating" if self._evaluating else "running", **detail)  # a 5CAT held by a pause goes on
 
     def _sleep(self) -> None:
         """One wait while paused: until the -wal file changes (a command, or our own heartbeat's
@@ -163,22 +164,28 @@ class DaemonControl(Control):
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
         """State `evaluating` for the length of a 5CAT run, heartbeating from a thread (the loop
-        is busy), then back to where it was."""
-        back = "paused" if self.paused else "running"
+        is busy), then `paused` or `running` as the run now stands (commands taken during it may
+        have changed that); a stop taken during it keeps `stopping`."""
         self.set_state("evaluating")
+        self._evaluating = True
         stop = threading.Event()
         beat = threading.Thread(target=self._beat_until, args=(stop,), name="lvmd-heartbeat", daemon=True)
         beat.start()
         try:
             yield
         finally:
+            self._evaluating = False
             stop.set()
             beat.join()
-            self.set_state(back)
+            if not self._stopping:
+                self.set_state("paused" if self.paused else "running")
 
     def _beat_until(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
-            self.heartbeat(self.step, self.epoch)
+            try:
+                self.heartbeat(self.step, self.epoch)
+            except Exception:                # a broken sink: the loop raises it at its next write
+                return
 
     def close(self) -> None:
         self._close_waker()

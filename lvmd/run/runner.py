@@ -16,6 +16,7 @@ from lvmd import __version__
 from lvmd.train.collapse import CollapseWatch
 from lvmd.config import RunConfig, config_to_dict
 from lvmd.train import distributed, hardware
+from lvmd.train.memory import check_model_fits
 from lvmd.train.control import Control
 from lvmd.data.formats import file_sha256
 from lvmd.data.train_data import TrainData
@@ -73,6 +74,8 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int,
     folder that cannot be made leaves no row. A device, precision or model this machine cannot
     run is refused first, so no row is left behind. sweep: (sweep id, configuration label,
     seed) of a sweep member, tagged in the same transaction."""
+    # counted on the meta device, before hardware.resolve's bf16 trial builds the model for real
+    check_model_fits(cfg.model, data.train.dim, hardware.pick_device(cfg.train.device))
     hw = hardware.resolve(cfg, data.train.dim, data.train.context_len)
     conn = connect(db)
     try:
