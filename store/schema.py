@@ -182,6 +182,14 @@ def _m009_step_blocks(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_V3)
 
 
+def _m010_one_count_rule(db: sqlite_utils.Database) -> None:
+    """v_guardrail_checks counts the trainer's attenuate flag and judges ρ against its cap by the
+    guardrail's relative rule (store/views.py VIEWS_V4). Views only: needs m009's step_blocks."""
+    from store.views import VIEWS_V4, create_views
+
+    create_views(db.conn, VIEWS_V4)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
@@ -192,6 +200,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m007_sweeps,
     _m008_database_id,
     _m009_step_blocks,
+    _m010_one_count_rule,
 ]
 
 
