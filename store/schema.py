@@ -182,7 +182,15 @@ def _m009_step_blocks(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_V3)
 
 
-def _m010_run_compile(db: sqlite_utils.Database) -> None:
+def _m010_one_count_rule(db: sqlite_utils.Database) -> None:
+    """v_guardrail_checks counts the trainer's attenuate flag and judges ρ against its cap by the
+    guardrail's relative rule (store/views.py VIEWS_V4). Views only: needs m009's step_blocks."""
+    from store.views import VIEWS_V4, create_views
+
+    create_views(db.conn, VIEWS_V4)
+
+
+def _m012_run_compile(db: sqlite_utils.Database) -> None:
     """runs.compile (on | off) and runs.compile_why (one line: the probe's timings, or why it
     was not asked): whether the training forward runs under torch.compile (train.compile, decided
     in the process that trains). Self-contained: needs only m001, and adds only the columns a
@@ -203,7 +211,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m007_sweeps,
     _m008_database_id,
     _m009_step_blocks,
-    _m010_run_compile,
+    _m010_one_count_rule,
+    _m012_run_compile,
 ]
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lvmd.config import RunConfig
+from lvmd.config import RunConfig, check_fits
 from lvmd.data import formats as datamod
 from lvmd.data import mapped
 from lvmd.data.formats import Articles, DataError, Sequences
+from store.paths import not_regular
 
 
 @dataclass
@@ -25,6 +26,9 @@ def load_train_data(cfg: RunConfig) -> TrainData:
     for key in ("train", "val"):
         if not getattr(d, key):
             raise DataError(f"data.{key}: not set; give a sequence NPZ path in the config or as data.{key}=PATH")
+    for key in ("train", "val", "ood", "articles", "ood_articles"):   # a FIFO would block the loaders
+        if getattr(d, key) and (why := not_regular(getattr(d, key))) is not None:
+            raise DataError(f"data.{key}: {why}")
     # streaming hook: the train split is a memory map when its file allows (lvmd/data/mapped.py),
     # so a split larger than memory can be streamed; the numbers are the same either way
     train = mapped.load_train_split(d.train, allow_pickle=d.allow_pickle, max_rows=d.max_train)
@@ -39,4 +43,5 @@ def load_train_data(cfg: RunConfig) -> TrainData:
     for arts in (articles, ood_articles):
         if arts is not None and arts.dim != train.dim:
             raise DataError(f"{arts.path}: D={arts.dim} but {train.path} has D={train.dim}")
+    check_fits(cfg, len(train))                 # batch and total steps within what the data allow
     return TrainData(train, val, ood, articles, ood_articles)
