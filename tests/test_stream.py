@@ -49,7 +49,7 @@ def test_a_split_four_times_the_budget_trains_from_its_memory_map(tmp_path):
     datamod.save_articles(out / "articles.npz", arts)
     datamod.write_splits(datamod.load_articles(out / "articles.npz"), out, context=5, gap=0, val=0.1, ood=0.1,
                          seed=0, source=str(out / "articles.npz"))
-    size = stream.split_bytes(datamod.load_sequences(out / "train.npz"))
+    size = stream.split_bytes(datamod.load_sequences(out / "train.npz"), "ctx-2")
     budget = size // 4
     db = tmp_path / "t.db"
     lvmd("run", *data_overrides(out), *TINY_MODEL, "train.batch_size=32", "train.epochs=1",
@@ -73,7 +73,7 @@ def test_only_an_uncompressed_npz_is_mapped_and_a_mapped_file_is_checked(tiny_da
     ctx[3, 1, 0] = np.nan
     np.savez(bad, context_sequences=ctx, target_vectors=seqs.targets)
     assert isinstance(mapped.map_member(bad, "context_sequences"), np.memmap)
-    with pytest.raises(DataError, match=r"bad.npz: key 'context_sequences': 1 rows hold NaN or inf"):
+    with pytest.raises(DataError, match=r"bad.npz: key 'context_sequences': row 3 holds NaN or inf"):
         mapped.load_train_split(bad)
     head = mapped.load_train_split(tiny_data / "train.npz", max_rows=10)
     assert isinstance(head.contexts, np.memmap) and np.array_equal(head.contexts, seqs.contexts[:10])

@@ -1,11 +1,11 @@
 """The files a run trains on, loaded and cross-checked before anything is written (numpy only,
-so a bad file is reported before torch is imported)."""
+so a bad file is reported before torch is imported; the train split's rows beyond a sample are
+checked as training first draws them, lvmd/data/mapped.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from lvmd.config import RunConfig
-from lvmd.data import formats as datamod
 from lvmd.data import mapped
 from lvmd.data.formats import Articles, DataError, Sequences
 
@@ -25,13 +25,14 @@ def load_train_data(cfg: RunConfig) -> TrainData:
     for key in ("train", "val"):
         if not getattr(d, key):
             raise DataError(f"data.{key}: not set; give a sequence NPZ path in the config or as data.{key}=PATH")
-    # streaming hook: the train split is a memory map when its file allows (lvmd/data/mapped.py),
+    # streaming hook: every file is a memory map when it allows (lvmd/data/mapped.py): the train
+    # split's first max_train rows only, a sample checked now and the rest as batches draw them,
     # so a split larger than memory can be streamed; the numbers are the same either way
     train = mapped.load_train_split(d.train, allow_pickle=d.allow_pickle, max_rows=d.max_train)
-    val = datamod.load_sequences(d.val, allow_pickle=d.allow_pickle)
-    ood = datamod.load_sequences(d.ood, allow_pickle=d.allow_pickle) if d.ood else None
-    articles = datamod.load_articles(d.articles) if d.articles else None
-    ood_articles = datamod.load_articles(d.ood_articles) if d.ood_articles else None
+    val = mapped.load_sequences(d.val, allow_pickle=d.allow_pickle)
+    ood = mapped.load_sequences(d.ood, allow_pickle=d.allow_pickle) if d.ood else None
+    articles = mapped.load_articles(d.articles) if d.articles else None
+    ood_articles = mapped.load_articles(d.ood_articles) if d.ood_articles else None
     for seqs in (val, ood):
         if seqs is not None and (seqs.dim, seqs.context_len) != (train.dim, train.context_len):
             raise DataError(f"{seqs.path}: T={seqs.context_len}, D={seqs.dim} but {train.path} has "
