@@ -182,6 +182,15 @@ def _m009_step_blocks(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_V3)
 
 
+def _m010_data_hashes(db: sqlite_utils.Database) -> None:
+    """data_hashes: the sha256 of each data file (by absolute path) with its stat when hashed
+    (device, inode, size, mtime_ns, ctime_ns) and when hashing began (store/data_hashes.py,
+    lvmd/data/hashes.py). Self-contained: needs no other table."""
+    db.conn.execute("CREATE TABLE IF NOT EXISTS data_hashes (path TEXT PRIMARY KEY, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
+                    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
+                    " sha256 TEXT NOT NULL, hashed_ns INTEGER NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
@@ -192,6 +201,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m007_sweeps,
     _m008_database_id,
     _m009_step_blocks,
+    _m010_data_hashes,
 ]
 
 
