@@ -69,8 +69,9 @@ def fifty_chunks(tmp_path_factory) -> Path:
 
 def test_the_reports_peak_allocation_is_bounded_on_a_split_fifty_times_its_chunk(fifty_chunks, monkeypatch):
     chunk = 64
-    for module, name in ((datastats, "CHUNK_ROWS"), (formats, "CHECK_ROWS"), (mapped, "SAMPLE_ROWS")):
+    for module, name in ((datastats, "CHUNK_ROWS"), (formats, "CHECK_ROWS"), (formats, "SAMPLE_BLOCK_ROWS")):
         monkeypatch.setattr(module, name, chunk)
+    monkeypatch.setattr(formats, "SAMPLE_BLOCKS", 1)
     monkeypatch.setattr(datastats, "RANDOM_PAIRS", 2000)
     train = mapped.map_member(fifty_chunks / "train.npz", "context_sequences")
     assert len(train) >= 50 * chunk and isinstance(train, np.memmap)

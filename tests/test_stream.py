@@ -161,7 +161,8 @@ def test_a_bad_row_outside_the_sample_stops_the_run_when_a_batch_first_draws_it(
                                                                               budget):
     local = tmp_path / "data"
     shutil.copytree(tiny_data, local)
-    monkeypatch.setattr(mapped, "SAMPLE_ROWS", 3)                      # rows 0, m // 2 and m - 1
+    monkeypatch.setattr(datamod, "SAMPLE_BLOCKS", 2)                   # rows 0, 1, m - 2 and m - 1
+    monkeypatch.setattr(datamod, "SAMPLE_BLOCK_ROWS", 2)
     bad = 7
     arr = mapped.map_member(local / "train.npz", "target_vectors")
     with open(local / "train.npz", "r+b") as fh:                      # one target 3× too long
@@ -179,13 +180,13 @@ def test_a_bad_row_outside_the_sample_stops_the_run_when_a_batch_first_draws_it(
 
 
 def test_a_run_stopped_by_a_bad_row_is_crashed_with_the_row_and_file_named(tmp_path):
-    """lvmd run on a split larger than the up-front sample (2,048 rows): the bad row is found as
+    """lvmd run on a split larger than the up-front sample (16 runs of 32 rows): the bad row is found as
     training draws it; the command fails with one line and the run row keeps the error."""
     from conftest import synth_splits
 
     out = synth_splits(tmp_path / "d", n_articles=150, min_chunks=24, max_chunks=26, seed=6, val=0.05, ood=0.0)
     m = len(mapped.map_member(out / "train.npz", "target_vectors"))
-    sampled = set(np.linspace(0, m - 1, min(m, mapped.SAMPLE_ROWS)).astype(np.int64).tolist())
+    sampled = set(datamod.sample_rows(m).tolist())
     bad = next(r for r in range(m // 3, m) if r not in sampled)
     spoil = mapped.map_member(out / "train.npz", "context_sequences")
     with open(out / "train.npz", "r+b") as fh:
@@ -198,3 +199,22 @@ def test_a_run_stopped_by_a_bad_row_is_crashed_with_the_row_and_file_named(tmp_p
     assert proc.returncode != 0 and line in proc.stderr, proc.stderr
     state, error = query(db, "SELECT state, error FROM runs")[0]
     assert state == "crashed" and line in error
+
+
+def test_val_rows_beyond_the_sample_are_checked_beside_the_start_and_before_the_first_step(tiny_data, tmp_path,
+                                                                                          monkeypatch):
+    local = tmp_path / "data"
+    shutil.copytree(tiny_data, local)
+    monkeypatch.setattr(datamod, "SAMPLE_BLOCKS", 1)                   # the sample: rows 0 and 1
+    monkeypatch.setattr(datamod, "SAMPLE_BLOCK_ROWS", 2)
+    spoil_rows_from(local / "val.npz", 10)
+    cfg = load_config(None, [*data_overrides(local), *RUN])
+    with pytest.raises(DataError, match=r"val.npz: key 'context_sequences': row 10 holds NaN or inf"):
+        load_train_data(cfg)                                            # check="now": at once
+    vetted = load_train_data(cfg, check="sample")                      # lvmd start: the daemon checks the rest
+    assert vetted.full_check is None
+    data = load_train_data(cfg, check="background")
+    sink = ListSink()
+    with pytest.raises(DataError, match=r"val.npz: key 'context_sequences': row 10 holds NaN or inf"):
+        Trainer(cfg, data, sink, out_dir=tmp_path / "out")
+    assert sink.steps == []

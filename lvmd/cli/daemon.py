@@ -179,7 +179,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     nproc = check_nproc(args.nproc)
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides + (["data.allow_pickle=true"] if args.allow_pickle else []))
-    data = load_train_data(cfg)              # bad input fails here, before anything is written, and before torch
+    # bad input fails here, before anything is written, and before torch; the daemon checks every row
+    data = load_train_data(cfg, check="sample")
     from lvmd.run import runner  # loads torch: only once the config and data are known good
     db = Path(args.db or default_db()).resolve()
     runner.preflight(cfg, db)                # profile, database and folder: before any row

@@ -107,7 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return serve_foreground(None, None, quiet=True)
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides + (["data.allow_pickle=true"] if args.allow_pickle else []))
-    data = load_train_data(cfg)           # all input checked before anything is written, and before torch
+    # input vetted before anything is written and before torch; the rows of val/OOD/banks are
+    # checked on a helper thread beside torch's import, the train rows as batches draw them
+    data = load_train_data(cfg, check="background")
     from lvmd.run import runner           # loads torch: only once the config and data are known good
     db = args.db or default_db()
     runner.preflight(cfg, db)             # profile, database and folder: before any row

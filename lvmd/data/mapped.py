@@ -6,12 +6,15 @@ read stays in the page cache rather than in the process's own memory. Every file
 opened this way whenever the file allows it (a compressed or pickled file is read into memory
 as before):
 - the train split: only its first data.max_train rows are ever touched; its vectors are checked
-  on a sample up front and every other row the first time a batch draws it (RowCheck), so a
-  start reads the sample, not the split;
-- val, OOD and the articles banks: checked whole, chunk by chunk (bounded memory).
+  on a sample up front (formats.sample_rows: a few runs of rows) and every other row the first
+  time a batch draws it (RowCheck), so a start reads the sample, not the split;
+- val, OOD and the articles banks: checked whole, chunk by chunk (bounded memory); or, when
+  the caller passes `deferred`, on a sample now and whole later (FullCheck, on a helper thread
+  while torch loads: lvmd.data.train_data).
 """
 from __future__ import annotations
 
+import threading
 import zipfile
 from pathlib import Path
 
@@ -19,9 +22,6 @@ import numpy as np
 
 from lvmd.data import formats as datamod
 from lvmd.data.formats import Articles, DataError, Sequences
-
-SAMPLE_ROWS = 2048       # rows of the train split checked before anything else happens
-
 
 # -- memory-mapping an uncompressed NPZ ----------------------------------------------------------
 def map_member(path: str | Path, key: str) -> np.ndarray | None:
@@ -69,16 +69,60 @@ def _float32(maps: dict) -> dict:
     return {k: a for k, a in maps.items() if a.dtype == np.float32 or a.dtype.kind in "US"}
 
 
-def load_sequences(path: str | Path, *, allow_pickle: bool = False) -> Sequences:
-    """A val/OOD split: contexts and targets mapped when the file allows, checked whole."""
+def load_sequences(path: str | Path, *, allow_pickle: bool = False, deferred: list | None = None) -> Sequences:
+    """A val/OOD split: contexts and targets mapped when the file allows, checked whole (deferred:
+    on a sample, the maps appended to `deferred` for a FullCheck)."""
     keys = datamod.SEQUENCE_KEYS["contexts"] + datamod.SEQUENCE_KEYS["targets"]
-    return datamod.load_sequences(path, allow_pickle=allow_pickle, mapped=_float32(_maps(path, keys)))
+    maps = _float32(_maps(path, keys)) if Path(path).exists() else {}
+    seqs = datamod.load_sequences(path, allow_pickle=allow_pickle, mapped=maps, full_check=deferred is None)
+    _defer(deferred, path, maps, {"contexts": seqs.contexts, "targets": seqs.targets})
+    return seqs
 
 
-def load_articles(path: str | Path) -> Articles:
-    """An articles bank: vectors (and texts) mapped when the file allows, checked whole."""
+def load_articles(path: str | Path, *, deferred: list | None = None) -> Articles:
+    """An articles bank: vectors (and texts) mapped when the file allows, checked whole (deferred:
+    on a sample, the map appended to `deferred` for a FullCheck)."""
     keys = datamod.ARTICLE_KEYS["vectors"] + datamod.ARTICLE_KEYS["texts"] + datamod.ARTICLE_KEYS["titles"]
-    return datamod.load_articles(path, mapped=_float32(_maps(Path(path), keys)) if Path(path).exists() else None)
+    maps = _float32(_maps(Path(path), keys)) if Path(path).exists() else {}
+    arts = datamod.load_articles(path, mapped=maps, full_check=deferred is None)
+    _defer(deferred, path, maps, {"vectors": arts.vectors})
+    return arts
+
+
+def _defer(deferred: list | None, path, maps: dict, arrays: dict) -> None:
+    """The mapped vector arrays (those only sample-checked) onto the deferred list."""
+    if deferred is None:
+        return
+    for key, arr in maps.items():
+        if any(a is arr for a in arrays.values()):
+            deferred.append((str(path), key, arr))
+
+
+class FullCheck:
+    """The whole-file check of maps that were only sample-checked, on a daemon thread (numpy
+    releases the GIL in the check's arithmetic, so it runs beside the import of torch). wait()
+    joins it and raises the DataError it found (the file, the key and the row)."""
+
+    def __init__(self, arrays: list[tuple[str, str, np.ndarray]]):
+        self.arrays, self.error = arrays, None
+        self.thread = threading.Thread(target=self._run, name="lvmd-data-check", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for path, key, arr in self.arrays:
+                datamod.check_all_rows(path, key, arr)
+        except Exception as exc:          # reported by wait(), in the thread that trains
+            self.error = exc
+
+    @property
+    def failed(self) -> bool:
+        return not self.thread.is_alive() and self.error is not None
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 # -- the train split -----------------------------------------------------------------------------
@@ -112,7 +156,7 @@ class RowCheck:
 
 def load_train_split(path: str | Path, *, allow_pickle: bool = False, max_rows: int = 0) -> Sequences:
     """The train split with contexts and targets memory-mapped: only its first `max_rows` rows (all
-    when 0) are ever read, a sample of them now (SAMPLE_ROWS, evenly spaced) and the rest when
+    when 0) are ever read, a sample of them now (formats.sample_rows) and the rest when
     training draws them (Sequences.unchecked). A file that cannot be mapped is read and checked
     whole by formats.load_sequences."""
     arrays = _map_arrays(path)
@@ -124,7 +168,7 @@ def load_train_split(path: str | Path, *, allow_pickle: bool = False, max_rows: 
     m = min(max_rows, total) if max_rows else total
     contexts, targets = contexts[:m], targets[:m]                 # views: rows past m are never touched
     check = RowCheck(str(path), ckey, tkey, m)
-    sample = np.unique(np.linspace(0, m - 1, min(m, SAMPLE_ROWS)).astype(np.int64))
+    sample = datamod.sample_rows(m)
     check.rows(sample, contexts[sample], targets[sample])
     ids = {k: a for k, a in _maps(path, ("article_ids", "target_indices")).items() if a.dtype.kind in "iu"}
     with np.load(path, allow_pickle=allow_pickle) as npz:        # ids: mapped and cut when they can be

@@ -233,7 +233,7 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
 
         removed = remove_temp_files(run["out_dir"])   # under the lock: only a dead writer made these
         try:
-            data = data or load_train_data(cfg)
+            data = data or load_train_data(cfg, check="background")
         except UserError as exc:
             if resume:
                 _note_error(db, run_id, str(exc))

@@ -314,7 +314,7 @@ class Driver:
         cfg = member_config(self.spec, config["overrides"], seed, name, self.threads)
         key = cfg.data                      # frozen: members with the same data share one load
         if key not in self.data:
-            self.data[key] = load_train_data(cfg)   # bad data fails here, before a run row exists
+            self.data[key] = load_train_data(cfg, check="sample")   # bad files fail here, before a run row exists
             runner.make_evaluator(cfg, self.data[key], NullSink())
         runner.preflight(cfg, self.db)                 # profile, database and folder: before any row
         run_id, out_dir = runner.create(cfg, self.db, self.data[key], sweep=(self.id, config["label"], seed))

@@ -176,6 +176,7 @@ class Trainer:
                                          on_rows=self._on_rows)
         if not self.main:        # distributed hook: rank 0 alone records the (global) telemetry
             self.telemetry = SilentTelemetry(sink, block=t.telemetry_block, flush_seconds=t.flush_seconds)
+        data.wait_checked()      # a background check of val/OOD/banks (lvmd/data/train_data.py) is done
 
     def _place_train(self, data: TrainData, t) -> "DeviceSplit | stream.StreamedSplit":
         """streaming hook: the train split on the device, or streamed per batch when it is
