@@ -202,10 +202,13 @@ class Watched:
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
         self.anon = self.file = 0
+        self.cpu = math.nan
 
     def sample(self) -> None:
         anon, file = rss(self.proc.pid)
         self.anon, self.file = max(self.anon, anon), max(self.file, file)
+        cpu = cpu_seconds(self.proc.pid)
+        self.cpu = cpu if cpu == cpu else self.cpu          # the last reading before it exits
 
     def wait_until(self, predicate, timeout: float, what: str):
         deadline = time.monotonic() + timeout
@@ -274,10 +277,10 @@ def rate(db: Path, folder: Path, *extra: str, steps: int, skip: int) -> dict:
 
 
 def epoch_end(db: Path, folder: Path, rows: int) -> dict:
-    """A 2-epoch run on `rows` training rows with a 5CAT after each epoch (5,000 samples)."""
+    """An epoch of `rows` training rows, its end with a 5CAT (5,000 samples), one step after it."""
     w = Watched(lvmd_argv("run", *data_args(folder), "train.telemetry_block=1", "train.flush_seconds=0.2",
-                          f"data.max_train={rows}", "train.epochs=2", "eval.fivecat_every=1", "--db", str(db),
-                          "--quiet"))
+                          f"data.max_train={rows}", "train.epochs=2", f"train.max_steps={rows // 32 + 1}",
+                          "eval.fivecat_every=1", "--db", str(db), "--quiet"))
     w.finish()
     run_id = query(db, "SELECT max(id) FROM runs")[0][0]
     last = query(db, "SELECT max(t) FROM steps WHERE run_id = ? AND epoch = 0", run_id)[0][0]
@@ -289,7 +292,7 @@ def epoch_end(db: Path, folder: Path, rows: int) -> dict:
 def data_report(folder: Path) -> dict:
     w = Watched(lvmd_argv("data", "report", str(folder), "--json", "--no-progress"))
     w.finish()
-    return {"seconds": time.time() - w.launched, "anon": w.anon, "file": w.file}
+    return {"seconds": time.time() - w.launched, "cpu": w.cpu, "anon": w.anon, "file": w.file}
 
 
 def tui_and_report(steps: int = 161_000) -> dict:
@@ -361,7 +364,7 @@ def main() -> int:
                 kind = [f"model.kind={model}"]
                 mem = rate(db, folder, *kind, steps=steps, skip=max(10, steps // 10))
                 st = rate(db, folder, *kind, "train.device_data_budget=1", steps=steps, skip=max(10, steps // 10))
-                row(f"{model}: steps/s in memory | streamed", f"{mem['steps_s']:.2f} | {st['steps_s']:.2f} "
+                row(f"{model}: steps/s in memory / streamed", f"{mem['steps_s']:.2f} / {st['steps_s']:.2f} "
                     f"({st['steps_s'] / mem['steps_s']:.2f}×)", "streamed ≥ 0.9×")
                 row(f"{model}: peak RSS anon / file, in memory", f"{gib(mem['anon'])} / {gib(mem['file'])}")
                 row(f"{model}: peak RSS anon / file, streamed", f"{gib(st['anon'])} / {gib(st['file'])}")
@@ -378,10 +381,10 @@ def main() -> int:
             row("5CAT at 5,000 samples, share of an epoch",
                 f"{ends['fivecat']:.1f} s, {100 * ends['fivecat'] / (epoch_s + ends['fivecat']):.2f} %")
         rep = data_report(folder)
-        row("`lvmd data report`: time, peak RSS anon / file", f"{rep['seconds']:.0f} s, {gib(rep['anon'])} / "
-            f"{gib(rep['file'])}", "anon ≤ 2 GiB")
+        row("`lvmd data report`: time, peak RSS anon / file", f"{rep['seconds']:.0f} s ({rep['cpu']:.0f} s CPU), "
+            f"{gib(rep['anon'])} / {gib(rep['file'])}", "anon ≤ 2 GiB")
         tr = tui_and_report()
-        row("TUI first paint | `lvmd report`, 161,000-step database", f"{tr['paint']:.2f} s | {tr['report']:.2f} s")
+        row("TUI first paint / `lvmd report`, 161,000-step database", f"{tr['paint']:.2f} s / {tr['report']:.2f} s")
     finally:
         if made and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -213,6 +213,8 @@ def format_report(rep: dict) -> str:
 
     lines.append(f"{'':<44}" + "".join(f"{sp:>10}" for sp in splits))
     row("windows", lambda x: x["windows"], "{:d}")
+    if any("windows_read" in x for x in s.values()):
+        row("windows read (--max-windows sample)", lambda x: x.get("windows_read", x["windows"]), "{:d}")
     row("articles", lambda x: x["articles"], "{:d}")
     row("gap (target = ctx[-1] + 1 + gap)", lambda x: x["gap"], "{:d}")
     lines.append("equal distance, same windows, c_p = ctx[-1]:")
