@@ -156,6 +156,55 @@ def test_max_train_rows_are_the_only_rows_a_run_reads(tiny_data, tmp_path):
     assert query(db, "SELECT count(*) FROM runs")[0][0] == 1                      # refused before a row
 
 
+# `lvmd run` in a process whose maps of the train split have rows KEEP + 1.. on unreadable pages
+# (mprotect PROT_NONE as map_member makes them): any read of those rows, at start-up or
+# in training, in memory or streamed, dies of SIGSEGV. D = 1024: a row is a page or more, so the
+# guard starts within row KEEP whatever the array's offset in the file.
+GUARDED_TAIL_RUN = r"""
+import ctypes, mmap, sys
+from lvmd.cli.main import main
+from lvmd.data import mapped
+
+libc, map_member = ctypes.CDLL(None, use_errno=True), mapped.map_member
+train, keep = sys.argv[1], int(sys.argv[2])
+
+def guarded(path, key):
+    arr = map_member(path, key)
+    if arr is not None and str(path) == train and key in ("context_sequences", "target_vectors"):
+        page, end = mmap.PAGESIZE, arr.ctypes.data + arr.nbytes
+        lo = -(-(arr.ctypes.data + keep * arr.strides[0]) // page) * page
+        assert arr.strides[0] >= page and lo < end
+        assert libc.mprotect(ctypes.c_void_p(lo), -(-(end - lo) // page) * page, 0) == 0
+    return arr
+
+mapped.map_member = guarded
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("budget", ["0", "1024"])
+def test_max_train_rows_run_with_the_maps_tail_unreadable(tmp_path, budget):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "d"
+    datamod.save_articles(out / "articles.npz", datamod.synth_articles(n_articles=30, min_chunks=12, max_chunks=24,
+                                                                        dim=1024, seed=1))
+    datamod.write_splits(datamod.load_articles(out / "articles.npz"), out, context=5, gap=0, val=0.2, ood=0.2,
+                         seed=0, source=str(out / "articles.npz"))
+    train, keep = out / "train.npz", 64
+    assert len(mapped.map_member(train, "target_vectors")) > 2 * keep
+    db = tmp_path / "t.db"
+    argv = ["run", *data_overrides(out), *RUN, f"data.max_train={keep}", f"train.device_data_budget={budget}",
+            "train.max_steps=100", "--db", str(db), "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", GUARDED_TAIL_RUN, str(train), str(keep), *argv], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert query(db, "SELECT state, step FROM runs") == [("finished", 2 * keep // 8)]   # batch 8, 2 epochs
+
+
 @pytest.mark.parametrize("budget", ["0", "1024"])
 def test_a_bad_row_outside_the_sample_stops_the_run_when_a_batch_first_draws_it(tiny_data, tmp_path, monkeypatch,
                                                                               budget):
