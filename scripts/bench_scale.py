@@ -243,6 +243,7 @@ def stop(db: Path, run_id: int) -> None:
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+ROWS = ("first-step", "steps", "epoch-end", "report", "tui")     # the table's groups of rows (--rows)
 FAST_ROWS = ["train.telemetry_block=1", "train.flush_seconds=0.2", "eval.fivecat_every=0"]
 
 
@@ -322,9 +323,15 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the synthetic data")
     ap.add_argument("--steps", type=int, default=150, help="steps per steps/s measurement of the transformer")
     ap.add_argument("--amn-steps", type=int, default=1500, help="the same for the amn")
+    ap.add_argument("--rows", default=",".join(ROWS), metavar="R,R",
+                    help=f"measure only these rows of the table (of {', '.join(ROWS)}; default all): "
+                         "to re-measure what a change affects")
     args = ap.parse_args()
     if (args.out is None) == (args.data is None):
         ap.error("give --out (make synthetic data there) or --data (an existing folder)")
+    want = set(args.rows.split(","))
+    if not want <= set(ROWS):
+        ap.error(f"--rows: {', '.join(sorted(want - set(ROWS)))} not among {', '.join(ROWS)}")
     folder = args.data or args.out
     made = args.data is None
     load = [os.getloadavg()[0]]
@@ -346,21 +353,25 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.db"
             secs = (lambda r: f"{r['seconds']:.1f} s ({r['cpu']:.1f} s CPU)")      # noqa: E731
-            first = first_step(db, folder)
-            row("first step, first start on a new database (every file hashed)", secs(first))
-            warm = first_step(db, folder)
-            row("first step, warm start", secs(warm), "≤ 15 s")
-            drop_cache(folder)
-            cold = first_step(db, folder)
-            row("first step, cold start (data pages dropped)", secs(cold), "≤ 45 s")
-            r = first_step(db, folder, resume=cold["run_id"])
-            row("first step, warm resume", secs(r), "≤ 15 s")
-            drop_cache(folder)
-            r = first_step(db, folder, resume=cold["run_id"])
-            row("first step, cold resume", secs(r), "≤ 45 s")
-            v = first_step(db, folder, verify=True)
-            row("first step, warm start with --verify-data", secs(v))
+            if "first-step" in want:
+                first = first_step(db, folder)
+                row("first step, first start on a new database (every file hashed)", secs(first))
+                warm = first_step(db, folder)
+                row("first step, warm start", secs(warm), "≤ 15 s")
+                drop_cache(folder)
+                cold = first_step(db, folder)
+                row("first step, cold start (data pages dropped)", secs(cold), "≤ 45 s")
+                r = first_step(db, folder, resume=cold["run_id"])
+                row("first step, warm resume", secs(r), "≤ 15 s")
+                drop_cache(folder)
+                r = first_step(db, folder, resume=cold["run_id"])
+                row("first step, cold resume", secs(r), "≤ 45 s")
+                v = first_step(db, folder, verify=True)
+                row("first step, warm start with --verify-data", secs(v))
+            per_s = None
             for model, steps in (("transformer", args.steps), ("amn", args.amn_steps)):
+                if "steps" not in want:
+                    break
                 kind = [f"model.kind={model}"]
                 mem = rate(db, folder, *kind, steps=steps, skip=max(10, steps // 10))
                 st = rate(db, folder, *kind, "train.device_data_budget=1", steps=steps, skip=max(10, steps // 10))
@@ -370,21 +381,27 @@ def main() -> int:
                 row(f"{model}: peak RSS anon / file, streamed", f"{gib(st['anon'])} / {gib(st['file'])}")
                 if model == "transformer":
                     per_s = mem["steps_s"]
-            ends = epoch_end(db, folder, rows=32 * 200)
-            from lvmd.data.mapped import map_member
+            if "epoch-end" in want:
+                if per_s is None:        # the share of an epoch needs the in-memory rate
+                    per_s = rate(db, folder, steps=args.steps, skip=max(10, args.steps // 10))["steps_s"]
+                ends = epoch_end(db, folder, rows=32 * 200)
+                from lvmd.data.mapped import map_member
 
-            epoch_steps = math.ceil(len(map_member(folder / "train.npz", "target_vectors")) / 32)
-            epoch_s = epoch_steps / per_s
-            row("epoch end (validation, R@5 check, checkpoints), share of an epoch",
-                f"{ends['epoch_end']:.1f} s, {100 * ends['epoch_end'] / (epoch_s + ends['epoch_end']):.2f} % "
-                f"of {epoch_steps:,} steps at {per_s:.2f}/s")
-            row("5CAT at 5,000 samples, share of an epoch",
-                f"{ends['fivecat']:.1f} s, {100 * ends['fivecat'] / (epoch_s + ends['fivecat']):.2f} %")
-        rep = data_report(folder)
-        row("`lvmd data report`: time, peak RSS anon / file", f"{rep['seconds']:.0f} s ({rep['cpu']:.0f} s CPU), "
-            f"{gib(rep['anon'])} / {gib(rep['file'])}", "anon ≤ 2 GiB")
-        tr = tui_and_report()
-        row("TUI first paint / `lvmd report`, 161,000-step database", f"{tr['paint']:.2f} s / {tr['report']:.2f} s")
+                epoch_steps = math.ceil(len(map_member(folder / "train.npz", "target_vectors")) / 32)
+                epoch_s = epoch_steps / per_s
+                row("epoch end (validation, R@5 check, checkpoints), share of an epoch",
+                    f"{ends['epoch_end']:.1f} s, {100 * ends['epoch_end'] / (epoch_s + ends['epoch_end']):.2f} % "
+                    f"of {epoch_steps:,} steps at {per_s:.2f}/s")
+                row("5CAT at 5,000 samples, share of an epoch",
+                    f"{ends['fivecat']:.1f} s, {100 * ends['fivecat'] / (epoch_s + ends['fivecat']):.2f} %")
+        if "report" in want:
+            rep = data_report(folder)
+            row("`lvmd data report`: time, peak RSS anon / file", f"{rep['seconds']:.0f} s ({rep['cpu']:.0f} s CPU), "
+                f"{gib(rep['anon'])} / {gib(rep['file'])}", "anon ≤ 2 GiB")
+        if "tui" in want:
+            tr = tui_and_report()
+            row("TUI first paint / `lvmd report`, 161,000-step database",
+                f"{tr['paint']:.2f} s / {tr['report']:.2f} s")
     finally:
         if made and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
