@@ -96,3 +96,21 @@ def test_max_windows_samples_the_statistics_and_progress_goes_to_stderr(fifty_ch
     assert "data report:" in proc.stderr and "train statistics: 300/300 windows" in proc.stderr
     whole = datareport.report(fifty_chunks, profile="gtr-t5", max_samples=50)["splits"]["train"]
     assert train["levels"]["adjacent"] == pytest.approx(whole["levels"]["adjacent"], abs=0.05)
+
+
+def test_a_bad_window_that_only_5cat_reads_stops_the_report_naming_its_row(fifty_chunks, tmp_path, monkeypatch):
+    import shutil
+
+    local = tmp_path / "d"
+    shutil.copytree(fifty_chunks, local)
+    monkeypatch.setattr(formats, "SAMPLE_BLOCKS", 1)          # the up-front sample: rows 0 and 1
+    monkeypatch.setattr(formats, "SAMPLE_BLOCK_ROWS", 2)
+    val = local / "val.npz"
+    ctx = mapped.map_member(val, "context_sequences")
+    read = set(datastats.window_rows(len(ctx), 10, 0).tolist())     # what --max-windows 10 reads
+    bad = next(r for r in range(2, 50) if r not in read)             # 5CAT's first 50 windows hold it
+    with open(val, "r+b") as fh:
+        fh.seek(ctx.offset + bad * ctx.strides[0])
+        fh.write(b"\xff" * 4)                                         # a NaN
+    with pytest.raises(formats.DataError, match=rf"val.npz: key 'context_sequences': row {bad} holds NaN or inf"):
+        datareport.report(local, profile="gtr-t5", max_samples=50, max_windows=10)

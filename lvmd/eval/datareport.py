@@ -92,7 +92,10 @@ def _recorded_articles(path: Path) -> Path:
 def fivecat_sample(seqs: data.Sequences, max_samples: int) -> data.Sequences:
     """The windows 5CAT reads (sample "first": the first max_samples), renormalised, in memory."""
     n = min(len(seqs), max_samples)
-    return data.Sequences(unit(np.asarray(seqs.contexts[:n], np.float32)), unit(np.asarray(seqs.targets[:n], np.float32)),
+    ctx, tgt = np.asarray(seqs.contexts[:n]), np.asarray(seqs.targets[:n])
+    if seqs.unchecked is not None:          # --max-windows: the statistics did not read them all
+        seqs.unchecked.rows(np.arange(n), ctx, tgt)
+    return data.Sequences(unit(np.asarray(ctx, np.float32)), unit(np.asarray(tgt, np.float32)),
                           seqs.article_ids[:n], seqs.target_indices[:n], seqs.path)
 
 
