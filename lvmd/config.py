@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 
+from lvmd.bounds import (MAX_NAME, MAX_STEPS, MAX_THREADS, RAMP_RANGES, RANGES, Bounds,  # noqa: F401 (re-exported)
+                         name_ok, out_of_range, usable_cpus)
 from lvmd.errors import UserError
+from store.paths import not_regular
 
 
 class ConfigError(UserError, ValueError):
@@ -177,9 +180,11 @@ COMPAT_DEFAULTS: dict[str, dict[str, Any]] = {
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The resolved config from a TOML file (or None) and `section.key=value` overrides."""
     user: dict[str, Any] = {}
-    base = Path.cwd()
     if path is not None:
         path = Path(path)
+        why = not_regular(path)
+        if why is not None:                   # a FIFO would block the read below
+            raise ConfigError(f"{why}; a config is a TOML file")
         try:
             user = tomllib.loads(path.read_text())
         except FileNotFoundError:
@@ -190,14 +195,42 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{path}: not a TOML text file (not UTF-8)") from None
         except OSError as exc:  # a directory, no permission, ...
             raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
-        base = path.resolve().parent
+        _resolve_paths(user, path.resolve().parent)     # a path in a file is relative to that file
     for item in overrides:
         key, value = parse_override(item)
         if not isinstance(value, str) and _hint(key) is str:
             value = item.split("=", 1)[1].strip()   # loss.prev=true is the string "true", not TOML's bool
+        if key in PATH_KEYS and isinstance(value, str) and value:
+            value = str((Path.cwd() / value).resolve())  # a path typed on the command line: to where it is typed
         _set_dotted(user, key, value)
     cfg = config_from_dict(user)
-    return _resolve_paths(cfg, base)
+    check_host(cfg)
+    return cfg
+
+
+def check_host(cfg: RunConfig) -> None:
+    """What a NEW run may ask of this host (a stored config is not held to it: it may resume on
+    a larger machine than the one it was made on, or be read for its checkpoint)."""
+    threads, cpus = cfg.train.threads, usable_cpus()
+    if isinstance(threads, int) and threads > cpus:
+        raise ConfigError(f"train.threads: {threads} is more than the {cpus} usable CPUs of this host; "
+                          f"choose auto or 1 to {cpus}")
+
+
+def check_fits(cfg: RunConfig, train_rows: int) -> None:
+    """The bounds that depend on the data: a batch no larger than the training split (a larger
+    one is a single step an epoch that silently trains on less than asked), and a total step
+    count within MAX_STEPS."""
+    if cfg.train.batch_size > train_rows:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the {train_rows} training "
+                          f"sequences of data.train; choose 1 to {train_rows}")
+    steps = cfg.train.epochs * -(-train_rows // cfg.train.batch_size)
+    if cfg.train.max_steps:
+        steps = min(steps, cfg.train.max_steps)
+    if steps > MAX_STEPS:
+        raise ConfigError(f"train.epochs: {cfg.train.epochs} epochs of {-(-train_rows // cfg.train.batch_size)} "
+                          f"steps is {steps} steps, over the {MAX_STEPS:,} a run may take; lower train.epochs "
+                          f"or set train.max_steps")
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -243,6 +276,12 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if unknown:
         key = prefix + unknown[0]
         raise ConfigError(f"{key}: unknown key; allowed here: {', '.join(sorted(names))}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConfigError(f"{prefix.rstrip('.')}: missing {', '.join(missing)} (each needs {', '.join(required)}; "
+                          f"got {data!r})")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
@@ -285,6 +324,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
 
 
+def check_range(key: str, value: Any, bounds: Bounds) -> None:
+    why = out_of_range(key, value, bounds)
+    if why is not None:
+        raise ConfigError(why)
+
+
 def _check_choice(key: str, value: Any) -> None:
     allowed = CHOICES[key]
     if value not in allowed:
@@ -297,30 +342,16 @@ def validate(cfg: RunConfig) -> None:
     device = cfg.train.device
     if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:")):
         raise ConfigError(f"train.device: {device!r} is not allowed; choose auto, cpu, cuda, cuda:N or mps")
-    positive = ["train.epochs", "train.batch_size", "train.lr", "train.telemetry_block",
-                "train.flush_seconds", "model.d_model", "model.nhead", "model.num_layers", "model.ff",
-                "model.hidden", "model.lstm_layers", "model.amn_d", "loss.gamma", "loss.lam_min",
-                "loss.lam_max", "eval.max_samples", "eval.check_samples", "watch.skip_window"]
-    for key in positive:
-        if not _get_dotted(cfg, key) > 0:
-            raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be > 0")
-    non_negative = ["train.weight_decay", "train.grad_clip", "train.plateau_patience", "train.seed",
-                    "train.checkpoint_every", "train.device_data_budget", "train.max_steps", "train.noise_sigma",
-                    "loss.beta", "loss.eta", "loss.kappa", "loss.rho_cap", "loss.rho_boost", "loss.tau",
-                    "eval.fivecat_every", "data.max_train", "watch.warmup_steps"]
-    for key in non_negative:
-        if not _get_dotted(cfg, key) >= 0:
-            raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be >= 0")
-    unit = ["loss.alpha", "model.dropout", "model.lstm_dropout", "train.last_slot_noise",
-            "train.swap_share", "watch.skip_rate_max", "watch.rho_over_cap_share"]
-    for key in unit:
-        if not 0 <= _get_dotted(cfg, key) <= 1:
-            raise ConfigError(f"{key}: {_get_dotted(cfg, key)!r} must be between 0 and 1")
+    for key, bounds in RANGES.items():
+        check_range(key, _get_dotted(cfg, key), bounds)
     threads = cfg.train.threads
-    if isinstance(threads, str) and threads != "auto" or isinstance(threads, int) and threads < 0:
-        raise ConfigError(f"train.threads: {threads!r} is not allowed; choose auto, 0 (torch's default) or a count")
-    if not 0 < cfg.train.plateau_factor < 1:
-        raise ConfigError(f"train.plateau_factor: {cfg.train.plateau_factor!r} must be between 0 and 1 (exclusive)")
+    if isinstance(threads, str) and threads != "auto" or isinstance(threads, int) and not 0 <= threads <= MAX_THREADS:
+        raise ConfigError(f"train.threads: {threads!r} is not allowed; choose auto, 0 (torch's default) or a count "
+                          f"of CPUs (at most {MAX_THREADS})")
+    if not name_ok(cfg.name):
+        raise ConfigError(f"name: {cfg.name[:40]!r}{f'… ({len(cfg.name)} characters)' if len(cfg.name) > 40 else ''}"
+                          f" is not allowed; a run name is 1 to {MAX_NAME} printable characters (no tabs, "
+                          f"newlines, direction controls, or spaces at either end)")
     if cfg.loss.lam_min > cfg.loss.lam_max:
         raise ConfigError(f"loss.lam_min: {cfg.loss.lam_min!r} must not exceed loss.lam_max ({cfg.loss.lam_max!r})")
     if cfg.model.kind == "transformer" and cfg.model.d_model % cfg.model.nhead:
@@ -328,18 +359,35 @@ def validate(cfg: RunConfig) -> None:
     untils = [s.until for s in cfg.loss.ramp]
     if any(b <= a for a, b in zip(untils, untils[1:])) or untils[0] <= 0:
         raise ConfigError(f"loss.ramp: stage 'until' epochs must be positive and increasing, got {untils}")
-    for i, s in enumerate(cfg.loss.ramp):
-        if not 0 <= s.frac <= 1 or s.rho_cap < 0:
-            raise ConfigError(f"loss.ramp[{i}]: frac must be in [0, 1] and rho_cap >= 0, got {s}")
+    for i, stage in enumerate(cfg.loss.ramp):
+        for name, bounds in RAMP_RANGES.items():
+            check_range(f"loss.ramp[{i}].{name}", getattr(stage, name), bounds)
 
 
-def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    def resolve(p: str) -> str:
-        return str((base / p).resolve()) if p else p
+PATH_KEYS = ("data.train", "data.val", "data.ood", "data.articles", "data.ood_articles", "out_dir")
 
-    data = dataclasses.replace(cfg.data, **{k: resolve(getattr(cfg.data, k))
-                                            for k in ("train", "val", "ood", "articles", "ood_articles")})
-    return dataclasses.replace(cfg, data=data, out_dir=resolve(cfg.out_dir))
+
+def absolute_overrides(overrides: list[str]) -> list[str]:
+    """`data.train=x.npz` as typed here, made absolute, for a command that stores the overrides to
+    apply them later from another folder (`lvmd sweep`, then `lvmd sweep resume`)."""
+    out = []
+    for item in overrides:
+        key, _, text = item.partition("=")
+        if key.strip() in PATH_KEYS and text.strip():
+            item = f"{key.strip()}={(Path.cwd() / text.strip()).resolve()}"
+        out.append(item)
+    return out
+
+
+def _resolve_paths(user: dict, base: Path) -> None:
+    """The config file's own paths made absolute against `base` (its folder), in place."""
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        table = user
+        for section in sections:
+            table = table.get(section) if isinstance(table, dict) else None
+        if isinstance(table, dict) and isinstance(table.get(name), str) and table[name]:
+            table[name] = str((base / table[name]).resolve())
 
 
 def _deep_merge(into: dict, layer: dict) -> None:

@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Crash drill: real `lvmd start` daemons on a tiny model, killed with SIGKILL inside real
 windows, each kill followed at once by `lvmd resume`, every run then left to finish. Prints a
-table; target: every column N/N.
+table; target: every column N/N and no kill missed.
 
-Kill windows (one drawn per kill): `train` (a random moment while it trains), `fivecat` (during
-an epoch-end or re-run 5CAT), `checkpoint` (between a checkpoint's temp file and its rename),
-`commit` (inside a telemetry transaction). The last three use store/holdpoints.py: the daemon
-holds at the n-th time it reaches the point (n drawn at random) and this script kills it there.
+Kill windows (dealt from a shuffled deck, so every window gets its share): `train` (at a random
+step boundary while it trains), `fivecat` (during an epoch-end or re-run 5CAT), `checkpoint`
+(between a checkpoint's temp file and its rename), `commit` (inside a telemetry transaction).
+Each uses store/holdpoints.py: the daemon holds at the n-th time it reaches the point and this
+script kills it there. n is drawn from the occurrences the process is sure to reach (counted from the
+run's progress when it starts: windows_left), in the first half of them when another kill
+follows, so a kill does not wait for a window the run has already passed. A kill whose window
+never came is reported as missed.
 
 Columns: steps exactly once (1..total, no gap, no duplicate); epochs exactly once; every
-epoch's 5CAT present exactly once; integrity_check ok; step_blocks equal to the steps; no temp files left; every `lvmd resume`
-right after a kill exited 0.
+epoch's 5CAT present exactly once; integrity_check ok; step_blocks equal to the steps; no temp
+files left; every `lvmd resume` right after a kill exited 0; kills landed of those drawn.
 
     .venv/bin/python scripts/chaos.py --trials 20            # the issue's drill
     .venv/bin/python scripts/chaos.py --trials 2 --kinds fivecat,checkpoint --kills 2
@@ -33,12 +37,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 KINDS = ("train", "fivecat", "checkpoint", "commit")
-EPOCHS = 3
-CONFIG = ["model.kind=amn", "model.amn_d=8", "model.hidden=16", "train.threads=1", "train.batch_size=2",
-          f"train.epochs={EPOCHS}", "train.checkpoint_every=80", "eval.fivecat_every=1", "eval.max_samples=60",
-          "eval.check_samples=30", "watch.action=warn"]
-HOLD_AFTER = {"fivecat": (1, EPOCHS), "checkpoint": (1, 6), "commit": (6, 16)}   # commit 6+: past start-up
+EPOCHS = 4
+CHECKPOINT_EVERY = 80
+COMMIT_AFTER = (6, 12)    # the n-th telemetry commit of a process: past start-up (start and resume wait
+                          # for it), seconds before its end
 WAIT_SECONDS = 180.0
+
+
+def config() -> list[str]:
+    return ["model.kind=amn", "model.amn_d=8", "model.hidden=16", "train.threads=1", "train.batch_size=2",
+            f"train.epochs={EPOCHS}", f"train.checkpoint_every={CHECKPOINT_EVERY}", "eval.fivecat_every=1",
+            "eval.max_samples=60", "eval.check_samples=30", "watch.action=warn"]
 
 
 @dataclass
@@ -84,37 +93,68 @@ def last_step(db: Path) -> int:
         conn.close()
 
 
-def hold_env(kind: str, holds: Path, rng: random.Random) -> dict:
+def planned_steps(data: list[str]) -> int:
+    """A new run's total steps: its epochs of batches of 2 over the training sequences."""
+    import numpy as np
+
+    train = next(item.split("=", 1)[1] for item in data if item.startswith("data.train="))
+    with np.load(train) as npz:
+        return EPOCHS * -(-len(npz["target_vectors"]) // 2)
+
+
+def windows_left(db: Path | None, total: int = 0) -> dict[str, int]:
+    """How many times a process started now is sure to reach each hold point (db None: a new
+    run of `total` steps). Counted from runs.step, which is at or past the checkpoint a resume
+    starts from, so these are lower bounds: a hold drawn from them is reached unless the
+    process is killed first."""
+    if db is None:
+        return {"step": total, "fivecat": EPOCHS, "checkpoint": EPOCHS + 1, "commit": COMMIT_AFTER[1]}
+    run = row(db)
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        evals = conn.execute("SELECT COUNT(DISTINCT epoch) FROM evals WHERE run_id = 1 AND trigger = 'epoch'"
+                             " AND error IS NULL").fetchone()[0]
+    finally:
+        conn.close()
+    total, step = run["total_steps"], run["step"]
+    per_epoch = max(1, total // EPOCHS)
+    saves = {s for s in range(step + 1, total + 1) if s % CHECKPOINT_EVERY == 0 or s % per_epoch == 0}
+    return {"step": total - step, "fivecat": max(0, EPOCHS - evals), "checkpoint": len(saves) + 1,  # + the final save
+            "commit": COMMIT_AFTER[1]}
+
+
+def hold_env(kind: str, holds: Path, rng: random.Random, db: Path | None, *, last: bool, total: int = 0) -> dict:
+    """The hold for the next kill: at an occurrence the process is sure to reach, in the first
+    half of what is left unless it is the trial's last kill (so the next kill has a window too).
+    `train` holds at the n-th step boundary (a poll for the step, as this drill once did, is
+    outrun by a tiny model on a loaded machine)."""
     if kind == "train":
-        return {"LVMD_HOLD": ""}
-    lo, hi = HOLD_AFTER[kind]
-    return {"LVMD_HOLD": kind, "LVMD_HOLD_FILE": str(holds), "LVMD_HOLD_AFTER": str(rng.randint(lo, hi)),
-            "LVMD_HOLD_SECONDS": "120"}
-
-
-def kill_in_window(db: Path, kind: str, holds: Path, seen: int, rng: random.Random) -> bool:
-    """SIGKILL the run's daemon inside the window; False if the run finished first."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    if kind == "train":                  # at a random step of what is left
-        run = row(db)
-        target = rng.randint(run["step"] + 1, max(run["step"] + 1, int(run["total_steps"] * 0.9)))
-        while True:
-            run = row(db)
-            if run["state"] in ("finished", "failed", "crashed", "stopped") or time.monotonic() > deadline:
-                return False
-            if last_step(db) >= target:
-                break
-            time.sleep(0.02)
-        pid = run["pid"]
+        left = windows_left(db, total)["step"]
+        n = rng.randint(1, max(1, int(left * (0.9 if last else 0.5))))
+        return {"LVMD_HOLD": "step", "LVMD_HOLD_FILE": str(holds), "LVMD_HOLD_AFTER": str(n),
+                "LVMD_HOLD_SECONDS": "120"}
+    if kind == "commit":
+        n = rng.randint(*COMMIT_AFTER) if last else rng.randint(COMMIT_AFTER[0], sum(COMMIT_AFTER) // 2)
     else:
-        while True:
-            lines = holds.read_text().splitlines() if holds.exists() else []
-            if len(lines) > seen:
-                pid = int(lines[seen].split()[1])
-                break
-            if row(db)["state"] in ("finished", "failed", "crashed", "stopped") or time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
+        left = windows_left(db, total)[kind]
+        if left < 1:
+            return {"LVMD_HOLD": ""}           # no such window left: kill_in_window calls it missed
+        n = rng.randint(1, left if last else max(1, left // 2))
+    return {"LVMD_HOLD": kind, "LVMD_HOLD_FILE": str(holds), "LVMD_HOLD_AFTER": str(n), "LVMD_HOLD_SECONDS": "120"}
+
+
+def kill_in_window(db: Path, holds: Path, seen: int) -> bool:
+    """SIGKILL the run's daemon where it holds (every window is a hold point now); False if the
+    run ended first (a miss)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        lines = holds.read_text().splitlines() if holds.exists() else []
+        if len(lines) > seen:
+            pid = int(lines[seen].split()[1])
+            break
+        if row(db)["state"] in ("finished", "failed", "crashed", "stopped") or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -181,20 +221,24 @@ def one_trial(number: int, folder: Path, data: list[str], plan: list[str], rng: 
     work = folder / f"trial{number:02d}"
     work.mkdir()
     db, holds = work / "chaos.db", work / "holds"
-    proc = lvmd("start", *data, *CONFIG, f"train.seed={number}", "--db", str(db), env=hold_env(plan[0], holds, rng))
+    total = planned_steps(data)
+    proc = lvmd("start", *data, *config(), f"train.seed={number}", "--db", str(db),
+                env=hold_env(plan[0], holds, rng, None, last=len(plan) == 1, total=total))
     if proc.returncode != 0:
         trial.errors.append(f"start: {proc.stderr.strip()}")
         return trial
     seen = 0
     for i, kind in enumerate(plan):
-        if not kill_in_window(db, kind, holds, seen, rng):
+        if not kill_in_window(db, holds, seen):
             trial.kills.append(f"{kind}(missed)")
         else:
             trial.kills.append(kind)
         seen = len(holds.read_text().splitlines()) if holds.exists() else 0
         if row(db)["state"] == "finished":
+            trial.kills += [f"{k}(missed)" for k in plan[i + 1:]]
             break
-        nxt = hold_env(plan[i + 1], holds, rng) if i + 1 < len(plan) else {"LVMD_HOLD": ""}
+        nxt = hold_env(plan[i + 1], holds, rng, db, last=i + 2 == len(plan)) if i + 1 < len(plan) \
+            else {"LVMD_HOLD": ""}
         proc = lvmd("resume", "1", "--db", str(db), env=nxt)           # right after the kill
         trial.resume_codes.append(proc.returncode)
         if proc.returncode != 0:
@@ -221,8 +265,11 @@ def run_trials(trials: int, *, seed: int = 0, kinds: list[str] | None = None, ki
         data_dir.mkdir(exist_ok=True)
         data = make_data(data_dir)
         results = []
+        # a shuffled deck with every window equally often: 20 trials × 2 kills = 10 per window
+        deck = kinds * -(-trials * kills // len(kinds))
+        rng.shuffle(deck)
         for n in range(1, trials + 1):
-            t = one_trial(n, base, data, [rng.choice(kinds) for _ in range(kills)], rng)
+            t = one_trial(n, base, data, deck[(n - 1) * kills:n * kills], rng)
             results.append(t)
             ok = all(t.checks.values()) and t.checks and not t.errors
             log(f"trial {n:2d}: kills {', '.join(t.kills) or '-':<32} {'ok' if ok else 'FAIL ' + '; '.join(t.errors)}")
@@ -233,14 +280,18 @@ def table(results: list[Trial]) -> str:
     columns = ["steps exactly once", "epochs exactly once", "every epoch's eval", "integrity ok",
                "step_blocks exact", "no temp files left", "resumes exit 0"]
     n = len(results)
-    head = ["trials", *columns]
-    vals = [str(n), *(f"{sum(bool(t.checks.get(c)) for t in results)}/{n}" for c in columns)]
+    drawn = sum(len(t.kills) for t in results)
+    missed = sum(k.endswith("(missed)") for t in results for k in t.kills)
+    head = ["trials", *columns, "kills landed", "missed"]
+    vals = [str(n), *(f"{sum(bool(t.checks.get(c)) for t in results)}/{n}" for c in columns),
+            f"{drawn - missed}/{drawn}", str(missed)]
     width = [max(len(h), len(v)) for h, v in zip(head, vals)]
-    kills = sum(len([k for k in t.kills if "missed" not in k]) for t in results)
-    by_kind = {k: sum(t.kills.count(k) for t in results) for k in KINDS}
+    by_kind = {k: (sum(t.kills.count(k) for t in results), sum(t.kills.count(f"{k}(missed)") for t in results))
+               for k in KINDS}
     return "\n".join(["  ".join(h.ljust(w) for h, w in zip(head, width)),
                       "  ".join(v.ljust(w) for v, w in zip(vals, width)),
-                      f"kills: {kills} ({', '.join(f'{k} {v}' for k, v in by_kind.items())})"])
+                      "landed by window: " + ", ".join(f"{k} {hit}" + (f" (+{miss} missed)" if miss else "")
+                                                       for k, (hit, miss) in by_kind.items())])
 
 
 def main(argv=None) -> int:

@@ -28,12 +28,21 @@ def enqueue(conn: sqlite3.Connection, run_id: int, verb: str, args: dict | None 
     if row is None:
         raise CommandError(f"no run {run_id} in this database")
     if row["state"] in TERMINAL_STATES:
-        raise CommandError(f"run {run_id} is {row['state']}; it takes no commands")
+        raise CommandError(f"run {run_id} is {row['state']}; it takes no commands{next_step(run_id, row['state'])}")
     cur = conn.execute(
         "INSERT INTO commands (run_id, verb, args, issued_at, issued_by, user, host, pid, state)"
         " VALUES (?,?,?,?,?,?,?,?, 'pending')",
         (run_id, verb, json.dumps(args or {}), time.time(), issued_by, _user(), socket.gethostname(), os.getpid()))
     return int(cur.lastrowid)
+
+
+def next_step(run_id: int, state: str) -> str:
+    """What a person can do with a run that has ended, as the tail of an error line."""
+    if state in ("stopped", "crashed"):
+        return f"; `lvmd resume {run_id}` continues it from its last checkpoint"
+    if state == "failed":
+        return f"; `lvmd status {run_id}` says why"
+    return f"; `lvmd report {run_id}` gives its verdict"
 
 
 def _user() -> str:

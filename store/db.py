@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 from urllib.parse import quote
 
+from store.paths import create_new, not_regular
+
 if TYPE_CHECKING:  # sqlite_utils costs ~0.2 s to import; a current file never needs it
     import sqlite_utils
 
@@ -35,6 +37,38 @@ _MEANINGS = {
 
 class StoreError(Exception):
     """A problem with the database file, reported in one line."""
+
+
+# Databases this process must not open again: the file at the path is no longer the one its
+# writer opened (store.writer.DatabaseWatch), and connections kept open on purpose (park).
+_LOST: dict[str, str] = {}
+_PARKED: list[sqlite3.Connection] = []
+
+
+def mark_lost(path: str | os.PathLike, reason: str) -> None:
+    """From now on connect(path) in this process refuses with `reason`: whatever is at the path
+    is not the database this process was writing (a final state must not land in another file)."""
+    _LOST[os.path.abspath(path)] = reason
+
+
+def lost_reason(path: str | os.PathLike) -> str | None:
+    return _LOST.get(os.path.abspath(path))
+
+
+def park(conn: sqlite3.Connection) -> None:
+    """Keep `conn` open until the process ends instead of closing it: after its database was
+    moved or its -wal deleted, SQLite's close would delete the -wal and -shm BY PATH, which may
+    now belong to another database. A process that parked a connection must end with os._exit
+    (lvmd.cli.main does), so no finaliser closes it either."""
+    _PARKED.append(conn)
+
+
+def parked() -> bool:
+    return bool(_PARKED)
+
+
+class MissingDatabase(StoreError):
+    """The database file a reader was pointed at does not exist (the CLI adds how to name one)."""
 
 
 def meaning(exc: sqlite3.Error) -> str | None:
@@ -73,10 +107,16 @@ def transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Ite
 
 
 def check_path(path: Path, *, create: bool) -> None:
-    """Refuse, in one line, a database path that cannot be one: a directory, a path under a
+    """Refuse, in one line, a database path that cannot be one: a directory, a FIFO or device
+    node (SQLite would hang on the one and leave a `-journal` beside the other), a path under a
     file, a file we may not read (or, to create, a folder we may not write)."""
     if path.is_dir():
         raise StoreError(f"{path}: is a directory, not a database file")
+    why = not_regular(path)
+    if why is not None:
+        raise StoreError(f"{why}; a database is a regular file")
+    if os.path.islink(path) and not path.exists():
+        raise StoreError(f"{path}: is a symlink to nothing ({os.readlink(path)}); name the database file itself")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -88,7 +128,7 @@ def check_path(path: Path, *, create: bool) -> None:
         if not os.access(path, os.R_OK):
             raise StoreError(f"{path}: cannot read the database (permission denied)")
     elif not create:
-        raise StoreError(f"{path}: no such database")
+        raise MissingDatabase(f"{path}: no such database")
 
 
 def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Connection:
@@ -99,6 +139,8 @@ def connect(path: str | os.PathLike, *, readonly: bool = False) -> sqlite3.Conne
     migrations. Every failure is a one-line StoreError naming the file.
     """
     path = Path(path)
+    if lost_reason(path) is not None:
+        raise StoreError(f"{lost_reason(path)}; this process will not open it again")
     check_path(path, create=not readonly)
     try:
         conn = _open_readonly(path) if readonly else _open_writer(path)
@@ -133,9 +175,11 @@ def _open_writer(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            # create it owner-only before SQLite does, so it never exists world-readable
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
+            # create it owner-only before SQLite does, so it never exists world-readable; O_EXCL |
+            # O_NOFOLLOW: never through whatever appeared there meanwhile
+            os.close(create_new(path, 0o600))
+    except FileExistsError:
+        pass                      # another process made it a moment ago: SQLite opens that one
     except OSError as exc:
         raise StoreError(f"{path}: cannot create the database ({exc.strerror})") from None
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,

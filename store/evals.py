@@ -6,6 +6,7 @@ SQLite cannot store NaN (it becomes NULL); we write None explicitly so that is n
 """
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from typing import Any, Iterable, Mapping, Sequence
@@ -46,6 +47,18 @@ def has_epoch_eval(conn: sqlite3.Connection, run_id: int, epoch: int) -> bool:
     """Is the end-of-epoch 5CAT of `epoch` in the database (written whole, in one transaction)?"""
     return conn.execute("SELECT 1 FROM evals WHERE run_id = ? AND epoch = ? AND trigger = 'epoch' LIMIT 1",
                         (run_id, epoch)).fetchone() is not None
+
+
+def eval_progress(conn: sqlite3.Connection, run_id: int) -> dict | None:
+    """Where the run's current 5CAT stands ({"done", "total", "stage", "trigger"}): its newest
+    eval_progress event since the run's last state change; None before its first stage is done."""
+    row = conn.execute("SELECT detail FROM events WHERE run_id = ? AND kind = 'eval_progress' AND id >"
+                       " (SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = ? AND kind = 'state')"
+                       " ORDER BY id DESC LIMIT 1", (run_id, run_id)).fetchone()
+    try:
+        return None if row is None else json.loads(row[0])
+    except (TypeError, ValueError):          # a hand-edited row: no progress to tell
+        return None
 
 
 def latest_eval(conn: sqlite3.Connection, run_id: int) -> dict | None:

@@ -1,9 +1,10 @@
 """Named points where a process can be told to stop and wait, so a crash test can kill -9 it
-inside a real window (during a 5CAT, between a checkpoint's temp file and its rename, inside a
-database transaction) instead of hoping a random kill lands there. scripts/chaos.py and the
-crash tests use it; nothing else sets the variables, and unset it costs one dict lookup.
+inside a real window (at a training step's boundary, during a 5CAT, between a checkpoint's temp
+file and its rename, inside a database transaction) instead of hoping a random kill lands there.
+scripts/chaos.py and the crash tests use it; nothing else sets the variables, and unset it costs
+one set lookup.
 
-LVMD_HOLD=point[,point...]   where to hold (fivecat, checkpoint, commit)
+LVMD_HOLD=point[,point...]   where to hold (step, fivecat, checkpoint, commit, resume-start)
 LVMD_HOLD_FILE=path          each hold appends "<point> <pid>" here first (the killer waits on it)
 LVMD_HOLD_SECONDS=s          how long to hold (default 60), then carry on as if nothing happened
 LVMD_HOLD_AFTER=n            hold at the n-th time a point is reached (default 1)

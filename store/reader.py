@@ -64,8 +64,8 @@ class RunSummary:
     last_margin: float | None = None
     val_cos: float | None = None
     r_at_5: float | None = None
-    skip_rate: float | None = None   # mean of the epochs' skip rates
-    rho_max: float | None = None     # highest ρ of any epoch
+    skip_rate: float | None = None   # skipped steps / steps (v_run_summary's: the trainer's skip flag)
+    rho_max: float | None = None     # highest ρ of any step
     margins: tuple[float, ...] = ()  # val margin per finished epoch (the runs screen's sparkline)
     # a sweep's member (lvmd sweep): its sweep, configuration label and seed; None otherwise
     sweep_id: int | None = None
@@ -85,13 +85,13 @@ def is_stale(state: str, heartbeat_at: float | None, now: float) -> bool:
 
 
 def run_summaries(conn: sqlite3.Connection) -> list[RunSummary]:
-    """Every run, newest first, with its latest finished eval's gate count and its epochs' numbers."""
+    """Every run, newest first, with its latest finished eval's gate count, its newest epoch's
+    numbers, and its skip rate and max ρ over all its steps (as `lvmd runs` counts them)."""
     sweep = "r.sweep_id, r.sweep_config, r.sweep_seed" if has_sweeps(conn) else "NULL, NULL, NULL"
     rows = conn.execute(
         f"SELECT {sweep}, r.id, r.name, r.preset, r.state, r.epoch, r.step, r.total_epochs, r.total_steps,"
         " r.heartbeat_at, e.gates_passed, e.gates_total, last.val_margin, last.val_cos, last.r_at_5,"
-        " (SELECT AVG(skip_rate) FROM epochs WHERE run_id = r.id),"
-        " (SELECT MAX(rho_max) FROM epochs WHERE run_id = r.id)"
+        f" {_step_totals(conn)}"
         " FROM runs r LEFT JOIN evals e ON e.id ="
         "  (SELECT MAX(id) FROM evals WHERE run_id = r.id AND gates_passed IS NOT NULL)"
         " LEFT JOIN epochs last ON last.run_id = r.id AND last.epoch ="
@@ -103,6 +103,15 @@ def run_summaries(conn: sqlite3.Connection) -> list[RunSummary]:
         margins.setdefault(run_id, []).append(margin)
     return [RunSummary(*row[3:], margins=tuple(margins.get(row[3], ())), sweep_id=row[0], sweep_config=row[1],
                        sweep_seed=row[2]) for row in rows]
+
+
+def _step_totals(conn: sqlite3.Connection) -> str:
+    """Skip rate and max ρ per run `r`, as v_run_summary has them: from the 64-step sums where the
+    file has them (migration 9; the TUI never migrates an older file), else from the steps."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'step_blocks'").fetchone():
+        return ("(SELECT SUM(b.sum_skip) / SUM(b.steps) FROM step_blocks b WHERE b.run_id = r.id),"
+                " (SELECT MAX(b.rho_max) FROM step_blocks b WHERE b.run_id = r.id)")
+    return "(SELECT AVG(s.skip) FROM steps s WHERE s.run_id = r.id), (SELECT MAX(s.rho) FROM steps s WHERE s.run_id = r.id)"
 
 
 def run_row(conn: sqlite3.Connection, run_id: int) -> dict | None:

@@ -3,6 +3,7 @@ a connection."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import json
 import os
@@ -60,10 +61,29 @@ def update_run(conn: sqlite3.Connection, run_id: int, **fields: Any) -> None:
 
 
 def get_run(conn: sqlite3.Connection, run_id: int) -> dict:
-    row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    row = None if not 0 < run_id <= MAX_ID else conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     if row is None:
-        raise UnknownRun(f"no run {run_id} in this database")
+        raise UnknownRun(f"no run {run_id} in this database{_id_hint(conn)}")
     return dict(row)
+
+
+MAX_ID = 2**63 - 1          # SQLite's INTEGER: a larger id is no run, never an OverflowError
+
+
+def _id_hint(conn: sqlite3.Connection) -> str:
+    lo, hi, n = conn.execute("SELECT MIN(id), MAX(id), COUNT(*) FROM runs").fetchone()
+    if not n:
+        return " (it has no runs yet)"
+    return f" (its only run is {lo})" if n == 1 else f" (it has {n} runs, ids {lo}–{hi}; `lvmd runs` lists them)"
+
+
+def _name_hint(conn: sqlite3.Connection, text: str) -> str:
+    """Names that start with `text`, else the close ones (difflib), as a 'did you mean'."""
+    names = [r[0] for r in conn.execute("SELECT DISTINCT name FROM runs ORDER BY id DESC LIMIT 10000")]
+    found = [n for n in names if n.startswith(text)][:3] or difflib.get_close_matches(text, names, n=3, cutoff=0.6)
+    if not found:
+        return f"{_id_hint(conn)}"
+    return "; did you mean " + " or ".join(repr(n) for n in found) + "?"
 
 
 def list_runs(conn: sqlite3.Connection) -> list[dict]:
@@ -78,11 +98,11 @@ def resolve_run(conn: sqlite3.Connection, ref: str | int | None) -> dict:
             raise UnknownRun("no runs in this database yet")
         return dict(row)
     text = str(ref)
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return get_run(conn, int(text))
     rows = conn.execute("SELECT * FROM runs WHERE name = ? ORDER BY id", (text,)).fetchall()
     if not rows:
-        raise UnknownRun(f"no run named {text!r} in this database")
+        raise UnknownRun(f"no run named {text!r} in this database{_name_hint(conn, text)}")
     if len(rows) > 1:
         ids = ", ".join(str(r["id"]) for r in rows)
         raise UnknownRun(f"run name {text!r} is ambiguous (ids {ids}); use the id")
@@ -153,6 +173,62 @@ def record_state(conn: sqlite3.Connection, run_id: int, state: str, detail: dict
             if state in TERMINAL_STATES:
                 fail_open(conn, run_id, f"run {state}")
     return changed
+
+
+RESUMABLE_STATES = ("stopped", "crashed")
+
+
+def begin_resume(conn: sqlite3.Connection, run_id: int, *, pid: int) -> bool:
+    """stopped | crashed → starting, before a resume spawns its daemon: from here on the run is
+    live, so a `stop` typed while the daemon starts is queued and honoured by it at its first
+    step boundary. `pid` is the process that waits for the daemon (it heartbeats the row, see
+    beat_starting). False if the run was not resumable any more (another resume began)."""
+    with contextlib.nullcontext() if conn.in_transaction else transaction(conn):
+        row = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None or row["state"] not in RESUMABLE_STATES:
+            return False
+        return record_state(conn, run_id, "starting", {"resume": True, "from": row["state"]},
+                            expect=RESUMABLE_STATES, pid=pid, heartbeat_at=time.time(), ended_at=None)
+
+
+def beat_starting(conn: sqlite3.Connection, run_id: int, pid: int) -> None:
+    """The heartbeat of a run whose resume is starting, from the process `pid` that waits for
+    its daemon (only while the row still names that process: the daemon takes over)."""
+    conn.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ? AND state = 'starting' AND pid = ?",
+                 (time.time(), run_id, pid))
+
+
+def end_failed_resume(conn: sqlite3.Connection, run_id: int, error: str, *, if_starting: bool = False) -> None:
+    """A resume that failed before its daemon trained: the run goes back to the state it had
+    (stopped or crashed; crashed if that is not known) with an 'error' event and the row's
+    error, so it can be resumed once the cause is fixed; commands queued meanwhile fail with
+    it. A stopped or crashed run only gets the error (nothing at all with `if_starting`: the
+    daemon has said it already)."""
+    first = error.strip().splitlines()[0] if error.strip() else "resume failed"
+    with contextlib.nullcontext() if conn.in_transaction else transaction(conn):
+        row = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return
+        if row["state"] == "starting":
+            back = "crashed"
+            # the state the resume began from: its begin_resume event, past the daemon's own `starting`
+            for (text,) in conn.execute("SELECT detail FROM events WHERE run_id = ? AND kind = 'state' "
+                                        "ORDER BY id DESC LIMIT 4", (run_id,)).fetchall():
+                try:
+                    began = json.loads(text) if text else {}
+                except ValueError:
+                    break
+                if began.get("state") != "starting":
+                    break
+                if began.get("resume"):
+                    back = began.get("from") if began.get("from") in RESUMABLE_STATES else back
+                    break
+            record_state(conn, run_id, back, {"reason": "the resume failed", "error": first},
+                         expect=("starting",), error=first)
+        elif row["state"] not in RESUMABLE_STATES or if_starting:
+            return
+        insert_event(conn, run_id, "error", {"error": error, "during": "resume"})
+        update_run(conn, run_id, error=first)
 
 
 def pid_alive(pid: int | None) -> bool:

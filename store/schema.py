@@ -182,7 +182,15 @@ def _m009_step_blocks(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_V3)
 
 
-def _m010_data_hashes(db: sqlite_utils.Database) -> None:
+def _m010_one_count_rule(db: sqlite_utils.Database) -> None:
+    """v_guardrail_checks counts the trainer's attenuate flag and judges ρ against its cap by the
+    guardrail's relative rule (store/views.py VIEWS_V4). Views only: needs m009's step_blocks."""
+    from store.views import VIEWS_V4, create_views
+
+    create_views(db.conn, VIEWS_V4)
+
+
+def _m011_data_hashes(db: sqlite_utils.Database) -> None:
     """data_hashes: the sha256 of each data file (by absolute path) with its stat when hashed
     (device, inode, size, mtime_ns, ctime_ns) and when hashing began (store/data_hashes.py,
     lvmd/data/hashes.py). Self-contained: needs no other table."""
@@ -201,7 +209,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m007_sweeps,
     _m008_database_id,
     _m009_step_blocks,
-    _m010_data_hashes,
+    _m010_one_count_rule,
+    _m011_data_hashes,
 ]
 
 

@@ -47,9 +47,9 @@ def get_sweep(conn: sqlite3.Connection, ref: str | int | None) -> dict:
         if row is None:
             raise UnknownSweep("no sweeps in this database yet")
         return dict(row)
-    if not str(ref).isdigit():
+    if not (str(ref).isascii() and str(ref).isdigit()):
         raise UnknownSweep(f"sweep id {ref!r}: expected a number")
-    row = conn.execute("SELECT * FROM sweeps WHERE id = ?", (int(ref),)).fetchone()
+    row = conn.execute("SELECT * FROM sweeps WHERE id = ?", (int(ref),)).fetchone() if int(ref) < 2**63 else None
     if row is None:
         raise UnknownSweep(f"no sweep {ref} in this database")
     return dict(row)

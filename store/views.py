@@ -250,6 +250,53 @@ VIEWS_V3: dict[str, str] = VIEWS_V2 | {
 }
 
 
+# v4 (migration 10): one definition of every count (issue 22). An attenuated step is one the
+# trainer flagged (`steps.attenuate`, the guardrail's stored decision): v1–v3 re-decided it from
+# rho_pre with an absolute slack while the trainer compared exactly, so a ρ_pre one float32 step
+# over 0.25 was an attenuate event but not an attenuated step. Where no flag exists (ρ after the
+# cap; an uncapped run against the seed's 0.25) the numbers are judged by the guardrail's own
+# rule, lvmd/train/rho_cap.py: over when ρ > cap + cap / 2^20, the expression written out here
+# (a test holds RHO_CAP_RTOL_DIVISOR to rho_cap's). rho_pre_over_cap_steps keeps its name and now
+# equals attenuated_steps; an uncapped run (v1) has ρ_pre = ρ, judged in rho_over_cap_steps.
+RHO_CAP_RTOL_DIVISOR = 1048576     # baked into VIEWS_V4: never change it
+_OVER_CAP_V4 = f"""(
+                        SELECT TOTAL(CASE WHEN b.rho_max <= g.cap + g.cap / {RHO_CAP_RTOL_DIVISOR}.0 THEN 0 ELSE (
+                            SELECT COUNT(*) FROM steps s WHERE s.run_id = b.run_id
+                                                          AND s.step BETWEEN b.first_step AND b.last_step
+                                                          AND s.epoch = b.epoch AND s.rho > g.cap + g.cap / {RHO_CAP_RTOL_DIVISOR}.0) END)
+                        FROM step_blocks b JOIN stages g ON g.run_id = b.run_id
+                                                       AND b.epoch >= g.from_epoch AND b.epoch < g.until_epoch
+                        WHERE b.run_id = c.run_id)"""
+_ATTENUATED = "(SELECT CAST(TOTAL(b.sum_attenuate) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id)"
+VIEWS_V4: dict[str, str] = VIEWS_V3 | {
+    "v_guardrail_checks": f"""
+{_CAPS_AND_STAGES}, epochs_of AS (
+            SELECT run_id, epoch, SUM(sum_ratio) / SUM(steps) AS ratio_mean FROM step_blocks GROUP BY run_id, epoch
+        ), stats AS (
+            SELECT DISTINCT c.run_id, c.name, c.rho_cap,
+                   (SELECT MIN(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS first_epoch,
+                   (SELECT MAX(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS last_epoch,
+                   (SELECT COALESCE(SUM(b.steps), 0) FROM step_blocks b WHERE b.run_id = c.run_id) AS steps,
+                   (SELECT MAX(b.rho_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_max,
+                   (SELECT MAX(b.rho_pre_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_pre_max,
+                   CAST({_OVER_CAP_V4} AS INTEGER) AS rho_over_cap_steps,
+                   {_ATTENUATED} AS rho_pre_over_cap_steps,
+                   {_ATTENUATED} AS attenuated_steps,
+                   (SELECT CAST(TOTAL(b.sum_skip) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id) AS skips,
+                   (SELECT MIN(b.pos_min) FROM step_blocks b WHERE b.run_id = c.run_id) AS pos_min,
+                   (SELECT CAST(TOTAL(b.pos_negative) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id
+                   ) AS pos_negative_steps,
+                   (SELECT COUNT(*) FROM epochs_of p WHERE p.run_id = c.run_id) AS epochs_with_steps,
+                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch LIMIT 1
+                   ) AS ratio_first_epoch,
+                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch DESC LIMIT 1
+                   ) AS ratio_last_epoch,
+                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
+                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
+            FROM caps c
+{_STAGED_FLAGS}""",
+}
+
 def create_views(conn: sqlite3.Connection, views: Mapping[str, str]) -> None:
     """(Re)create each view, in order: later ones may select from earlier ones."""
     for name in reversed(list(views)):

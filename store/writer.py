@@ -4,10 +4,19 @@ The trainer hands over whole blocks of step rows; this thread commits everything
 within `flush_seconds` (0.5 s by default) in ONE transaction, so the hot path never waits on
 SQLite and a reader sees at most two commits a second. Errors are kept and re-raised in the
 caller on its next call, so telemetry is never dropped silently.
+
+Before each commit the writer checks that the path it opened is still the file it holds, and
+that the file's -wal is still the one SQLite writes (DatabaseWatch). A database moved or
+replaced under a live daemon, or a -wal deleted by hand, sets `lost`: the daemon stops at its
+next step boundary with a checkpoint. Until then its commits go to the file it opened (never to
+a file now at the path), and at close its -wal is checkpointed into that file and emptied, so it
+cannot be replayed onto another database; the connection is then parked, not closed, because
+SQLite's close deletes -wal and -shm by path (store.db.park).
 """
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -16,11 +25,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from store.db import BUSY_TIMEOUT_MS, connect
+from store.db import BUSY_TIMEOUT_MS, connect, mark_lost, park
 from store.holdpoints import hold
 from store.schema import STEP_COLUMNS
 
 _CLOSE = object()
+LOST_TRUNCATE_WAIT_MS = 5000     # at close after the database was lost: how long TRUNCATE waits for readers
 CHECKPOINT_SECONDS = 2.0         # PASSIVE checkpoint cadence of the writer thread
 TRUNCATE_BYTES = 4 * 1024 * 1024  # a -wal larger than this is reset with TRUNCATE
 TRUNCATE_WAIT_MS = 100           # how long a TRUNCATE may wait for readers before it gives up
@@ -35,6 +45,8 @@ class SqliteSink:
         self.run_id = run_id
         self.flush_seconds = flush_seconds
         self._conn = connect(self.path)
+        self.watch = DatabaseWatch(self.path)
+        self.lost: str | None = None      # why the database at `path` is no longer the one we opened
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
@@ -89,18 +101,43 @@ class SqliteSink:
         """Block until everything handed over so far is committed."""
         self.call(lambda conn: None)
 
+    def check_database(self) -> str | None:
+        """`lost`, looking now as well (the writer looks before each commit)."""
+        if self.lost is None:
+            lost = self.watch.changed()
+            if lost is not None:
+                self.lost = lost
+                mark_lost(self.path, lost)
+        return self.lost
+
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(_CLOSE)
             self._thread.join()
-        self._conn.close()
+        if self.lost is None:
+            self._conn.close()
+        else:
+            self._empty_wal()
+            park(self._conn)
         self._raise_pending()
+
+    def _empty_wal(self) -> None:
+        """What we committed goes into the file we opened, and its -wal is emptied (TRUNCATE),
+        so no other file at the path ever reads our frames as its own."""
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout={LOST_TRUNCATE_WAIT_MS}")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass
 
     # -- the writer thread --------------------------------------------------------------
     def _raise_pending(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise RuntimeError(f"{self.path}: telemetry write failed: {err}") from err
+        """A commit that failed breaks the sink for good: every later call raises, in whichever
+        thread makes it. (Raising it once let the heartbeat thread of a 5CAT take the error and
+        the training loop go on with a hole in its telemetry, issue 20.9.)"""
+        err = self._error
+        if err is not None:
+            raise RuntimeError(f"{self.path}: telemetry write failed: {_words(err)}") from err
 
     def _loop(self) -> None:
         pending: list = []
@@ -128,6 +165,12 @@ class SqliteSink:
         calls: list[tuple[Future, Any]] = []
         failed: list[tuple[Future, BaseException]] = []
         conn = self._conn
+        self.check_database()              # once lost, nothing in this process opens the path again
+        if self._error is not None:      # broken: nothing after a lost batch may land (no holes)
+            for item in items:
+                if item[0] == "call" and not item[2].done():
+                    item[2].set_exception(self._error)
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in items:
@@ -145,11 +188,10 @@ class SqliteSink:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            waiting = [item[2] for item in items if item[0] == "call" and not item[2].done()]
-            for fut in waiting:
-                fut.set_exception(exc)
-            if not waiting:  # nobody is waiting: report it on the caller's next call
-                self._error = exc
+            for item in items:
+                if item[0] == "call" and not item[2].done():
+                    item[2].set_exception(exc)
+            self._error = exc            # and every later call raises it too
             return
         for fut, result in calls:
             fut.set_result(result)
@@ -183,7 +225,7 @@ class SqliteSink:
         own auto-checkpoint cannot reset the -wal while readers keep arriving, so without this
         the file grows for as long as a TUI or a status loop watches (issue 13 K)."""
         now = time.monotonic()
-        if now < self._next_checkpoint:
+        if now < self._next_checkpoint or self.lost is not None:
             return
         self._next_checkpoint = now + CHECKPOINT_SECONDS
         conn = self._conn
@@ -197,5 +239,50 @@ class SqliteSink:
                 finally:
                     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 self.truncations += 0 if busy else 1
-        except (sqlite3.Error, OSError):
-            pass    # a busy checkpoint is retried at the next cadence; telemetry never waits on it
+        except (sqlite3.Error, OSError) as exc:
+            # a busy checkpoint is retried at the next cadence; telemetry never waits on it. A
+            # full disk is not retried: commits may still land in the reused -wal for a while,
+            # but the file cannot grow, so the run stops now and says why (issue 20.9)
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or getattr(exc, "errno", None) == 28:
+                self._error = exc
+
+
+class DatabaseWatch:
+    """Is the file at `path` still the one this process opened, with its own -wal? Two stats,
+    taken before each commit (twice a second): the database's device and inode, and the -wal's
+    (SQLite keeps the -wal while any connection is open, so ours is never legitimately gone)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.wal = Path(f"{path}-wal")
+        self.db_id = self._ident(path)
+        self.wal_id = self._ident(self.wal)
+
+    @staticmethod
+    def _ident(path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def changed(self) -> str | None:
+        """One line saying what changed, or None."""
+        now = self._ident(self.path)
+        if now is None:
+            return f"{self.path} was moved or deleted under the daemon"
+        if self.db_id is not None and now != self.db_id:
+            return f"{self.path} was replaced by another file under the daemon (inode {self.db_id[1]} → {now[1]})"
+        wal = self._ident(self.wal)
+        if self.wal_id is None:
+            self.wal_id = wal
+        elif wal is None:
+            return f"{self.wal} was deleted under the daemon"
+        elif wal != self.wal_id:
+            return f"{self.wal} was replaced under the daemon (inode {self.wal_id[1]} → {wal[1]})"
+        return None
+
+
+def _words(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

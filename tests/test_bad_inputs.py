@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import zipfile
@@ -112,6 +113,12 @@ def world_root(tmp_path_factory, tiny_data) -> tuple[Path, Path]:
     foreign.close()
     (root / "ckpt_garbage.pt").write_bytes(os.urandom(2048))
     (root / "exists.csv").write_text("keep me\n")
+    (root / "empty.pt").write_bytes(b"")
+    import torch
+
+    torch.save({"format": "lvmd-checkpoint-1", "w": torch.zeros(4096)}, root / "whole.pt")
+    (root / "cut.pt").write_bytes((root / "whole.pt").read_bytes()[:5000])
+    os.mkfifo(root / "fifo")                          # opening it to read blocks until a writer comes
     return root, good
 
 
@@ -244,7 +251,54 @@ CASES: list[Case] = [
      "D="),
     ("data-windows-dir", lambda w: ["data", "windows", w.bad("a_dir"), "--out", str(w.case / "w")], "a_dir"),
     ("data-report-garbage", lambda w: ["data", "report", w.bad("garbage.npz")], "garbage.npz"),
+    # issue 20.7: numbers and shapes nobody bounded
+    ("override-threads-absurd", lambda w: w.run("train.threads=100000"), "train.threads"),
+    ("override-threads-over-cpus", lambda w: w.run(f"train.threads={_cpus() + 1}"), "usable CPUs"),
+    ("override-epochs-overflow", lambda w: w.run("train.epochs=99999999999999999999999"), "train.epochs"),
+    ("override-seed-overflow", lambda w: w.run("train.seed=99999999999999999999999"), "train.seed"),
+    ("override-max-steps-negative", lambda w: w.run("train.max_steps=-1"), "train.max_steps"),
+    ("override-d-model-huge", lambda w: w.run("model.d_model=100000000"), "model.d_model"),
+    ("override-ramp-missing-fields", lambda w: w.run("loss.ramp=[{until=1}]"), "loss.ramp[0]: missing m_gap, frac"),
+    ("override-ramp-frac", lambda w: w.run("loss.ramp=[{until=1, m_gap=0.1, frac=7}]"), "loss.ramp[0].frac"),
+    ("override-batch-over-rows", lambda w: w.run("train.batch_size=1000000"), "train.batch_size"),
+    ("model-beyond-memory", lambda w: w.run("model.kind=lstm", "model.hidden=1048576"), "parameters, which need"),
+    ("name-5000-chars", lambda w: w.run("name=" + "n" * 5000), "5000 characters"),
+    ("name-tab", lambda w: w.run("name=a\tb"), "name"),
+    ("name-right-to-left-override", lambda w: w.run("name=evil\u202elive"), "name"),
+    ("status-id-overflow", lambda w: ["status", "9" * 30, "--db", str(w.good)], "9" * 30),
+    ("report-id-overflow", lambda w: ["report", "9" * 30, "--db", str(w.good)], "9" * 30),
+    ("sweep-id-overflow", lambda w: ["sweep", "status", "9" * 30, "--db", str(w.good)], "9" * 30),
+    ("sweep-seeds-overflow", lambda w: ["sweep", *w.run()[1:-3], "--seeds", "9" * 25, "--db", str(w.case / "s.db")],
+     "--seeds"),
+    ("sweep-parallel-overflow", lambda w: ["sweep", *w.run()[1:-3], "--parallel", "9" * 25,
+                                           "--db", str(w.case / "s.db")], "--parallel"),
+    ("synth-dim-huge", lambda w: ["data", "synth", "--out", str(w.case / "s.npz"), "--dim", "99999999999"], "--dim"),
+    ("pause-timeout-nan", lambda w: ["pause", "1", "--timeout", "nan", "--db", str(w.good)], "--timeout"),
+    ("stop-grace-negative", lambda w: ["stop", "1", "--grace", "-5", "--db", str(w.good)], "--grace"),
+    ("report-bins-zero", lambda w: ["report", "1", "--bins", "0", "--db", str(w.good)], "--bins"),
+    # issue 20.5 and 20.8: files that are not regular files, checkpoints that are not whole
+    ("eval-checkpoint-empty", lambda w: ["eval", w.bad("empty.pt"), "--val", str(w.data / "val.npz"),
+                                         "--articles", str(w.data / "articles.npz")], "empty file (0 bytes)"),
+    ("eval-checkpoint-truncated", lambda w: ["eval", w.bad("cut.pt"), "--val", str(w.data / "val.npz"),
+                                             "--articles", str(w.data / "articles.npz")], "truncated"),
+    ("eval-checkpoint-dev-null", lambda w: ["eval", "/dev/null", "--val", str(w.data / "val.npz"),
+                                            "--articles", str(w.data / "articles.npz")], "character device"),
+    ("articles-dev-null", lambda w: w.run("data.articles=/dev/null"), "data.articles"),
+    ("eval-json-dev-null", lambda w: ["eval", w.bad("whole.pt"), "--val", str(w.data / "val.npz"),
+                                      "--articles", str(w.data / "articles.npz"), "--json", "/dev/null"], "/dev/null"),
+    ("tui-db-dev-null", lambda w: ["tui", "--db", "/dev/null"], "/dev/null"),
+    # issue 22.9: the next step in the line
+    ("status-db-missing-says-how", lambda w: ["status", "--db", str(w.case / "none.db")], "export LVMD_DB="),
+    ("status-unknown-name-close-match", lambda w: ["status", "godo", "--db", str(w.good)], "did you mean 'good'"),
+    ("pause-finished-says-report", lambda w: ["pause", "1", "--db", str(w.good)], "`lvmd report 1`"),
+    ("tui-db-twice", lambda w: ["tui", w.bad("text.db"), "--db", str(w.good)], "give one"),
 ]
+
+
+def _cpus() -> int:
+    from lvmd.config import usable_cpus
+
+    return usable_cpus()
 
 
 def _tree(*folders: Path) -> set[str]:
@@ -279,7 +333,7 @@ def _call(argv: list[str]) -> int:
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 100
     assert len({c[0] for c in CASES}) == len(CASES)
 
 
@@ -364,3 +418,75 @@ def test_permissions_db_file_and_folder(world_root, tiny_data, tmp_path):
         if (tmp_path / "ro").exists():
             (tmp_path / "ro").chmod(0o755)
     assert not (tmp_path / "state").exists()
+
+
+# -- issue 20.5: what is not a regular file, each in a real process with a deadline ------------------
+# A FIFO blocks whoever opens it: these run as subprocesses with a timeout, so a regression is a
+# failure, never a hung suite. Each case has a folder of its own with a fresh FIFO (and, as root,
+# a device node made with mknod: a regression replaces that copy, never the machine's /dev/full).
+# The /dev cases also check that SQLite left no `-journal` in /dev.
+FILE_CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
+    ("run-db-fifo", lambda d, f: [*_run_args(d), "--db", str(f / "fifo")], "FIFO"),
+    ("run-db-dev-null", lambda d, f: [*_run_args(d), "--db", "/dev/null"], "/dev/null"),
+    ("run-db-dev-full", lambda d, f: [*_run_args(d), "--db", "/dev/full"], "/dev/full"),
+    ("status-db-fifo", lambda d, f: ["status", "--db", str(f / "fifo")], "FIFO"),
+    ("status-db-dev-full", lambda d, f: ["status", "--db", "/dev/full"], "/dev/full"),
+    ("pause-db-fifo", lambda d, f: ["pause", "1", "--db", str(f / "fifo")], "FIFO"),
+    ("tui-db-fifo", lambda d, f: ["tui", str(f / "fifo"), "--readonly"], "FIFO"),
+    ("config-fifo", lambda d, f: ["run", str(f / "fifo"), *_run_args(d)[1:], "--db", str(f / "x.db")], "FIFO"),
+    ("train-fifo", lambda d, f: [*_run_args(d), f"data.train={f / 'fifo'}", "--db", str(f / "x.db")], "data.train"),
+    ("val-fifo", lambda d, f: [*_run_args(d), f"data.val={f / 'fifo'}", "--db", str(f / "x.db")], "data.val"),
+    ("eval-checkpoint-fifo", lambda d, f: ["eval", str(f / "fifo"), "--val", str(d / "val.npz"),
+                                           "--articles", str(d / "articles.npz")], "FIFO"),
+    ("data-report-fifo-npz", lambda d, f: ["data", "report", str(d), "--max-samples", "20"], ""),
+    ("export-out-fifo-force", lambda d, f: ["export", "1", "--table", "steps", "--out", str(f / "fifo"), "--force",
+                                            "--db", str(f / "good.db")], "FIFO"),
+    ("export-out-device-force", lambda d, f: ["export", "1", "--table", "steps", "--out", str(_device(f)),
+                                              "--force", "--db", str(f / "good.db")], "character device"),
+]
+
+
+def _run_args(data: Path) -> list[str]:
+    return ["run", *data_overrides(data), *TINY_MODEL, "train.epochs=1", "--quiet"]
+
+
+def _device(folder: Path) -> Path:
+    """A twin of /dev/full (char 1,7) in `folder`; only root may make one."""
+    path = folder / "full-twin"
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("mknod needs root")
+    return path
+
+
+def _kind(path: Path) -> str:
+    mode = os.lstat(path).st_mode
+    return "fifo" if stat.S_ISFIFO(mode) else "chr" if stat.S_ISCHR(mode) else "other"
+
+
+@pytest.mark.parametrize("name,argv,names", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_what_is_not_a_regular_file_is_one_line_and_never_hangs(world_root, tiny_data, tmp_path, name, argv, names):
+    root, good = world_root
+    folder = tmp_path / "case"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo")
+    shutil.copy(good, folder / "good.db")
+    args = argv(tiny_data, folder)
+    if name == "data-report-fifo-npz":        # a data folder whose val.npz is a FIFO
+        data = folder / "data"
+        shutil.copytree(tiny_data, data)
+        (data / "val.npz").unlink()
+        os.mkfifo(data / "val.npz")
+        args, names = ["data", "report", str(data), "--max-samples", "20"], "val.npz"
+    kinds = {p: _kind(p) for p in folder.rglob("*") if not p.name.startswith("good.db")}
+    before = {str(p) for p in folder.rglob("*") if not p.name.endswith(("-wal", "-shm"))}
+    journals = {j: os.path.lexists(j) for j in ("/dev/null-journal", "/dev/full-journal", "/dev/null-wal")}
+    state = tmp_path / "state"
+    proc = subprocess.run([sys.executable, "-m", "lvmd", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "XDG_STATE_HOME": str(state)})
+    line = _one_line(proc, names)
+    assert not state.exists(), f"{name}: handled as an unexpected error: {line}"
+    assert {str(p) for p in folder.rglob("*") if not p.name.endswith(("-wal", "-shm"))} <= before, name
+    assert {p: _kind(p) for p in kinds} == kinds, f"{name}: a FIFO or device node was replaced"
+    assert {j: os.path.lexists(j) for j in journals} == journals, f"{name}: SQLite left a file in /dev"

@@ -126,16 +126,21 @@ def _fake_tree(tmp_path: Path) -> tuple[Path, Path]:
 def test_demo_script_keeps_a_redirected_log_and_names_each_run(tmp_path):
     tree, calls = _fake_tree(tmp_path)
     log = tmp_path / "demo.log"
-    for _ in range(2):
+    exports = []
+    for cwd in (tree, tmp_path):
         with open(log, "w") as err:   # `scripts/demo.sh 2>log`
             proc = subprocess.run(["bash", str(tree / "scripts" / "demo.sh")], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=err, text=True, timeout=60,
+                                  stdout=subprocess.PIPE, stderr=err, text=True, timeout=60, cwd=cwd,
                                   env={**os.environ, "LVMD_DEMO_WAIT": "0"})
         assert proc.returncode == 0 and "run 7: running" in proc.stdout
+        exports += [line.strip() for line in log.read_text().splitlines() if "export LVMD_DB=" in line]
         time.sleep(1.1)  # names carry the second
     text = log.read_bytes()
     assert b"\x00" not in text
     assert b"setup: venv ready" in text and b"run 7 running" in text and b"lvmd stop 7" in text
+    # issue 22.9: the demo names its database once for the shell, relative where the user stands
+    assert exports == ["source .venv/bin/activate && export LVMD_DB=demo/lvmd.db",
+                       f"source .venv/bin/activate && export LVMD_DB={tree}/demo/lvmd.db"]
     starts = [line.split() for line in calls.read_text().splitlines() if line.startswith("start ")]
     names = [next(a for a in argv if a.startswith("name=")) for argv in starts]
     assert len(names) == 2 and names[0] != names[1] and names[0].startswith("name=demo-wiki-v2.1-")

@@ -60,5 +60,27 @@ def test_resolved_config_round_trips_through_json():
 
 def test_a_string_key_keeps_the_text_of_its_override():
     # TOML reads `true` and `1` as a bool and a number; loss.prev and name are strings
-    cfg = load_config(None, ["loss.prev=true", "name=1", "train.threads=2"])
-    assert (cfg.loss.prev, cfg.name, cfg.train.threads) == ("true", "1", 2)
+    cfg = load_config(None, ["loss.prev=true", "name=1", "train.threads=1"])
+    assert (cfg.loss.prev, cfg.name, cfg.train.threads) == ("true", "1", 1)
+
+
+def test_every_numeric_key_has_a_range():
+    """Issue 20.7: no numeric key is left unbounded (an absurd value is its key's one-line error, never
+    an OverflowError in SQLite or a host out of threads); a new key without a range fails here."""
+    import dataclasses
+    import typing
+
+    from lvmd.config import RAMP_RANGES, RANGES, RampStage, RunConfig
+
+    def numeric(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(hint):
+                yield from numeric(hint, f"{prefix}{f.name}.")
+            elif hint in (int, float):
+                yield prefix + f.name
+
+    assert sorted(numeric(RunConfig)) == sorted(RANGES)
+    assert sorted(numeric(RampStage)) == sorted(RAMP_RANGES)
+    for key, (low, high, _) in RANGES.items():
+        assert high < 2**63 and low > -2**63, key                   # every bound fits SQLite's INTEGER

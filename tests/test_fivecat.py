@@ -113,6 +113,27 @@ def test_oracle_peaks_at_zero_ranks_first_and_rolls_out_on_true_chunks(bank, spl
     assert res.gates["A"] and res.gates["B"] and res.gates["D"]
 
 
+def test_a_test_over_too_few_rows_fails_its_gate_and_says_so(bank, splits):
+    """Issue 20.7: the oracle on 5 rows scores R@5 = 1.0, which means nothing: the gates it would
+    pass fail on the sample count, the result lists them with n, the table says "too few samples"."""
+    from lvmd.cli.eval import format_result
+
+    val, ood = splits
+    few = val.subset(np.arange(5))
+    res = fivecat.evaluate(oracle_for(bank), few, ood, bank, max_samples=300)
+    assert res.metrics["VAL"]["r_at_5"] == 1.0 and res.metrics["VAL"]["b_n"] == 5
+    assert not any(res.gates[g] for g in "ABCDE")
+    assert {(c.split, c.gate, c.value) for c in res.too_few_samples} >= {("VAL", g, 5.0) for g in "ABCD"}
+    assert not any(c.split == "OOD" and c.gate in "ABCD" for c in res.too_few_samples)   # OOD has enough
+    doc = res.to_dict()
+    assert doc["min_samples"] == 20 and {"split": "VAL", "gate": "B", "n": 5.0} in doc["too_few_samples"]
+    text = format_result(res)
+    assert "too few samples (< 20 rows, so these gates do not pass): VAL A n=5" in text
+    full = fivecat.evaluate(oracle_for(bank), val, ood, bank, max_samples=300)
+    assert full.gates["A"] and full.gates["B"] and full.gates["D"]
+    assert not [c for c in full.too_few_samples if c.gate != "E"]      # (this bank has no "normal" E bin)
+
+
 def test_under_compat_the_oracle_shows_the_originals_defects(bank, splits):
     val, ood = splits
     fixed = fivecat.evaluate(oracle_for(bank), val, ood, bank, max_samples=300)

@@ -112,7 +112,7 @@ def test_sqlite_round_trip_keeps_nan_as_null(setup, tmp_path):
     assert latest["id"] == second["eval_id"] != first["eval_id"] and latest["epoch"] == 1
     assert [e["id"] for e in evals_for_run(conn, run_id)] == [first["eval_id"], second["eval_id"]]
     gates = gates_for_eval(conn, first["eval_id"])
-    assert len(gates) == 25 and gates[0]["gate"] == "A" and gates[0]["passed"] in (0, 1)
+    assert len(gates) == 33 and gates[0]["gate"] == "A" and gates[0]["passed"] in (0, 1)   # 25 + 4 sample counts a split
     rows = {(m["split"], m["name"]): m["value"] for m in eval_metrics(conn, first["eval_id"])}
     assert rows[("VAL", "r_at_1")] == 1.0 and rows[("VAL", "bin_normal_mean")] is None  # NaN -> NULL
     assert len(eval_metrics(conn, first["eval_id"], "VAL-OOD")) == 1

@@ -66,6 +66,14 @@ def run_db(bank_path, oracle_checkpoint):
     run = create_run(conn, name="oracle", preset="v2.1", compat="none",
                      config={"data": {"articles": str(bank_path)}}, data={})
     update_run(conn, run, out_dir=str(oracle_checkpoint.parent), state="finished")
+    # what lvmd writes for a run of its own: the folder's run.json and the checkpoint's identity
+    from lvmd.run.identity import run_identity
+    from lvmd.run.runlock import claim_folder
+    from store.runs import database_id, get_run
+
+    claim_folder(oracle_checkpoint.parent, {"db": str(db.resolve()), "db_id": database_id(conn), "run_id": run})
+    state = checkpoint.load(oracle_checkpoint)
+    checkpoint.save(oracle_checkpoint, {**state, "identity": run_identity(get_run(conn, run), database_id(conn))})
     conn.close()
     return db
 

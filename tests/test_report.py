@@ -146,7 +146,8 @@ def test_rho_is_held_to_the_cap_of_each_ramp_stage(good_db):
     assert failed(judge(good_db, Thresholds(rho_cap=0.25))) == {"rho"}       # the seed's 0.25 for every step
     sql(good_db, "UPDATE steps SET rho = 0.40 WHERE step = 50")              # epoch 0: cap .35
     rho = judge(good_db).guardrails[0]
-    assert not rho.passed and rho.answer == "yes: max ρ 0.400 in 1 step"
+    # the attenuated steps are the trainer's flags (one per epoch here), not re-judged against the new caps
+    assert not rho.passed and rho.answer == "yes: max ρ 0.400 in 1 step; before the cap ρ went over it in 3 steps (attenuated)"
 
 
 def test_a_failed_run_is_not_promoted(good_db):
@@ -229,7 +230,7 @@ def test_compare_puts_runs_side_by_side(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     table = {line.split("  ")[0].strip(): line.split()[-2:] for line in lines[2:]}
     assert lines[0].split() == ["run", "1", "2"]
-    assert list(table) == ["name", "preset", "state", "epochs", "steps", "last margin", "best margin", "val cos",
+    assert list(table) == ["name", "preset", "state", "epoch", "steps", "last margin", "best margin", "val cos",
                            "R@5", "5CAT gates", "skip share", "ρ max", "ρ pre-cap max", "steps attenuated",
                            "min pos̄", "ratio first → last", "collapse warnings", "verdict"]
     assert table["name"] == ["good", "worse"] and table["last margin"] == ["+0.0400", "-0.0200"]
@@ -284,7 +285,7 @@ def test_unknown_run_is_a_one_line_error(real_db, argv, capsys):
 
 def test_unknown_run_exits_nonzero_from_the_shell(real_db, tmp_path):
     proc = lvmd("report", "42", "--db", str(real_db))
-    assert proc.returncode == 1 and proc.stderr.strip() == "lvmd: error: no run 42 in this database"
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("lvmd: error: no run 42 in this database (")
     proc = lvmd("runs", "--db", str(tmp_path / "missing.db"))
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "no such database" in proc.stderr
 

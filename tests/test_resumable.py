@@ -109,7 +109,11 @@ def test_an_old_database_is_migrated_and_its_runs_keep_their_folders(tmp_path, f
                        f"DROP TABLE step_blocks; PRAGMA user_version = 7; "
                        f"UPDATE runs SET out_dir = '{old}', state = 'stopped';")
     conn.close()
-    proc = lvmd("resume", "1", "--foreground", "--quiet", "--db", str(db))
+    # no run.json: the folder cannot prove it is this run's; refused, nothing written into it
+    before = sorted((p.name, p.stat().st_size) for p in old.iterdir())
+    one_line_error(lvmd("resume", "1", "--foreground", "--quiet", "--db", str(db)), "no run.json", "--adopt-folder")
+    assert sorted((p.name, p.stat().st_size) for p in old.iterdir()) == before and row(db)["state"] == "stopped"
+    proc = lvmd("resume", "1", "--foreground", "--quiet", "--adopt-folder", "--db", str(db))
     assert proc.returncode == 0 and proc.stdout.strip().endswith("run 1 finished"), proc.stderr
     assert query(db, "PRAGMA user_version")[0][0] >= 8 and query(db, "SELECT count(*) FROM db_properties")[0][0] == 1
     assert row(db)["out_dir"] == str(old) and json.loads((old / "run.json").read_text())["run_id"] == 1
@@ -122,7 +126,7 @@ def test_a_bad_last_pt_leaves_the_run_crashed_with_the_error_and_resumable(db, f
     good = last.read_bytes()
     last.write_bytes(b"not a checkpoint")
     one_line_error(lvmd("resume", "1", "--db", db), "did not start", "last.pt")
-    assert row(db)["state"] == "crashed" and "last.pt" in row(db)["error"]
+    assert row(db)["state"] == "stopped" and "last.pt" in row(db)["error"]   # as it was: found before training
     errors = [json.loads(d)["error"] for (d,) in query(db, "SELECT detail FROM events WHERE kind = 'error'")]
     assert any("last.pt" in e for e in errors)
     last.write_bytes(good)                                          # fixed: it resumes

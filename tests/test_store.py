@@ -48,7 +48,12 @@ def test_writer_batches_and_reader_sees_commits(tmp_path):
     sink.log_steps([_row(5)])                                                   # duplicate step
     with pytest.raises(RuntimeError, match="UNIQUE"):
         sink.flush()
-    sink.close()
+    # a lost batch breaks the sink for good (issue 20.9): later writes and close() say so, in any thread
+    with pytest.raises(RuntimeError, match="UNIQUE"):
+        sink.log_steps([_row(501)])
+    with pytest.raises(RuntimeError, match="UNIQUE"):
+        sink.close()
+    assert reader.execute("SELECT max(step) FROM steps").fetchone()[0] == 500    # nothing landed after it
     assert reader.execute("SELECT count(*) FROM events WHERE kind='skip'").fetchone()[0] == 1
     assert reader.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 

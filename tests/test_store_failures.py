@@ -117,6 +117,36 @@ def test_failing_call_keeps_the_step_rows_queued_with_it(tmp_path):
     assert [k for (k,) in query(db, "SELECT kind FROM events ORDER BY id")] == ["skip"]   # not 'half'
 
 
+def test_a_lost_batch_breaks_the_sink_for_every_thread(tmp_path):
+    """Issue 20.9: a commit that fails (here a duplicate step; on a full disk SQLITE_FULL) used to
+    be raised once, in whichever thread called next. During a 5CAT that is the heartbeat thread,
+    which died of it, and the training loop wrote on with a hole in its telemetry. Now the sink
+    stays broken: every later call raises, and nothing queued after the lost batch lands."""
+    db = tmp_path / "x.db"
+    run_id, sink = new_run(db)
+    row = (lambda s: (s, 0, 1000.0 + s, 1e-3, *[0.0] * 19))
+    sink.log_steps([row(s) for s in range(1, 6)])
+    sink.flush()
+    sink.log_steps([row(5)])                                     # the batch that cannot land
+    seen: list[str] = []
+
+    def heartbeat_thread():
+        try:
+            sink.flush()
+        except RuntimeError as exc:
+            seen.append(str(exc))
+
+    beat = threading.Thread(target=heartbeat_thread)
+    beat.start()
+    beat.join(timeout=30)
+    assert seen and "UNIQUE" in seen[0]
+    with pytest.raises(RuntimeError, match="telemetry write failed"):   # the loop sees it too
+        sink.log_steps([row(6)])
+    with pytest.raises(RuntimeError, match="telemetry write failed"):
+        sink.close()
+    assert query(db, "SELECT max(step) FROM steps") == [(5,)]
+
+
 def test_run_step_follows_the_step_rows_when_the_run_fails(tmp_path):
     """A divergence is found in a telemetry block, between two heartbeats: finish still leaves
     runs.step at the last step row written (it stayed 0)."""
@@ -132,7 +162,7 @@ def test_run_step_follows_the_step_rows_when_the_run_fails(tmp_path):
 
 
 def test_divergence_in_a_real_run_leaves_step_at_the_last_row(tiny_data, tmp_path):
-    proc = lvmd("run", *data_overrides(tiny_data), *TINY_MODEL, "train.lr=1e30", "--quiet",
+    proc = lvmd("run", *data_overrides(tiny_data), *TINY_MODEL, "train.lr=1e6", "--quiet",
                 "--db", str(tmp_path / "x.db"))
     assert proc.returncode == 1
     (step,), = query(tmp_path / "x.db", "SELECT step FROM runs")
@@ -277,10 +307,17 @@ def test_reader_opens_a_wal_database_in_a_folder_it_cannot_write(tmp_path):
 DAEMON_DISK_FULL = r"""
 set -u
 mount -t tmpfs -o size=3m tmpfs "$M"
-"$PY" -m lvmd run $OVERRIDES train.epochs=100000 --quiet --db "$M/x.db" > "$OUT/run.out" 2> "$OUT/run.err" &
+"$PY" -X faulthandler -m lvmd run $OVERRIDES train.epochs=100000 --quiet --db "$M/x.db" > "$OUT/run.out" 2> "$OUT/run.err" &
 RUN=$!
-i=0; until [ -s "$M/x.db-wal" ] && [ $i -gt 20 ]; do sleep 0.25; i=$((i+1)); done
+# every wait is bounded: the test can fail, never hang (issue 20.9)
+i=0; until [ -s "$M/x.db-wal" ] && [ $i -gt 20 ]; do
+  if [ $i -gt 480 ] || ! kill -0 $RUN 2>/dev/null; then echo "no-wal $i" > "$OUT/hung"; break; fi
+  sleep 0.25; i=$((i+1)); done
 dd if=/dev/zero of="$M/fill" bs=4k 2>/dev/null
+i=0; while kill -0 $RUN 2>/dev/null && [ $i -lt 240 ]; do sleep 0.25; i=$((i+1)); done
+if kill -0 $RUN 2>/dev/null; then   # still going 60 s after the disk filled: its stacks, then the end
+  echo "alive 60 s after the disk filled" >> "$OUT/hung"; kill -ABRT $RUN; sleep 3; kill -KILL $RUN 2>/dev/null
+fi
 wait $RUN; echo "rc=$?" > "$OUT/run.rc"
 sleep 11   # a dead run's heartbeat must be older than store.runs.STALE_SECONDS to read crashed
 "$PY" -m lvmd status 1 --db "$M/x.db" > "$OUT/full.status" 2>&1
@@ -299,11 +336,12 @@ def test_daemon_dying_of_a_full_disk_is_marked_crashed(tiny_data, tmp_path):
     mnt.mkdir()
     out.mkdir()
     overrides = " ".join([*data_overrides(tiny_data), *TINY_MODEL])
-    proc = subprocess.run([*_unshare(), "sh", "-c", DAEMON_DISK_FULL], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([*_unshare(), "sh", "-c", DAEMON_DISK_FULL], capture_output=True, text=True, timeout=290,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "M": str(mnt), "PY": sys.executable,
                                "OUT": str(out), "OVERRIDES": overrides, "XDG_STATE_HOME": str(tmp_path / "state")})
     assert proc.returncode == 0, proc.stderr
     err = (out / "run.err").read_text()
+    assert not (out / "hung").exists(), (out / "hung").read_text() + err    # the stacks are in err
     assert (out / "run.rc").read_text().strip() != "rc=0", err
     assert "Traceback" not in err and "cannot rollback" not in err, err
     full_words = ("full", "No space left")      # the database or a checkpoint may hit it first

@@ -176,7 +176,7 @@ def test_bad_grid_input_is_one_line_and_writes_nothing(db, tiny_data):
     proc = lvmd("sweep", *data_overrides(tiny_data), "--search", "optuna", "--grid", "loss.preset=mse", "--db", db)
     assert proc.returncode == 1 and proc.stderr == "lvmd: error: --search optuna needs --trials K (K >= 1)\n"
     proc = lvmd("sweep", "resume", "7", "--db", db)
-    assert proc.returncode == 1 and proc.stderr == f"lvmd: error: {Path(db).resolve()}: no such database\n"
+    assert proc.returncode == 1 and proc.stderr.startswith(f"lvmd: error: {Path(db).resolve()}: no such database; ")
 
 
 def test_a_configuration_whose_data_cannot_load_fails_alone(db, tiny_data):

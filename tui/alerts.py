@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from store.views import RHO_CAP_RTOL_DIVISOR
 from tui.plots import rho_cap_at, run_config
 from tui.tail import RunSnapshot
 from tui.widgets.canvas import fmt
@@ -24,7 +25,8 @@ def alerts_for(run: RunSnapshot) -> list[Alert]:
     if "rho" in series.columns:
         i = series.columns.index("rho")
         over = [(b.hi[i], cap) for b in series.bins
-                if b.hi[i] is not None and (cap := rho_cap_at(config, b.epoch)) is not None and b.hi[i] > cap * (1 + 1e-6)]
+                if b.hi[i] is not None and (cap := rho_cap_at(config, b.epoch)) is not None
+                and b.hi[i] > cap + cap / RHO_CAP_RTOL_DIVISOR]            # the guardrail's rule (lvmd/train/rho_cap.py)
         if over:
             worst, cap = max(over)
             found.append(Alert("rho_cap", f"ρ {fmt(worst)} > cap {cap:g}"))

@@ -1,5 +1,5 @@
-"""`lvmd start | serve | stop | status | pause | resume | eval-now | checkpoint`: detached runs and the
-commands they take. Commands are rows in `commands`; the daemon acks them at a step boundary
+"""`lvmd start | serve | stop | status | pause | resume | eval-now | checkpoint`: detached runs
+and the commands they take (stop lives in lvmd/cli/stop.py). Commands are rows in `commands`; the daemon acks them at a step boundary
 and completes them, and these verbs wait for that (--no-wait to skip). Every verb first marks
 crashed any run of this host whose daemon is gone (store.runs.mark_stale_crashed)."""
 from __future__ import annotations
@@ -7,13 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
-from lvmd.cli.main import default_db
+from lvmd.cli.main import default_db, int_in, number_in
 from lvmd.cli.status import STATUS_HEADERS, status_block, status_of, status_row
 from lvmd.cli.tables import print_table
 from lvmd.cli.train import check_nproc, launch_foreground, nproc_arg, serve_foreground, split_config_arg, verify_data_arg
@@ -21,18 +19,24 @@ from lvmd.config import load_config
 from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
 from lvmd.run import daemon, launch
+from lvmd.run.runlock import folder_refusal, refuse
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue, get
-from store.db import connect
+from store.db import check_path, connect
+from store.evals import eval_progress
 from store.runs import (
+    DAEMON_LOCK,
     LIVE_STATES,
-    TERMINAL_STATES,
+    STALE_SECONDS,
+    begin_resume,
     daemon_alive,
+    database_id,
+    end_failed_resume,
+    lock_held,
     get_run,
     list_runs,
     look_readonly,
     mark_stale_crashed,
-    pid_alive,
     record_state,
     resolve_run,
     shown_crashed,
@@ -42,9 +46,8 @@ from store.runs import (
 # commands that need them, so `lvmd --help` and the light verbs start without them.
 
 WAIT_SECONDS = 10.0        # how long a command verb waits for the daemon by default
+SAY_WAITING_S = 1.0        # a wait longer than this says what it is waiting for (stderr)
 START_SECONDS = 120.0      # how long start/resume wait for the daemon to report running
-TERM_WAIT_SECONDS = 10.0   # after the grace period and SIGTERM, how long stop still waits
-FORCE_WAIT_SECONDS = 5.0
 DYING_SECONDS = 3.0        # how long resume lets a daemon that was just killed finish dying
 
 
@@ -53,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML config (omit to use defaults + overrides)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     _db_arg(p)
-    p.add_argument("--timeout", type=float, default=START_SECONDS, help="seconds to wait for the daemon to run")
+    p.add_argument("--timeout", type=number_in(0, 1e6), default=START_SECONDS, help="seconds to wait for the daemon to run")
     nproc_arg(p)
     _allow_pickle_arg(p)
     verify_data_arg(p)
@@ -64,18 +67,20 @@ def register(sub) -> None:
     _db_arg(p)
     p.add_argument("--resume", action="store_true", help="continue a stopped or crashed run from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--begun", action="store_true", help=argparse.SUPPRESS)   # spawned by a resume that began the run
     _allow_pickle_arg(p)
     _allow_data_change_arg(p)
     verify_data_arg(p)
+    _adopt_folder_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("stop", help="stop a run: checkpoint, state stopped, exit")
     p.add_argument("run", help="run id or name")
     _db_arg(p)
-    p.add_argument("--grace", type=float, default=30.0, help="seconds to wait before SIGTERM (default 30)")
+    p.add_argument("--grace", type=number_in(0, 1e6), default=30.0, help="seconds to wait before SIGTERM (default 30)")
     p.add_argument("--force", action="store_true", help="SIGKILL now (no checkpoint)")
     p.add_argument("--no-wait", action="store_true", help="queue the stop and return")
-    p.set_defaults(func=cmd_stop)
+    p.set_defaults(func=_cmd_stop)
 
     p = sub.add_parser("status", help="state, progress, speed, heartbeat and last gate verdict of runs")
     p.add_argument("run", nargs="?", help="run id or name (default: every run)")
@@ -96,12 +101,19 @@ def register(sub) -> None:
     _command_args(p)
     p.add_argument("--foreground", action="store_true", help="restart in this process instead of detached")
     p.add_argument("--quiet", action="store_true", help="no progress output (--foreground)")
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=int_in(1, 4096), default=None, metavar="N",
                    help="restart on N local processes (default: as many as the run last had)")
     _allow_pickle_arg(p)
     _allow_data_change_arg(p)
     verify_data_arg(p)
+    _adopt_folder_arg(p)
     p.set_defaults(func=cmd_resume, verb="resume")
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from lvmd.cli.stop import cmd_stop
+
+    return cmd_stop(args)
 
 
 def _allow_pickle_arg(p) -> None:
@@ -114,6 +126,12 @@ def _allow_data_change_arg(p) -> None:
                    help="resume even though a data file's sha256 differs from the one stored at create")
 
 
+def _adopt_folder_arg(p) -> None:
+    p.add_argument("--adopt-folder", action="store_true",
+                   help="use a run folder (and its last.pt) that cannot prove it is this run's: no run.json, or a "
+                        "checkpoint without identity (made by an older lvmd); never taken from the DB")
+
+
 def _db_arg(p) -> None:
     p.add_argument("--db", help="SQLite file (default $LVMD_DB or ./lvmd.db)")
 
@@ -121,15 +139,14 @@ def _db_arg(p) -> None:
 def _command_args(p) -> None:
     p.add_argument("run", help="run id or name")
     _db_arg(p)
-    p.add_argument("--timeout", type=float, default=WAIT_SECONDS, help="seconds to wait for the daemon (default 10)")
+    p.add_argument("--timeout", type=number_in(0, 1e6), default=WAIT_SECONDS, help="seconds to wait for the daemon (default 10)")
     p.add_argument("--no-wait", action="store_true", help="queue the command and return")
 
 
 # -- shared ------------------------------------------------------------------------------
 def _db_path(args) -> Path:
     path = Path(args.db or default_db())
-    if not path.exists():
-        raise UserError(f"{path}: no such database")
+    check_path(path, create=False)       # missing (with how to name one), a FIFO, a device node
     return path.resolve()
 
 
@@ -160,14 +177,30 @@ def _await(conn, command_id: int, timeout: float) -> dict:
 
     deadline = time.monotonic() + timeout
     next_crash_check = time.monotonic() + 1.0
+    say_after, said = time.monotonic() + SAY_WAITING_S, None
     while True:
         cmd = get(conn, command_id)
         if cmd["state"] in ("done", "failed") or time.monotonic() >= deadline:
             return cmd
+        if time.monotonic() >= say_after and cmd["state"] != said:     # once per state: pending, acked
+            said = cmd["state"]
+            print(_waiting_line(conn, cmd), file=sys.stderr, flush=True)
         if time.monotonic() >= next_crash_check:
             mark_stale_crashed(conn)
             next_crash_check = time.monotonic() + 1.0
         time.sleep(0.05)
+
+
+def _waiting_line(conn, cmd: dict) -> str:
+    """What a command verb is waiting for (said once it has waited SAY_WAITING_S)."""
+    run = get_run(conn, cmd["run_id"])
+    doing = f"{run['state']} at step {run['step']}"
+    progress = eval_progress(conn, run["id"]) if run["state"] == "evaluating" else None
+    if progress:
+        doing += f", 5CAT {progress.get('done')}/{progress.get('total')} {progress.get('stage')}"
+    if cmd["state"] == "pending":
+        return f"lvmd: waiting for run {run['id']} ({doing}) to take the {cmd['verb']} (command {cmd['id']})…"
+    return f"lvmd: run {run['id']} took the {cmd['verb']} at step {cmd['acked_step']}; waiting for it to finish ({doing})…"
 
 
 def _result(cmd: dict) -> dict:
@@ -202,8 +235,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_id = resolve_run(conn, args.run)["id"]
     finally:
         conn.close()
-    return serve_foreground(str(db), run_id, resume=args.resume, quiet=args.quiet,
+    return serve_foreground(str(db), run_id, resume=args.resume, quiet=args.quiet, begun=args.begun,
                             allow_pickle=args.allow_pickle, allow_data_change=args.allow_data_change,
+                            adopt_folder=args.adopt_folder,
                             verify_data=args.verify_data)
 
 
@@ -261,11 +295,18 @@ def _done_line(run_id: int, verb: str, cmd: dict, result: dict) -> str:
 def cmd_resume(args: argparse.Namespace) -> int:
     """A paused run with a live daemon takes a `resume` command; a stopped or crashed run (or
     one whose daemon is gone) restarts from its last checkpoint under the same id. A run that
-    is already running says so and exits non-zero."""
+    is already running (or being resumed) says so and exits non-zero.
+
+    The restart is begun in the database before its daemon is spawned (store.runs.begin_resume:
+    the run is `starting` from then on), so a stop typed while the daemon starts is queued and
+    the daemon honours it at its first step boundary; a resume that fails puts the run back."""
 
     conn, db = _open(args)
     try:
         run = resolve_run(conn, args.run)
+        if run["state"] == "starting" and _being_started(run):
+            raise UserError(f"run {run['id']} is already being resumed or started (pid {run['pid']}); "
+                            f"`lvmd status {run['id']}` shows it")
         if run["state"] in LIVE_STATES and _alive_settled(run, paused=run["state"] == "paused"):
             if args.foreground:
                 raise UserError(f"run {run['id']} is {run['state']} in pid {run['pid']}; "
@@ -277,20 +318,43 @@ def cmd_resume(args: argparse.Namespace) -> int:
                 return sent
             run = get_run(conn, run["id"])     # its daemon died before taking it: restart below
         daemon.resumable_checkpoint(conn, run, locked=False)   # marks it crashed if its daemon is gone
+        owner = {"db": str(db), "db_id": database_id(conn), "run_id": run["id"]}
+        refuse(folder_refusal(Path(run["out_dir"]), owner, adopt=args.adopt_folder))  # before its log is opened
+        if not begin_resume(conn, run["id"], pid=os.getpid()):
+            raise UserError(f"run {run['id']} is already being resumed; `lvmd status {run['id']}` shows it")
+        run = get_run(conn, run["id"])
     finally:
         conn.close()
     nproc = check_nproc(args.nproc if args.nproc is not None else run.get("world_size") or 1)
     opts = {"allow_pickle": args.allow_pickle, "allow_data_change": args.allow_data_change,
-            "verify_data": args.verify_data}
+            "adopt_folder": args.adopt_folder, "verify_data": args.verify_data}
     if args.foreground and nproc > 1:
-        return launch_foreground(str(db), run["id"], nproc, quiet=args.quiet, resume=True, **opts)
+        return launch_foreground(str(db), run["id"], nproc, quiet=args.quiet, resume=True, begun=True, **opts)
     if args.foreground:
-        return serve_foreground(str(db), run["id"], resume=True, quiet=args.quiet, **opts)
-    spawned = daemon.spawn(db, run, resume=True, nproc=nproc, **opts)
+        return serve_foreground(str(db), run["id"], resume=True, begun=True, quiet=args.quiet, **opts)
+    try:
+        spawned = daemon.spawn(db, run, resume=True, nproc=nproc, begun=True, **opts)
+    except BaseException as exc:
+        _end_failed_resume(db, run["id"], f"cannot start its daemon: {exc}")
+        raise
     run = daemon.wait_started(db, run["id"], spawned, timeout=max(args.timeout, START_SECONDS), resume=True)
     print(f"run {run['id']} resumed from step {run['step']} ({run['state']}, pid {run['pid']}); log {spawned.log}",
           flush=True)
     return 0
+
+
+def _being_started(run: dict) -> bool:
+    """A `starting` run whose daemon holds its lock, or whose starter still heartbeats it."""
+    lock = Path(run["out_dir"] or ".") / DAEMON_LOCK
+    return lock_held(lock) or time.time() - (run["heartbeat_at"] or 0) < STALE_SECONDS
+
+
+def _end_failed_resume(db: Path, run_id: int, error: str) -> None:
+    conn = connect(db)
+    try:
+        end_failed_resume(conn, run_id, error, if_starting=True)
+    finally:
+        conn.close()
 
 
 def _alive_settled(run: dict, *, paused: bool) -> bool:
@@ -324,94 +388,6 @@ def _send_resume(conn, run: dict, args: argparse.Namespace) -> int | None:
             return None
         time.sleep(0.05)
     return _report(conn, run["id"], command_id, args)
-
-
-# -- stop --------------------------------------------------------------------------------------
-def cmd_stop(args: argparse.Namespace) -> int:
-    conn, _ = _open(args)
-    try:
-        run = resolve_run(conn, args.run)
-        if run["state"] not in LIVE_STATES:
-            raise UserError(f"run {run['id']} is {run['state']}; there is nothing to stop")
-        if args.force:
-            return _kill(conn, run)
-        command_id = _enqueue(conn, run, "stop", {"grace": args.grace})
-        if args.no_wait:
-            print(f"run {run['id']}: stop queued (command {command_id})")
-            return 0
-        ended = _await_end(conn, run, args.grace)
-        if ended is None:
-            if _signal(run, signal.SIGTERM):
-                print(f"lvmd: run {run['id']} did not stop within {args.grace:g} s; sent SIGTERM", file=sys.stderr)
-            ended = _await_end(conn, run, TERM_WAIT_SECONDS)
-        if ended is None:
-            raise UserError(f"run {run['id']} is still running after stop and SIGTERM; "
-                            f"`lvmd stop {run['id']} --force` kills it")
-        checkpoint = _result(_get(conn, command_id)).get("checkpoint")
-        print(f"run {run['id']} {ended['state']} at step {ended['step']}"
-              + (f"; checkpoint {checkpoint}" if checkpoint else ""))
-        return 0
-    finally:
-        conn.close()
-
-
-def _get(conn, command_id: int) -> dict:
-    return get(conn, command_id)
-
-
-def _await_end(conn, run: dict, timeout: float) -> dict | None:
-    """The run row once it is in a final state and its process has exited (so a resume can
-    follow at once); None if that takes longer than `timeout`."""
-
-    here = run["host"] == socket.gethostname()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = get_run(conn, run["id"])
-        gone = not daemon_alive(row) and not (here and pid_alive(row["pid"]))
-        if row["state"] in TERMINAL_STATES and gone:
-            return row
-        if gone:   # died on the way out without recording it
-            record_state(conn, row["id"], "crashed", {"reason": "its daemon died while stopping"},
-                         expect=(row["state"],), error="crashed while stopping")
-            return get_run(conn, run["id"])
-        time.sleep(0.05)
-    return None
-
-
-def _signal(run: dict, sig: int) -> bool:
-    """Send `sig` to the run's daemon if it is alive on this host."""
-    if run["host"] != socket.gethostname() or not daemon_alive(run) or not pid_alive(run["pid"]):
-        return False
-    try:
-        os.kill(run["pid"], sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _kill(conn, run: dict) -> int:
-    """--force: SIGKILL, then record the run stopped (it wrote no checkpoint for this stop;
-    resume continues from the last one and drops the rows after it)."""
-
-    if run["host"] != socket.gethostname():
-        raise UserError(f"run {run['id']} runs on {run['host']}; --force works on that host only")
-    killed = False
-    if daemon_alive(run):
-        why = daemon.not_our_daemon(run)
-        if why is not None:
-            raise UserError(f"run {run['id']}: pid {run['pid']} is not its daemon ({why}); not killed")
-        killed = _signal(run, signal.SIGKILL)
-    deadline = time.monotonic() + FORCE_WAIT_SECONDS
-    while daemon_alive(get_run(conn, run["id"])) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if daemon_alive(get_run(conn, run["id"])):
-        raise UserError(f"run {run['id']}: pid {run['pid']} is still there after SIGKILL")
-    record_state(conn, run["id"], "stopped", {"forced": True, "signal": "SIGKILL" if killed else None,
-                                              "pid": run["pid"]})
-    row = get_run(conn, run["id"])
-    print(f"run {run['id']} {row['state']} (killed at about step {row['step']}); "
-          f"`lvmd resume {run['id']}` continues from its last checkpoint")
-    return 0
 
 
 # -- status ------------------------------------------------------------------------------------

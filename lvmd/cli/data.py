@@ -12,6 +12,7 @@ from lvmd.data import build as databuild
 from lvmd.data import embed, textsources
 from lvmd.data import formats as data
 from lvmd.cli import progress
+from lvmd.cli.main import int_in, number_in
 from lvmd.errors import UserError
 
 # Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
@@ -24,23 +25,23 @@ def register(sub) -> None:
 
     s = dsub.add_parser("synth", help="write a synthetic articles NPZ (seeded random walks on the sphere)")
     s.add_argument("--out", required=True, help="articles NPZ to write")
-    s.add_argument("--articles", type=int, default=120)
-    s.add_argument("--min-chunks", type=int, default=12)
-    s.add_argument("--max-chunks", type=int, default=40)
-    s.add_argument("--dim", type=int, default=64)
-    s.add_argument("--step", type=float, default=0.5)
-    s.add_argument("--noise", type=float, default=0.6)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--articles", type=int_in(1, 10**6), default=120)
+    s.add_argument("--min-chunks", type=int_in(1, 10**5), default=12)
+    s.add_argument("--max-chunks", type=int_in(1, 10**5), default=40)
+    s.add_argument("--dim", type=int_in(1, 65_536), default=64)
+    s.add_argument("--step", type=number_in(0, 100), default=0.5)
+    s.add_argument("--noise", type=number_in(0, 100), default=0.6)
+    s.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     s.set_defaults(func=cmd_synth)
 
     w = dsub.add_parser("windows", help="build train/val/ood sequence NPZs from an articles NPZ")
     w.add_argument("articles", help="articles NPZ")
     w.add_argument("--out", required=True, help="folder for train.npz, val.npz, ood.npz")
-    w.add_argument("--context", type=int, default=5, help="T, chunks of context (default 5)")
-    w.add_argument("--gap", type=int, default=0, help="chunks skipped before the target (1 = original P6)")
-    w.add_argument("--val", type=float, default=0.2, help="share of articles for val")
-    w.add_argument("--ood", type=float, default=0.0, help="share of articles held out as a pseudo-OOD set")
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--context", type=int_in(1, 1024), default=5, help="T, chunks of context (default 5)")
+    w.add_argument("--gap", type=int_in(0, 1024), default=0, help="chunks skipped before the target (1 = original P6)")
+    w.add_argument("--val", type=number_in(0, 1), default=0.2, help="share of articles for val")
+    w.add_argument("--ood", type=number_in(0, 1), default=0.0, help="share of articles held out as a pseudo-OOD set")
+    w.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     w.set_defaults(func=cmd_windows)
     b = dsub.add_parser("build", help="build a dataset from real text: clean, chunk, embed (cached), split",
                         description="Needs the embed extra: pip install 'lvmd[embed]'.")
@@ -49,15 +50,15 @@ def register(sub) -> None:
     b.add_argument("--unit", default="sentence", choices=["sentence", "paragraph"], help="what one chunk is")
     b.add_argument("--out", required=True, type=Path, help="folder for the articles, sequences and build.json")
     b.add_argument("--ood-source", default="", help="another source whose windows form ood.npz (e.g. austen)")
-    b.add_argument("--context", type=int, default=5, help="T, chunks of context (default 5)")
-    b.add_argument("--gap", type=int, default=0, help="chunks skipped before the target (1 = original P6)")
-    b.add_argument("--val", type=float, default=0.2, help="share of articles for val (default 0.2)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--max-docs", type=int, default=0, help="keep N documents, evenly spaced through the source")
-    b.add_argument("--max-ood-docs", type=int, default=0, help="the same for the OOD source")
-    b.add_argument("--max-chunks-per-doc", type=int, default=0, help="keep the first N chunks of each document")
+    b.add_argument("--context", type=int_in(1, 1024), default=5, help="T, chunks of context (default 5)")
+    b.add_argument("--gap", type=int_in(0, 1024), default=0, help="chunks skipped before the target (1 = original P6)")
+    b.add_argument("--val", type=number_in(0, 1), default=0.2, help="share of articles for val (default 0.2)")
+    b.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
+    b.add_argument("--max-docs", type=int_in(0, 10**9), default=0, help="keep N documents, evenly spaced through the source")
+    b.add_argument("--max-ood-docs", type=int_in(0, 10**9), default=0, help="the same for the OOD source")
+    b.add_argument("--max-chunks-per-doc", type=int_in(0, 10**9), default=0, help="keep the first N chunks of each document")
     b.add_argument("--float16", action="store_true", help="float16 vectors in compressed NPZs (half the size)")
-    b.add_argument("--batch-size", type=int, default=16, help="encoder batch (16 was fastest on 2 cores)")
+    b.add_argument("--batch-size", type=int_in(1, 1 << 16), default=16, help="encoder batch (16 was fastest on 2 cores)")
     b.add_argument("--cache", type=Path, default=None,
                    help=f"embedding + package cache (default $LVMD_CACHE or {embed.default_cache_dir()})")
     b.add_argument("--no-progress", action="store_true")
@@ -74,8 +75,8 @@ def register(sub) -> None:
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.add_argument("--profile", default="", help="5CAT threshold profile for the bins and gates "
                                                  "(default: the one named for the embedder in build.json)")
-    r.add_argument("--max-samples", type=int, default=5000, help="windows per split for 5CAT (default 5000)")
-    r.add_argument("--max-windows", type=int, default=0, metavar="N",
+    r.add_argument("--max-samples", type=int_in(1, 10**8), default=5000, help="windows per split for 5CAT (default 5000)")
+    r.add_argument("--max-windows", type=int_in(0, 10**9), default=0, metavar="N",
                    help="statistics of a seeded sample of N windows per split, for a quick look (default: all)")
     r.add_argument("--calibrate", metavar="NAME", default="",
                    help="also print a 5CAT threshold profile [NAME] for this embedder (lvmd/docs/calibration.md)")
@@ -89,7 +90,7 @@ def register(sub) -> None:
                    help="a sequence NPZ (repeat for train, val, ood)")
     i.add_argument("--allow-pickle", action="store_true",
                    help="read the pickled 'metadata' key (runs code from the file: only for files you trust)")
-    i.add_argument("--gap", type=int, default=None, help="target offset to check (default: detect 0, 1 or 2)")
+    i.add_argument("--gap", type=int_in(0, 1024), default=None, help="target offset to check (default: detect 0, 1 or 2)")
     i.add_argument("--out", required=True, type=Path)
     i.set_defaults(func=cmd_import_lnsp)
 

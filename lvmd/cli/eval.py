@@ -15,7 +15,9 @@ from pathlib import Path
 from lvmd.cli import progress
 from lvmd.cli.daemon import cmd_command
 from lvmd.data import formats as data
+from lvmd.cli.main import int_in, number_in
 from lvmd.errors import UserError
+from store.paths import replaceable
 
 # Modules that load torch (runner, trainer, 5CAT, legacy) or textual are imported inside the
 # commands that need them, so `lvmd --help` and the light verbs start without them.
@@ -38,10 +40,10 @@ def register(sub) -> None:
                    help="lnsp: reproduce the original script's numbers, defects included")
     p.add_argument("--profile", default="gtr-t5",
                    help="threshold profile: a name in lvmd/eval/profiles.toml, or FILE.toml[:NAME] of your own")
-    p.add_argument("--max-samples", type=int, default=5000, help="rows per split (default 5000)")
+    p.add_argument("--max-samples", type=int_in(1, 10**8), default=5000, help="rows per split (default 5000)")
     p.add_argument("--sample", choices=("first", "seeded"), default="first", help="which rows: the first or a seeded draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draw, the shuffle and cross-article picks")
-    p.add_argument("--batch-size", type=int, default=1024, help="contexts per forward pass")
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the draw, the shuffle and cross-article picks")
+    p.add_argument("--batch-size", type=int_in(1, 1 << 24), default=1024, help="contexts per forward pass")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the result as JSON (lvmd/docs/fivecat_json.md)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read the original's pickled 'metadata' in sequence files (runs code from the file)")
@@ -50,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.add_argument("--db", help="with RUN: SQLite file (default $LVMD_DB or ./lvmd.db)")
-    p.add_argument("--timeout", type=float, default=10.0, help="with RUN: seconds to wait for the daemon")
+    p.add_argument("--timeout", type=number_in(0, 1e6), default=10.0, help="with RUN: seconds to wait for the daemon")
     p.add_argument("--no-wait", action="store_true", help="with RUN: queue the command and return")
     p.set_defaults(func=cmd_eval)
 
@@ -113,6 +115,8 @@ def _check_json_out(path: Path) -> None:
     """--json names a file we can write: refused before the evaluation, not after it."""
     if path.is_dir():
         raise UserError(f"--json {path}: is a directory; name the file to write")
+    if (why := replaceable(path)) is not None:
+        raise UserError(f"--json {why}")
     from lvmd.run.runner import check_folder
 
     check_folder(path.parent, "--json")
@@ -127,6 +131,8 @@ def write_json(path: str | Path, obj: dict) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        if (why := replaceable(path)) is not None:    # never rename over a device node or FIFO
+            raise UserError(f"--json {why}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -169,8 +175,14 @@ def format_result(result) -> str:
     lines += ["", f"{'gate':<5}{'split':<9}{'metric':<22}{'value':>10}  {'op':<3}{'threshold':>10}  result"]
     for c in result.checks:
         lines.append(f"{c.gate:<5}{c.split:<9}{c.metric:<22}{_num(c.value, c.metric):>10}  {c.op:<3}"
-                     f"{_num(c.threshold, c.metric):>10}  {'pass' if c.passed else 'FAIL'}")
+                     f"{_num(c.threshold, c.metric):>10}  {'pass' if c.passed else 'FAIL'}"
+                     + ("  too few samples" if c in result.too_few_samples else ""))
     gates = "  ".join(f"{g} {'pass' if ok else 'FAIL'}" for g, ok in result.gates.items())
+    from lvmd.eval.fivecat.results import MIN_SAMPLES
+
+    few = "; ".join(f"{c.split} {c.gate} n={_num(c.value, c.metric)}" for c in result.too_few_samples)
+    if few:
+        lines += ["", f"too few samples (< {MIN_SAMPLES} rows, so these gates do not pass): {few}"]
     lines += ["", f"gates: {gates}",
               f"verdict: {result.gates_passed}/{result.gates_total} gates; 3-of-5 rule (seed): "
               f"{'PASS' if result.verdict_3of5 else 'FAIL'}; all-5 rule (original): "

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from lvmd import __version__
 from lvmd.errors import UserError
-from store.db import StoreError, describe, meaning
+from store.db import MissingDatabase, StoreError, describe, meaning
+from store.paths import NotRegularFile, create_new
 from store.runs import UnknownRun
 
 DESCRIPTION = ("Train latent-vector models with the P6b v2.1 guardrails, watch every step live, "
@@ -32,6 +33,7 @@ COMMAND_MODULES = [
     "lvmd.cli.tui",
     "lvmd.cli.eval",
     "lvmd.cli.report",
+    "lvmd.cli.dbtools",
 ]
 
 
@@ -50,6 +52,36 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+def int_in(low: int, high: int):
+    """An argparse type: an integer from low to high. Anything else is argparse's one-line usage
+    error naming the option, never an OverflowError or a MemoryError further on."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} digits)"
+            raise argparse.ArgumentTypeError(f"{shown} is out of range; allowed {low} to {high}")
+        return value
+    parse.__name__ = "integer"            # argparse names the type in its message
+    return parse
+
+
+def number_in(low: float, high: float):
+    """An argparse type: a finite number from low to high (seconds, shares, thresholds)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:        # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed {low:g} to {high:g}")
+        return value
+    parse.__name__ = "number"
+    return parse
 
 
 def default_db() -> str:
@@ -72,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             args.overrides = [*args.overrides, *extra]
         return int(args.func(args) or 0)
-    except (UserError, StoreError, UnknownRun) as exc:
+    except BrokenPipeError:
+        if _stdout_closed():          # `lvmd status | head`: the reader has all it wanted
+            return _quiet_exit()
+        return _fail(f"broken pipe [{_save_traceback(sys.exc_info()[1], argv)}]", 1)
+    except MissingDatabase as exc:
+        return _fail(f"{_first_line(exc)}; name it with --db FILE or export LVMD_DB=FILE "
+                     f"(`lvmd run` or `lvmd start` creates one)", 1)
+    except (UserError, StoreError, UnknownRun, NotRegularFile) as exc:
         return _fail(_first_line(exc), getattr(exc, "exit_code", 1))
     except sqlite3.Error as exc:
         if meaning(exc) is None:      # not the file's or the disk's fault: keep the traceback
@@ -83,6 +122,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 -- the guard: no traceback ever reaches the user
         return _fail(f"{_explain(exc, args)} [{_save_traceback(exc, argv)}]", 1)
+
+
+def _stdout_closed() -> bool:
+    """Is our stdout a pipe whose reader has gone? (poll reports POLLERR on its write end.) Any
+    other broken pipe is an error worth its traceback."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_exit() -> int:
+    """Exit 0 without a word, as git and coreutils do under `| head`: what was left unwritten
+    has nowhere to go, and Python's own flush at exit must not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+    return 0
 
 
 def _fail(message: str, code: int) -> int:
@@ -117,7 +181,7 @@ def _save_traceback(exc: Exception, argv: list[str] | None) -> str:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        with open(create_new(path, 0o600), "w") as fh:     # never through a link planted at that name
             fh.write(f"lvmd {__version__}: lvmd {' '.join(sys.argv[1:] if argv is None else argv)}\n")
             fh.write("".join(traceback.format_exception(exc)))
         for old in sorted(folder.glob("*.log"))[:-KEEP_CRASH_LOGS]:

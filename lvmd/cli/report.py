@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from lvmd.cli.main import default_db
+from lvmd.cli.main import default_db, int_in, number_in
 from lvmd.cli.tables import print_table
 from lvmd.data import embed
 from lvmd.data import formats as data
@@ -39,6 +39,7 @@ from lvmd.eval.verdict import (
     render_text,
     run_table_rows,
 )
+from store.paths import create_new, not_regular, replaceable
 from store.report import EXPORT_HELP, EXPORT_QUERIES, export_rows, open_readonly, report_data, run_table
 from store.runs import resolve_run
 from store.sweeps import UnknownSweep, configs_of, get_sweep, member_values
@@ -58,18 +59,18 @@ def register(sub) -> None:
                    help=f"with --sweep: the configuration to beat, a label or KEY=VALUE (default {DEFAULT_BASELINE})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help=f"exit {EXIT_ITERATE} when the verdict is iterate")
-    p.add_argument("--bins", type=int, default=60, help="width of the curves in characters (default 60)")
-    p.add_argument("--rho-cap", type=float, help="ρ limit for every step (default: the cap in force at each step: "
+    p.add_argument("--bins", type=int_in(1, 10_000), default=60, help="width of the curves in characters (default 60)")
+    p.add_argument("--rho-cap", type=number_in(0, 100), help="ρ limit for every step (default: the cap in force at each step: "
                         "the ramp stage's, else loss.rho_cap, else 0.25)")
-    p.add_argument("--skip-max", type=float, default=defaults.skip_share_max,
+    p.add_argument("--skip-max", type=number_in(0, 1), default=defaults.skip_share_max,
                    help=f"skips must stay under this share of batches (default {defaults.skip_share_max})")
-    p.add_argument("--pos-floor", type=float, default=defaults.pos_floor,
+    p.add_argument("--pos-floor", type=number_in(-1, 1), default=defaults.pos_floor,
                    help=f"pos̄ must never go below this (default {defaults.pos_floor})")
-    p.add_argument("--margin-min", type=float, default=defaults.margin_min,
+    p.add_argument("--margin-min", type=number_in(-2, 2), default=defaults.margin_min,
                    help=f"the last epoch's margin must exceed this (default {defaults.margin_min})")
-    p.add_argument("--r5-min", type=float, default=defaults.r_at_5_min, help=f"default {defaults.r_at_5_min}")
-    p.add_argument("--val-cos-min", type=float, default=defaults.val_cos_min, help=f"default {defaults.val_cos_min}")
-    p.add_argument("--gates-min", type=int, default=defaults.gates_min, help=f"of 5 (default {defaults.gates_min})")
+    p.add_argument("--r5-min", type=number_in(0, 1), default=defaults.r_at_5_min, help=f"default {defaults.r_at_5_min}")
+    p.add_argument("--val-cos-min", type=number_in(-1, 1), default=defaults.val_cos_min, help=f"default {defaults.val_cos_min}")
+    p.add_argument("--gates-min", type=int_in(0, 5), default=defaults.gates_min, help=f"of 5 (default {defaults.gates_min})")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("runs", help="table of the runs in a database")
@@ -89,16 +90,22 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
-    p = sub.add_parser("export", help="one table of one run as CSV or JSON lines",
+    p = sub.add_parser("export", help="one table of one run as CSV or JSON lines, or the whole run for TensorBoard",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="tables:\n" + "\n".join(f"  {k:<13} {v}" for k, v in EXPORT_HELP.items()))
     p.add_argument("run", help="run id or name")
-    p.add_argument("--table", required=True, choices=list(EXPORT_QUERIES), metavar="TABLE",
-                   help=f"which table: {', '.join(EXPORT_QUERIES)} (listed below)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--table", choices=list(EXPORT_QUERIES), metavar="TABLE",
+                      help=f"which table: {', '.join(EXPORT_QUERIES)} (listed below)")
+    what.add_argument("--tensorboard", metavar="DIR",
+                      help="instead: the whole run as TensorBoard event files in DIR/RUN-NAME "
+                           "(needs the tensorboard extra: pip install 'lvmd[tensorboard]')")
+    p.add_argument("--follow", action="store_true",
+                   help="with --tensorboard: keep mirroring a live run until it ends (reads at most once a second)")
     p.add_argument("--format", default="csv", choices=("csv", "jsonl"),
                    help="csv (a header line, then rows) or jsonl (one JSON object per row); default csv")
     p.add_argument("--out", help="file to write (default stdout)")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite --out (or --tensorboard's event files) if there")
     _db(p)
     p.set_defaults(func=cmd_export)
 
@@ -117,7 +124,7 @@ def register(sub) -> None:
     ctx.add_argument("--text", action="append", help="a context sentence; repeat once per chunk (needs the embed extra)")
     p.add_argument("--embedder", choices=("minilm", "mpnet"),
                    help="with --text (default: by the bank's D: 384 minilm, 768 mpnet)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int_in(1, 10**6), default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a checkpoint that holds arbitrary Python objects (runs code from the file)")
@@ -248,8 +255,16 @@ def _report_sweep(args: argparse.Namespace, th: Thresholds) -> int:
 # -- export ----------------------------------------------------------------------------------
 @_pipe_safe
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.tensorboard is not None:
+        from lvmd.cli.tensorboard import export_tensorboard
+
+        return export_tensorboard(args)
+    if args.follow:
+        raise UserError("--follow goes with --tensorboard (a --table export is one read)")
     if args.out and os.path.isdir(args.out):
         raise UserError(f"{args.out}: is a directory; --out names the file to write")
+    if args.out and (why := replaceable(args.out) or not_regular(args.out)) is not None:
+        raise UserError(f"--out {why}")           # /dev/full, a FIFO: never replaced, never written to
     if args.out and os.path.lexists(args.out) and not args.force:
         raise UserError(f"{args.out}: exists; pass --force to overwrite it")
     with _reader(args) as conn:
@@ -267,11 +282,12 @@ def _output(path: str | None):
     if path is None:
         yield sys.stdout
         return
-    # written beside the target and renamed over it at the end: an error leaves no half file
+    # written beside the target (a new file: O_EXCL | O_NOFOLLOW) and renamed over it at the end:
+    # an error leaves no half file, and what is renamed over is only ever a regular file
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        fh = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w", newline="", encoding="utf-8")
+        fh = open(create_new(tmp, 0o644), "w", newline="", encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{path}: cannot write ({exc.strerror})") from None
     try:
@@ -279,6 +295,8 @@ def _output(path: str | None):
             yield fh
         if target.is_dir():
             raise UserError(f"{path}: is a directory")
+        if (why := replaceable(target)) is not None:      # something else appeared there meanwhile
+            raise UserError(f"--out {why}")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -333,11 +351,11 @@ def _checkpoint_and_bank(args: argparse.Namespace) -> tuple[Path, str | None]:
     if args.checkpoint:
         return Path(args.checkpoint), args.articles
 
+    from lvmd.run.identity import run_checkpoint
+
     with _reader(args) as conn:
         run = resolve_run(conn, args.run)
-    path = Path(run["out_dir"] or ".") / f"{args.which}.pt"
-    if not path.exists():
-        raise UserError(f"run {run['id']} has no {args.which} checkpoint ({path}); try --which last")
+        path = run_checkpoint(conn, args.db or default_db(), run, args.which)   # its folder and file name this run
     bank = args.articles or json.loads(run["config_json"]).get("data", {}).get("articles") or None
     return path, bank
 

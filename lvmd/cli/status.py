@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import time
 
+from lvmd.eval.verdict import epoch_of_total
 from store.evals import latest_eval
 from store.report import throughput
-from store.runs import LIVE_STATES, step_rate
+from store.runs import LIVE_STATES, STALE_SECONDS, daemon_alive, step_rate
 
 
 def status_of(conn, run: dict) -> dict:
     """What `lvmd status` shows of one run, as plain data (the --json form)."""
     live = run["state"] in LIVE_STATES
-    rate = step_rate(conn, run["id"]) if run["state"] == "running" else None
+    age = time.time() - run["heartbeat_at"] if live and run["heartbeat_at"] else None
+    # a daemon that holds its lock but has not beaten past the stale mark (SIGSTOPped, swapping,
+    # stuck in I/O) is alive and not responding: its last speed says nothing about now
+    silent = age is not None and age > STALE_SECONDS and daemon_alive(run)
+    rate = step_rate(conn, run["id"]) if run["state"] == "running" and not silent else None
     speed = throughput(conn, run) if rate else {"samples_per_s_per_rank": None}
     left = max((run["total_steps"] or 0) - (run["step"] or 0), 0)
     ev = latest_eval(conn, run["id"])
@@ -23,7 +28,7 @@ def status_of(conn, run: dict) -> dict:
         "step": run["step"], "total_steps": run["total_steps"],
         "steps_per_s": rate, "eta_s": left / rate if rate else None,
         "world_size": run.get("world_size") or 1, "samples_per_s_per_rank": speed["samples_per_s_per_rank"],
-        "heartbeat_age_s": time.time() - run["heartbeat_at"] if live and run["heartbeat_at"] else None,
+        "heartbeat_age_s": age, "responding": None if age is None else not silent,
         "last_eval": None if ev is None else {k: ev.get(k) for k in (
             "id", "epoch", "step", "trigger", "gates_passed", "gates_total", "verdict_3of5", "error")},
         "device": run.get("device"), "precision": run.get("precision"), "threads": run.get("threads"),
@@ -40,7 +45,7 @@ def status_row(s: dict) -> list[str]:
             f"{s['steps_per_s']:.1f}" if s["steps_per_s"] else "–",
             _duration(s["eta_s"]) if s["steps_per_s"] else "–",
             str(s["world_size"]) if s["world_size"] > 1 else "–",   # a torchrun job: its rank count
-            f"{s['heartbeat_age_s']:.1f} s" if s["heartbeat_age_s"] is not None else "–",
+            _heartbeat(s, short=True),
             f"{ev['gates_passed']}/{ev['gates_total']}" if ev and ev["gates_total"] else "–"]
 
 
@@ -58,7 +63,7 @@ def status_block(s: dict) -> str:
                      + (f"; {s['world_size']} ranks × {per_rank:.0f} samples/s" if per_rank and s["world_size"] > 1
                         else f"; {per_rank:.0f} samples/s" if per_rank else ""))
     if s["heartbeat_age_s"] is not None:
-        lines.append(f"  heartbeat  {s['heartbeat_age_s']:.1f} s ago")
+        lines.append(f"  heartbeat  {_heartbeat(s, short=False)}")
     ev = s["last_eval"]
     if ev:
         verdict = f"{ev['gates_passed']}/{ev['gates_total']} gates" if ev["gates_total"] else f"error: {ev['error']}"
@@ -72,9 +77,19 @@ def status_block(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _heartbeat(s: dict, *, short: bool) -> str:
+    age = s["heartbeat_age_s"]
+    if age is None:
+        return "–"
+    if s["responding"] is False:
+        return f"not responding for {age:.0f} s" if short else \
+            f"not responding for {age:.0f} s (its daemon holds the run's lock but has not beaten; " \
+            f"SIGSTOPped or stuck? `lvmd stop {s['id']} --force` ends it)"
+    return f"{age:.1f} s" if short else f"{age:.1f} s ago"
+
+
 def _epoch(s: dict) -> str:
-    shown = min(s["epoch"] + 1, s["total_epochs"]) if s["total_epochs"] else s["epoch"] + 1
-    return f"{shown}/{s['total_epochs']}"
+    return epoch_of_total(s["epoch"], s["total_epochs"])
 
 
 def _duration(seconds: float | None) -> str:

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from lvmd.cli.main import default_db
+from lvmd.cli.main import default_db, int_in
 from lvmd.config import load_config
 from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
@@ -36,7 +36,7 @@ def verify_data_arg(p) -> None:
 
 
 def nproc_arg(p) -> None:
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    p.add_argument("--nproc", type=int_in(1, 4096), default=None, metavar="N",
                    help="train on N local processes (torchrun; train.batch_size is the global batch)")
 
 
@@ -121,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: bool = False,
-                      allow_pickle: bool = False, allow_data_change: bool = False, verify_data: bool = False) -> int:
+                      allow_pickle: bool = False, allow_data_change: bool = False, adopt_folder: bool = False,
+                      begun: bool = False, verify_data: bool = False) -> int:
     """`lvmd serve RUN` on nproc processes under torchrun, in the foreground. If the job died
     without recording it (a rank killed, torchrun tearing the rest down), the run is marked
     crashed here, as a later `lvmd status` would."""
@@ -132,7 +133,8 @@ def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: 
 
     args = ["serve", "--db", str(Path(db).resolve()), str(run_id)] + (["--resume"] if resume else []) \
         + (["--quiet"] if quiet else []) + (["--allow-pickle"] if allow_pickle else []) \
-        + (["--allow-data-change"] if allow_data_change else []) + (["--verify-data"] if verify_data else [])
+        + (["--allow-data-change"] if allow_data_change else []) + (["--adopt-folder"] if adopt_folder else []) \
+        + (["--begun"] if begun else []) + (["--verify-data"] if verify_data else [])
     code = launch.run_job(nproc, args)
     conn = connect(db)
     try:
@@ -146,20 +148,33 @@ def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: 
 
 
 def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False, cfg=None, data=None,
-                     allow_pickle: bool = False, allow_data_change: bool = False, verify_data: bool = False) -> int:
+                     allow_pickle: bool = False, allow_data_change: bool = False, adopt_folder: bool = False,
+                     begun: bool = False, verify_data: bool = False) -> int:
     """Train a run row in this process (lvmd run, lvmd serve, lvmd resume --foreground) under
-    the daemon's lock and control, so it takes pause/eval/checkpoint/stop commands too."""
+    the daemon's lock and control, so it takes pause/eval/checkpoint/stop commands too.
+
+    If the database changed under the run, its connections are parked (store.db.park) and the
+    process ends with os._exit after its one line: a normal exit would close them, and SQLite's
+    close deletes -wal and -shm by path, which may belong to another database now."""
+    from store.db import parked
 
     progress = None if quiet or launch.follower() else Progress()
     try:
-        opts = {"allow_pickle": allow_pickle, "allow_data_change": allow_data_change, "verify_data": verify_data}
+        opts = {"allow_pickle": allow_pickle, "allow_data_change": allow_data_change, "adopt_folder": adopt_folder,
+                "begun": begun, "verify_data": verify_data}
         if launch.launched():             # distributed hook: one rank of a torchrun job
             state = launch.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress, **opts)
             if state is None:             # a rank > 0: rank 0 reports the run
                 return 0
         else:
             state = daemon.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress, **opts)
-    except UserError:
+    except UserError as exc:
+        if parked():
+            if progress:
+                progress.close()
+            print(f"lvmd: error: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
         raise
     except Exception as exc:
         if progress:

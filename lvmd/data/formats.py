@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lvmd.errors import UserError
+from store.paths import not_regular, replaceable
 
 UNIT_NORM_TOL = 1e-2
 CHECK_ROWS = 1 << 14     # rows per chunk when a memory-mapped array is checked (bounded memory)
@@ -34,6 +35,10 @@ SEQUENCE_KEYS = {
     "article_ids": ("article_ids",),
     "target_indices": ("target_indices",),
 }
+
+
+class PickleRefused(UserError, ValueError):
+    """A file whose needed content is pickled, read without the user's --allow-pickle."""
 
 
 class DataError(UserError, ValueError):
@@ -103,6 +108,8 @@ def _open_npz(path: str | Path, allow_pickle: bool = False):
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if (why := not_regular(path)) is not None:   # a FIFO would block np.load
+        raise DataError(why)
     try:
         return np.load(path, allow_pickle=allow_pickle)
     except Exception as exc:  # zip errors, bad headers: one line, not a traceback
@@ -246,7 +253,7 @@ def load_sequences(path: str | Path, *, allow_pickle: bool = False, mapped: dict
 
 def _ids_from_metadata(npz, path, allow_pickle: bool, m: int, art, idx):
     if not allow_pickle:
-        raise DataError(f"{path}: article ids and target indices are only in the pickled 'metadata' key; "
+        raise PickleRefused(f"{path}: article ids and target indices are only in the pickled 'metadata' key; "
                         "reading it runs code stored in the file. If you trust the file, pass --allow-pickle "
                         "(config: data.allow_pickle = true)")
     meta = npz["metadata"]
@@ -279,6 +286,8 @@ def _atomic_savez(path: str | Path, **arrays) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
+        if (why := replaceable(path)) is not None:      # never rename over a device node or FIFO
+            raise DataError(why)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

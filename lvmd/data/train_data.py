@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lvmd.config import RunConfig
+from lvmd.config import RunConfig, check_fits
 from lvmd.data import mapped
 from lvmd.data.formats import Articles, DataError, Sequences
+from store.paths import not_regular
 
 
 @dataclass
@@ -42,6 +43,9 @@ def load_train_data(cfg: RunConfig, *, check: str = "now") -> TrainData:
     for key in ("train", "val"):
         if not getattr(d, key):
             raise DataError(f"data.{key}: not set; give a sequence NPZ path in the config or as data.{key}=PATH")
+    for key in ("train", "val", "ood", "articles", "ood_articles"):   # a FIFO would block the loaders
+        if getattr(d, key) and (why := not_regular(getattr(d, key))) is not None:
+            raise DataError(f"data.{key}: {why}")
     # streaming hook: every file is a memory map when it allows (lvmd/data/mapped.py): the train
     # split's first max_train rows only, a sample checked now and the rest as batches draw them,
     # so a split larger than memory can be streamed; the numbers are the same either way
@@ -58,5 +62,6 @@ def load_train_data(cfg: RunConfig, *, check: str = "now") -> TrainData:
     for arts in (articles, ood_articles):
         if arts is not None and arts.dim != train.dim:
             raise DataError(f"{arts.path}: D={arts.dim} but {train.path} has D={train.dim}")
+    check_fits(cfg, len(train))                 # batch and total steps within what the data allow
     full = mapped.FullCheck(deferred) if check == "background" and deferred else None
     return TrainData(train, val, ood, articles, ood_articles, full)

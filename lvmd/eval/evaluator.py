@@ -7,7 +7,7 @@ written through the sink (evals + gates + eval_metrics). Errors are raised: the 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from lvmd.eval import fivecat
 from lvmd.config import RunConfig
@@ -39,12 +39,25 @@ class Evaluator:
                                        seed=self.cfg.train.seed, batch_size=EVAL_BATCH, device=device)
 
     def full(self, predict: fivecat.Predict, *, trigger: str, epoch: int, step: int,
-             device: Any = "cpu") -> dict[str, Any]:
+             device: Any = "cpu", between: Callable[[], None] | None = None) -> dict[str, Any]:
         """Run 5CAT, write it through the sink, return a summary:
         {eval_id, gates_passed, gates_total, verdict_3of5, verdict_all5, gates: {A..E: bool},
-         margin: {VAL, OOD}, r_at_5: {VAL, OOD}} (margin is the one gate A judges: compat's +1)."""
+         margin: {VAL, OOD}, r_at_5: {VAL, OOD}} (margin is the one gate A judges: compat's +1).
+        between(): the run's control, called between batches and stages (it may hold the
+        evaluation while the run is paused, or raise to abandon it); the evals row's duration_s
+        leaves out the time spent in it, started_at/finished_at are wall clock."""
         if self.articles is None:
             raise UserError("5CAT needs an articles file (data.articles)")
+        held = 0.0
+
+        def timed_between() -> None:
+            nonlocal held
+            t0 = time.monotonic()
+            try:
+                between()
+            finally:
+                held += time.monotonic() - t0
+
         started = time.time()
         result = fivecat.evaluate(predict, self.val, self.ood, self.articles, ood_articles=self.ood_articles,
                                   compat=self.cfg.compat, profile=self.profile,
@@ -52,10 +65,11 @@ class Evaluator:
                                   batch_size=EVAL_BATCH, device=device,
                                   progress=lambda done, total, stage: self.sink.event(
                                       "eval_progress", step=step, epoch=epoch,
-                                      detail={"done": done, "total": total, "stage": stage, "trigger": trigger}))
+                                      detail={"done": done, "total": total, "stage": stage, "trigger": trigger}),
+                                  between=None if between is None else timed_between)
         finished = time.time()
         eval_id = self.sink.write_eval(eval_row(result, trigger=trigger, epoch=epoch, step=step,
-                                                started_at=started, finished_at=finished),
+                                                started_at=started, finished_at=finished, held_s=held),
                                        result.gate_rows(), result.metric_rows())
         margin_key = "margin_+1" if result.compat == "lnsp" else "margin"
         splits = [s for s in ("VAL", "OOD") if s in result.metrics]
@@ -66,11 +80,11 @@ class Evaluator:
 
 
 def eval_row(result: fivecat.FiveCatResult, *, trigger: str, epoch: int | None, step: int | None,
-             started_at: float, finished_at: float, error: str | None = None) -> dict[str, Any]:
-    """The `evals` row (all columns but id and run_id) of one result."""
+             started_at: float, finished_at: float, error: str | None = None, held_s: float = 0.0) -> dict[str, Any]:
+    """The `evals` row (all columns but id and run_id) of one result; held_s: time it stood paused."""
     return {"epoch": epoch, "step": step, "trigger": trigger,
             "splits": ",".join(s for s in ("VAL", "OOD") if s in result.metrics),
             "profile": result.profile, "compat": result.compat, "max_samples": result.max_samples,
-            "started_at": started_at, "finished_at": finished_at, "duration_s": finished_at - started_at,
+            "started_at": started_at, "finished_at": finished_at, "duration_s": finished_at - started_at - held_s,
             "gates_passed": result.gates_passed, "gates_total": result.gates_total,
             "verdict_3of5": int(result.verdict_3of5), "verdict_all5": int(result.verdict_all5), "error": error}

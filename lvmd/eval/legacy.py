@@ -16,6 +16,7 @@ from torch import nn
 
 from lvmd.config import ModelConfig, config_from_dict
 from lvmd.errors import UserError
+from lvmd.train import checkpoint
 from lvmd.train.models import build_model
 
 LVMD_FORMAT = "lvmd-checkpoint-1"
@@ -40,8 +41,9 @@ def load_predictor(path: str | Path, *, device: str = "cpu", trust: bool = False
 
 
 def _torch_load(path: Path, device: str, trust: bool) -> Any:
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: no such checkpoint file")
+    checkpoint.unreadable(path)
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -54,7 +56,7 @@ def _torch_load(path: Path, device: str, trust: bool) -> Any:
             raise UserError(f"{path}: holds Python objects beyond tensors and plain values{what}; loading it "
                             "runs code stored in the file. If you trust it, pass --trust-checkpoint") from None
     except Exception as exc:  # truncated, wrong device: one line, no traceback
-        raise UserError(f"{path}: cannot read the checkpoint ({_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot read the checkpoint ({checkpoint.load_error(exc)})") from None
     # The user vouched for the file (--trust-checkpoint): the one place lvmd unpickles arbitrary
     # objects, e.g. an original checkpoint whose `args` kept an argparse.Namespace.
     try:

@@ -10,10 +10,10 @@ import math
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
+from lvmd.train.rho_cap import over_cap
+
 PROMOTE, ITERATE = "promote", "iterate"
 SPARK = "▁▂▃▄▅▆▇█"
-# ρ after the cap is stored through float32; the cap itself must not count as "over".
-RHO_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,11 @@ def guardrail_checks(g: dict, th: Thresholds) -> list[Check]:
         over = g["rho_over_cap_steps"] > 0
     else:
         cap_text = f"{th.rho_cap:g}"
-        over = g["rho_max"] > th.rho_cap + RHO_TOLERANCE
+        over = over_cap(g["rho_max"], th.rho_cap)      # the guardrail's rule (lvmd.train.rho_cap)
     steps_over = f" in {_steps(g['rho_over_cap_steps'])}" if over and counted else ""
-    pre = (f"; before the cap ρ went over it in {_steps(g['rho_pre_over_cap_steps'])} (attenuated)"
-           if g["rho_pre_over_cap_steps"] and counted else "")
+    # the steps the trainer flagged `attenuate`: the count the events, compare and the TUI show
+    pre = (f"; before the cap ρ went over it in {_steps(g['attenuated_steps'])} (attenuated)"
+           if g["attenuated_steps"] and counted else "")
     rho = Check("rho", f"did ρ ever exceed the cap ({cap_text})?", not over,
                 (f"yes: max ρ {g['rho_max']:.3f}{steps_over}" if over else f"no: max ρ {g['rho_max']:.3f}") + pre,
                 g["rho_max"])
@@ -229,7 +230,8 @@ def signed_bar(value: float | None, scale: float, width: int = 12) -> str:
 def render_text(report: Report, series: dict[str, list[float]]) -> str:
     r = report.run
     lines = [f"run {r['id']} {r['name']!r} · preset {r['preset']} · compat {r['compat']} · {r['state']} · "
-             f"{r['epochs_done']}/{r['total_epochs']} epochs · {r['steps']} steps" + _speed(r), ""]
+             f"epoch {epoch_of_total(r['epochs_done'], r['total_epochs'])} ({r['epochs_done']} finished) · "
+             f"{r['steps']} steps" + _speed(r), ""]
     for title, checks in (("Guardrails (the seed's questions)", report.guardrails),
                           ("Success criteria", report.criteria)):
         lines.append(title)
@@ -324,14 +326,24 @@ def _pad(text: str, width: int, *, left: bool) -> str:
     return text + gap if left else gap + text
 
 
-RUN_TABLE_HEADERS = ["id", "name", "preset", "state", "epochs", "margin", "best", "val cos", "R@5",
+def epoch_of_total(epoch: int | None, total: int | None) -> str:
+    """`36/60`: the epoch in progress (0-based `epoch`, as runs.epoch stores it and as the count of
+    finished epochs reads), counted from 1 as every human view counts it, and the total once the
+    last has run. SQL and JSON keep the stored 0-based numbers (README, the database)."""
+    if epoch is None:
+        return f"–/{fmt(total)}"
+    shown = min(int(epoch) + 1, total) if total else int(epoch) + 1
+    return f"{shown}/{fmt(total)}"
+
+
+RUN_TABLE_HEADERS = ["id", "name", "preset", "state", "epoch", "margin", "best", "val cos", "R@5",
                      "gates", "skips", "ρ max", "min pos̄"]
 
 
 def run_table_rows(summaries: list[dict]) -> list[list[str]]:
     """`lvmd runs`: one line per v_run_summary row."""
     return [[str(s["run_id"]), s["name"], s["preset"] or "", s["state"],
-             f"{s['epochs_done']}/{fmt(s['total_epochs'])}", fmt(s["last_margin"], "+.4f"),
+             epoch_of_total(s["epochs_done"], s["total_epochs"]), fmt(s["last_margin"], "+.4f"),
              fmt(s["best_margin"], "+.4f"), fmt(s["last_val_cos"], ".3f"), fmt(s["last_r_at_5"], ".3f"),
              "–" if s["last_gates_passed"] is None else f"{s['last_gates_passed']}/{s['last_gates_total']}",
              fmt(s["skip_rate"], ".2%"), fmt(s["rho_max"], ".3f"), fmt(s["pos_min"], "+.3f")] for s in summaries]
@@ -355,7 +367,7 @@ def compare_rows(items: list[tuple[dict, Report]]) -> list[list[str]]:
         ("name", lambda d, r: d["run"]["name"]),
         ("preset", lambda d, r: d["run"]["preset"] or ""),
         ("state", lambda d, r: d["run"]["state"]),
-        ("epochs", lambda d, r: f"{d['summary']['epochs_done']}/{fmt(d['run']['total_epochs'])}"),
+        ("epoch", lambda d, r: epoch_of_total(d["summary"]["epochs_done"], d["run"]["total_epochs"])),
         ("steps", lambda d, r: fmt(d["summary"]["steps"])),
         ("last margin", lambda d, r: fmt(crit(r, "margin"), "+.4f")),
         ("best margin", lambda d, r: fmt(d["summary"]["best_margin"], "+.4f")),
@@ -365,7 +377,7 @@ def compare_rows(items: list[tuple[dict, Report]]) -> list[list[str]]:
         ("skip share", lambda d, r: fmt(d["guardrails"]["skip_share"], ".2%")),
         ("ρ max", lambda d, r: fmt(d["guardrails"]["rho_max"], ".3f")),
         ("ρ pre-cap max", lambda d, r: fmt(d["guardrails"]["rho_pre_max"], ".3f")),
-        ("steps attenuated", lambda d, r: fmt(d["guardrails"]["rho_pre_over_cap_steps"])),
+        ("steps attenuated", lambda d, r: fmt(d["guardrails"]["attenuated_steps"])),
         ("min pos̄", lambda d, r: fmt(d["guardrails"]["pos_min"], "+.3f")),
         ("ratio first → last", lambda d, r: ratio(d["guardrails"])),
         ("collapse warnings", lambda d, r: fmt(d["guardrails"]["collapse_warnings"])),

@@ -21,12 +21,13 @@ from lvmd.config import RunConfig, config_from_dict
 from lvmd.data.train_data import load_train_data
 from lvmd.train.control import HEARTBEAT_SECONDS, Control, Request, ignore
 from lvmd.errors import UserError
-from lvmd.run.runlock import OWNER_FILE, PID_FILE, RunLock, not_our_daemon, process_start_time, read_pidfile  # noqa: F401 (re-exported)
+from lvmd.run.identity import checked_checkpoint, run_identity
+from lvmd.run.runlock import OWNER_FILE, PID_FILE, RunLock, process_start_time, read_pidfile  # noqa: F401 (re-exported)
 from lvmd.run.sysmon import SystemSampler
 from store import commands
-from store.db import connect, transaction
-from store.runs import (DAEMON_LOCK, LIVE_STATES, daemon_alive, database_id, get_run, insert_event, lock_held,
-                        record_state, update_run)
+from store.db import connect, park
+from store.runs import (DAEMON_LOCK, LIVE_STATES, RESUMABLE_STATES, beat_starting, daemon_alive, database_id,
+                        end_failed_resume, get_run, lock_held, record_state)
 
 CHECK_SECONDS = 0.25        # while training, look for commands this often (one indexed read)
 PAUSED_WAKE_SECONDS = 1.0   # while paused, wake at least this often (heartbeat, signal flags)
@@ -50,10 +51,14 @@ class DaemonControl(Control):
         self.reader = connect(db, readonly=True)
         self._next_check = 0.0
         self._waker: Iterator | None = None
+        self._evaluating = False
 
-    def poll(self, step: int, epoch: int) -> list[Request]:
-        if self.paused:
+    def poll(self, step: int, epoch: int, *, hold: bool = True) -> list[Request]:
+        if self.paused and hold:
             self._sleep()
+        if self.sink.lost is not None and not self._stopping:
+            # the database moved or lost its -wal (store.writer.DatabaseWatch): stop with a checkpoint
+            self.request("stop", trigger="database changed", detail={"reason": self.sink.lost})
         self.beat(step, epoch)
         requests = self.signal_requests() + self.take_queued()
         now = time.monotonic()
@@ -127,7 +132,7 @@ class DaemonControl(Control):
     def _unpause(self, **detail) -> None:
         self.paused = False
         self._close_waker()
-        self.set_state("running", **detail)
+        self.set_state("evaluating" if self._evaluating else "running", **detail)  # a 5CAT held by a pause goes on
 
     def _sleep(self) -> None:
         """One wait while paused: until the -wal file changes (a command, or our own heartbeat's
@@ -159,26 +164,32 @@ class DaemonControl(Control):
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
         """State `evaluating` for the length of a 5CAT run, heartbeating from a thread (the loop
-        is busy), then back to where it was."""
-        back = "paused" if self.paused else "running"
+        is busy), then `paused` or `running` as the run now stands (commands taken during it may
+        have changed that); a stop taken during it keeps `stopping`."""
         self.set_state("evaluating")
+        self._evaluating = True
         stop = threading.Event()
         beat = threading.Thread(target=self._beat_until, args=(stop,), name="lvmd-heartbeat", daemon=True)
         beat.start()
         try:
             yield
         finally:
+            self._evaluating = False
             stop.set()
             beat.join()
-            self.set_state(back)
+            if not self._stopping:
+                self.set_state("paused" if self.paused else "running")
 
     def _beat_until(self, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
-            self.heartbeat(self.step, self.epoch)
+            try:
+                self.heartbeat(self.step, self.epoch)
+            except Exception:                # a broken sink: the loop raises it at its next write
+                return
 
     def close(self) -> None:
         self._close_waker()
-        self.reader.close()
+        park(self.reader) if self.sink.lost is not None else self.reader.close()
         super().close()
 
 
@@ -191,22 +202,40 @@ def _timer(seconds: float) -> Iterator[None]:
 # -- serving a run in this process -----------------------------------------------------------
 def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=None, resume: bool = False,
           progress: Callable[[dict], None] | None = None, announce: Callable | None = None,
-          allow_pickle: bool = False, allow_data_change: bool = False, verify_data: bool = False) -> str:
+          allow_pickle: bool = False, allow_data_change: bool = False, adopt_folder: bool = False,
+          begun: bool = False, verify_data: bool = False) -> str:
     """Train run `run_id` in this process under its lock: a fresh row made by runner.create, or
-    (resume) a stopped or crashed run from its last checkpoint. Returns the final state.
+    (resume) a stopped or crashed run from its last checkpoint. `begun`: the resume was begun
+    by the command that started this process (store.runs.begin_resume), so the run must still
+    be `starting`: one stopped meanwhile (`lvmd stop --force`) is not resumed. Returns the
+    final state.
 
-    Without `cfg` the config is the one stored in the row, but opt-ins that run code
-    (data.allow_pickle) never come from the database: only from `allow_pickle`, which the
-    user gave on this command line (or in the config file `lvmd start` read just now)."""
+    The run folder must prove it is this run's before anything is written into it, and the
+    checkpoint must name this database, run, config and data (checked_checkpoint). Without
+    `cfg` the config is the one stored in the row, but opt-ins that run code (data.allow_pickle)
+    never come from the database: only from `allow_pickle`, which the user gave on this command
+    line (or in the config file `lvmd start` read just now). A resume that fails before it
+    trains leaves the run as it was (stopped or crashed) with an error event."""
     from lvmd.run import runner
 
     db = Path(db).resolve()
     conn = connect(db)
     try:
         run = get_run(conn, run_id)
-        lock = RunLock(run, owner={"db": str(db), "db_id": database_id(conn), "run_id": run_id})
-        lock.acquire()
+        owner = {"db": str(db), "db_id": database_id(conn), "run_id": run_id}
+        lock = RunLock(run, owner=owner, adopt=adopt_folder)
         try:
+            lock.acquire()
+        except UserError as exc:
+            # a refused folder puts the run back; a lock another daemon holds is that daemon's run
+            if resume and not lock_held(Path(run["out_dir"]) / DAEMON_LOCK):
+                _note_error(conn, run_id, str(exc))
+            raise
+        try:
+            run = get_run(conn, run_id)          # as it is now that we hold the lock
+            if begun and run["state"] != "starting":
+                raise UserError(f"run {run_id} is {run['state']} now (stopped while its resume was starting); "
+                                "not resumed")
             if resume:
                 checkpoint = resumable_checkpoint(conn, run, locked=True)
             elif run["state"] != "starting":
@@ -218,8 +247,10 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
                 cfg = replace(stored, data=replace(stored.data, allow_pickle=allow_pickle))
             if resume:
                 check_data_unchanged(cfg, run, allow_change=allow_data_change, conn=conn, verify=verify_data)
+                if checkpoint is not None:
+                    checked_checkpoint(conn, run, checkpoint, owner["db_id"], adopt=adopt_folder)
         except UserError as exc:
-            if resume:                       # the run stays resumable; say why this try failed
+            if resume and not (begun and run["state"] != "starting"):   # stays resumable; say why
                 _note_error(conn, run_id, str(exc))
             lock.release()
             raise
@@ -231,7 +262,7 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
     try:
         from lvmd.train.checkpoint import remove_temp_files
 
-        removed = remove_temp_files(run["out_dir"])   # under the lock: only a dead writer made these
+        removed = remove_temp_files(run["out_dir"], run_id)   # under the lock, in a folder proven ours
         try:
             data = data or load_train_data(cfg, check="background")
         except UserError as exc:
@@ -244,6 +275,7 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
         try:
             return runner.execute(cfg, db, run_id, Path(run["out_dir"]), data, resume_from=checkpoint, resume=resume,
                                   progress=progress, temp_removed=[str(p) for p in removed],
+                                  identity=run_identity(run, owner["db_id"]),
                                   control_factory=lambda sink: DaemonControl(sink, db, run_id))
         finally:
             sampler.stop()
@@ -252,14 +284,11 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
 
 
 def _note_error(db_or_conn, run_id: int, error: str) -> None:
-    """An 'error' event (and the row's error) for a resume that failed before training: the
-    state is left as it was (stopped or crashed), so the run can be resumed once it is fixed."""
+    """A resume that failed before training: back to stopped or crashed, with an 'error' event
+    (store.runs.end_failed_resume), so the run can be resumed once it is fixed."""
     conn = connect(db_or_conn) if isinstance(db_or_conn, (str, Path)) else db_or_conn
     try:
-        with transaction(conn):
-            if get_run(conn, run_id)["state"] in ("stopped", "crashed"):
-                insert_event(conn, run_id, "error", {"error": error, "during": "resume"})
-                update_run(conn, run_id, error=error.splitlines()[0])
+        end_failed_resume(conn, run_id, error)
     except Exception:                        # the one-line error still reaches the user
         pass
     finally:
@@ -291,12 +320,14 @@ def resumable_checkpoint(conn, run: dict, *, locked: bool) -> Path | None:
     whose daemon is gone is marked crashed first; `locked` says the caller holds the run's
     lock, which proves that."""
     run_id, state = run["id"], run["state"]
-    if state in LIVE_STATES:
+    if state == "starting" and locked:
+        pass     # a resume has begun (begin_resume) and we are its daemon: commands queued meanwhile stay
+    elif state in LIVE_STATES:
         if not locked and daemon_alive(run):
             raise UserError(f"run {run_id} is {state} (pid {run['pid']}); it already has a daemon")
         record_state(conn, run_id, "crashed", {"reason": "its daemon is gone (lock free)", "pid": run["pid"]},
                      expect=(state,), error="crashed: its daemon is gone")
-    elif state not in ("stopped", "crashed"):
+    elif state not in RESUMABLE_STATES:
         raise UserError(f"run {run_id} is {state}; only a stopped or crashed run can be resumed")
     path = Path(run["out_dir"]) / CHECKPOINT
     return path if path.exists() else None
@@ -312,19 +343,21 @@ class Spawned:
 
 
 def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1, allow_pickle: bool = False,
-          allow_data_change: bool = False, verify_data: bool = False) -> Spawned:
+          allow_data_change: bool = False, adopt_folder: bool = False, begun: bool = False, verify_data: bool = False) -> Spawned:
     """`lvmd serve` for the run, detached: its own session, stdin /dev/null, stdout and stderr
     appended to <out_dir>/daemon.log (owner-only; a resumed run's daemon appends to it). With
     nproc > 1 the process is torchrun and rank 0, its child, is the run's daemon. The opt-ins
-    travel on its command line, never through the database."""
+    travel on its command line, never through the database. The caller has proven the folder
+    this run's (runlock.folder_refusal) before the log is opened in it."""
     from lvmd.run.launch import torchrun_argv
 
     log = Path(run["out_dir"]) / LOG_FILE
     Path(run["out_dir"]).mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     argv = torchrun_argv(nproc, ["serve", "--db", str(db), str(run["id"])])
     argv += (["--resume"] if resume else []) + (["--allow-pickle"] if allow_pickle else []) \
-        + (["--allow-data-change"] if allow_data_change else []) + (["--verify-data"] if verify_data else [])
+        + (["--allow-data-change"] if allow_data_change else []) + (["--adopt-folder"] if adopt_folder else []) \
+        + (["--begun"] if begun else []) + (["--verify-data"] if verify_data else [])
     try:
         offset = os.fstat(fd).st_size
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
@@ -341,14 +374,20 @@ START_GRACE_S = 2.0
 def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float, resume: bool = False) -> dict:
     """Block until the spawned daemon records itself live (its pid, past `starting`) and return
     the row; if it exits first, raise its own error (from the row, else from its log). A fresh
-    row its daemon never touched is marked failed; a resume never writes a state here: if another
-    daemon won the run (two resumes at once), the run is healthy and this one just says so."""
+    row its daemon never touched is marked failed. A resume begun by this process (begin_resume)
+    is heartbeaten here until its daemon takes over, and put back (stopped or crashed) if the
+    daemon dies before it could say so; if another daemon won the run (two resumes at once), the
+    run is healthy and this one just says so."""
     proc = daemon.proc
     deadline = time.monotonic() + timeout
     live_since = None
+    next_beat = 0.0
     conn = connect(db)
     try:
         while True:
+            if resume and time.monotonic() >= next_beat:
+                beat_starting(conn, run_id, os.getpid())
+                next_beat = time.monotonic() + HEARTBEAT_SECONDS
             run = get_run(conn, run_id)
             ours = _started_by(run["pid"], proc.pid)
             if ours and run["state"] in LIVE_STATES and run["state"] != "starting":
@@ -367,6 +406,8 @@ def wait_started(db: Path, run_id: int, daemon: Spawned, *, timeout: float, resu
                 if resume and (lock_held(Path(run["out_dir"]) / DAEMON_LOCK) or "already has a daemon" in error):
                     raise UserError(f"run {run_id} is already being resumed or running (another daemon holds "
                                     f"its lock); `lvmd status {run_id}` shows it")
+                if resume:                   # died before it could say so: never left `starting`
+                    end_failed_resume(conn, run_id, error, if_starting=True)
                 if not resume and not _started_by(run["pid"], proc.pid):   # died before it could say so
                     record_state(conn, run_id, "failed", {"error": error}, expect=("starting",), error=error)
                 raise UserError(f"run {run_id} did not start: {error} (log: {daemon.log})")

@@ -16,13 +16,16 @@ from lvmd import __version__
 from lvmd.train.collapse import CollapseWatch
 from lvmd.config import RunConfig, config_to_dict
 from lvmd.train import distributed, hardware
+from lvmd.train.memory import check_model_fits
 from lvmd.train.control import Control
 from lvmd.data.hashes import data_sha256
 from lvmd.data.train_data import TrainData
 from lvmd.train.trainer import Trainer
 from lvmd.errors import UserError
+from lvmd.run.runlock import claim_folder, folder_refusal, refuse
 from store.db import StoreError, check_path, connect, transaction
 from store.evals import has_epoch_eval
+from store.holdpoints import hold
 from store.reader import epochs_of, latest_steps
 from store.commands import fail_open
 from store.runs import create_run, database_id, get_run, insert_event, sync_progress, truncate_after, update_run
@@ -50,6 +53,9 @@ def preflight(cfg: RunConfig, db: str | Path) -> None:
     db_path = Path(db).resolve()
     check_path(db_path, create=True)
     check_folder(Path(cfg.out_dir) if cfg.out_dir else db_path.parent, "out_dir")
+    if cfg.out_dir and Path(cfg.out_dir).is_dir() and any(Path(cfg.out_dir).iterdir()):
+        # lvmd writes only into folders it made for the run (DESIGN rule 11)
+        raise UserError(f"out_dir {cfg.out_dir}: is not empty; a new run needs a folder of its own")
 
 
 def check_folder(path: Path, what: str) -> None:
@@ -69,6 +75,8 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int,
     folder that cannot be made leaves no row. A device, precision or model this machine cannot
     run is refused first, so no row is left behind. sweep: (sweep id, configuration label,
     seed) of a sweep member, tagged in the same transaction."""
+    # counted on the meta device, before hardware.resolve's bf16 trial builds the model for real
+    check_model_fits(cfg.model, data.train.dim, hardware.pick_device(cfg.train.device))
     hw = hardware.resolve(cfg, data.train.dim, data.train.context_len)
     conn = connect(db)
     try:
@@ -84,9 +92,12 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int,
             update_run(conn, run_id, **hardware_fields(hw))
             if sweep is not None:
                 tag_run(conn, run_id, *sweep)
-            out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(db, database_id(conn), run_id)
+            db_id = database_id(conn)
+            out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(db, db_id, run_id)
+            owner = {"db": str(Path(db).resolve()), "db_id": db_id, "run_id": run_id}
+            refuse(folder_refusal(out_dir, owner))       # never into a folder that is not new or empty
             try:
-                out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                claim_folder(out_dir, owner)           # run.json: the folder's identity, written once
             except OSError as exc:
                 raise UserError(f"out_dir {out_dir}: cannot create it ({exc.strerror})") from None
             update_run(conn, run_id, out_dir=str(out_dir))
@@ -119,7 +130,8 @@ def make_evaluator(cfg: RunConfig, data: TrainData, sink):
 def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: TrainData, *,
             control_factory: Callable[[SqliteSink], Control] | None = None,
             resume_from: Path | None = None, resume: bool = False,
-            progress: Callable[[dict], None] | None = None, temp_removed: list[str] | None = None) -> str:
+            progress: Callable[[dict], None] | None = None, temp_removed: list[str] | None = None,
+            identity: dict | None = None) -> str:
     """Train; returns the final state. The row ends finished or stopped; a failure leaves it
     crashed (resumable once the cause is fixed: a bad last.pt, a full disk), except a diverged
     run, which is failed (resuming would diverge again).
@@ -128,7 +140,12 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
     which starts over at step 0) removes what the previous process wrote after the checkpoint's
     step (store.runs.truncate_after), so the steps continue with no gap and no duplicate; an
     epoch evaluation the checkpoint owes (killed during its 5CAT) is run before training on.
-    lvmd.run.daemon.serve is the usual caller (it holds the run's lock)."""
+    lvmd.run.daemon.serve is the usual caller (it holds the run's lock and has proven the
+    checkpoint; `identity` is what every checkpoint of this run carries).
+
+    A database moved, replaced or stripped of its -wal under the run (sink.lost) stops it with a
+    checkpoint; its final state goes into the file the daemon opened, never into whatever is at
+    the path now, and the run ends with one line (DatabaseLost) on stderr and in its log."""
     from lvmd.train.trainer import TrainingDiverged
 
     resume = resume or resume_from is not None
@@ -144,9 +161,12 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         sink.update_run(pid=os.getpid(), host=socket.gethostname(), started_at=time.time(), ended_at=None, error=None,
                         world_size=dist.world if dist else 1)
         control.set_state("starting", pid=os.getpid(), resume_from=str(resume_from) if resume_from else None)
+        if resume:
+            hold("resume-start")         # crash tests: a kill -9 of a resumed daemon before it trains
         watch = CollapseWatch(cfg, sink, act=control.request)
         trainer = Trainer(cfg, data, sink, out_dir=out_dir, control=control,
                           evaluator=make_evaluator(cfg, data, sink), progress=progress, watch=watch)
+        trainer.identity = identity
         if resume:
             if resume_from is not None:
                 trainer.load_checkpoint(resume_from)
@@ -173,11 +193,19 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
         raise
     finally:
         control.close()
+        if sink.check_database() is not None:
+            error = error or sink.lost
+            try:     # into the file the daemon opened: whatever is at the path now is another database
+                sink.call(lambda conn: finish_on(conn, run_id, state, error=error, detail=detail))
+            except Exception:
+                pass
         try:
             sink.close()
         except Exception as exc:  # the final state below still gets written
             error = error or f"telemetry writer: {exc}"
             state = "crashed" if state in ("finished", "stopped") else state
+        if sink.lost is not None:
+            raise DatabaseLost(lost_line(run_id, sink.lost, state, out_dir))
         # The final state goes through a fresh connection: it must land even if the sink broke.
         try:
             finish(db, run_id, state, error=error, detail=detail)
@@ -189,21 +217,47 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
                 raise
 
 
+class DatabaseLost(UserError):
+    """The database file changed under a live run (store.writer.DatabaseWatch)."""
+
+
+def lost_line(run_id: int, reason: str, state: str, out_dir: Path) -> str:
+    """The one line a run ends with when its database changed under it; also appended to the
+    run folder's daemon.log when stderr is not that log already."""
+    last = out_dir / "last.pt"
+    line = (f"run {run_id}: {reason}; {state}" + (f", checkpoint {last}" if last.exists() else "")
+            + "; its rows are in the file it opened. Never move, replace or delete a live database or "
+              "its -wal/-shm (`lvmd backup DB OUT` copies one safely)")
+    log = out_dir / "daemon.log"
+    try:
+        if not (log.exists() and os.path.samestat(os.fstat(2), log.stat())):
+            with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600), "a") as fh:
+                fh.write(f"lvmd: error: {line}\n")
+    except OSError:
+        pass
+    return line
+
+
 def finish(db: str | Path, run_id: int, state: str, *, error: str | None = None, detail: dict | None = None) -> None:
     """The final state and its event; commands the run will never do are failed with it."""
     conn = connect(db)
     try:
         with transaction(conn):
-            sync_progress(conn, run_id)      # a divergence can end a run between two heartbeats
-            row = get_run(conn, run_id)
-            fields = {"state": state, "ended_at": time.time(), "heartbeat_at": time.time()}
-            if error:
-                fields["error"] = error.splitlines()[0]
-            update_run(conn, run_id, **fields)
-            insert_event(conn, run_id, "state", {"state": state, "previous": row["state"]}, step=row["step"],
-                         epoch=row["epoch"])
-            if error:
-                insert_event(conn, run_id, "error", detail or {"error": error})
-            fail_open(conn, run_id, f"run {state}")
+            finish_on(conn, run_id, state, error=error, detail=detail)
     finally:
         conn.close()
+
+
+def finish_on(conn, run_id: int, state: str, *, error: str | None = None, detail: dict | None = None) -> None:
+    """finish() in the caller's transaction."""
+    sync_progress(conn, run_id)      # a divergence can end a run between two heartbeats
+    row = get_run(conn, run_id)
+    fields = {"state": state, "ended_at": time.time(), "heartbeat_at": time.time()}
+    if error:
+        fields["error"] = error.splitlines()[0]
+    update_run(conn, run_id, **fields)
+    insert_event(conn, run_id, "state", {"state": state, "previous": row["state"]}, step=row["step"],
+                 epoch=row["epoch"])
+    if error:
+        insert_event(conn, run_id, "error", detail or {"error": error})
+    fail_open(conn, run_id, f"run {state}")

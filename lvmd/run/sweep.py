@@ -13,27 +13,26 @@ fail at an epoch boundary is stopped and told PRUNED, with the reason on the run
 from __future__ import annotations
 
 import fcntl
-import itertools
 import json
 import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lvmd.config import ConfigError, RunConfig, load_config
 from lvmd.errors import UserError
+from lvmd.data.formats import PickleRefused
 from lvmd.run import daemon
+from lvmd.run.runlock import folder_refusal, refuse
+from lvmd.run.sweep_plan import (SweepSpec, create, default_parallel, grid_points, member_config,  # noqa: F401
+                                 parse_axis, parse_range, run_name, sweep_dir)
 from lvmd.train.sink import NullSink
 from store.commands import CommandError, enqueue
-from store.db import connect, transaction
-from store.runs import LIVE_STATES, mark_stale_crashed, record_state, truncate_after
+from store.db import connect
+from store.runs import LIVE_STATES, begin_resume, database_id, mark_stale_crashed, record_state, truncate_after
 from store.sweeps import (
-    add_config,
     configs_of,
-    create_sweep,
     get_sweep,
     guardrail_events,
     last_epoch,
@@ -49,130 +48,6 @@ START_SECONDS = 300.0       # how long one daemon may take to report running (lo
 OBJECTIVES = {"margin": "last_margin", "val_cos": "last_val_cos", "r_at_5": "last_r_at_5"}
 LOCK_FILE = "sweep.lock"
 MAX_RESTARTS = 3            # restarts of one crashed member by one driver before it is left crashed
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """Everything a driver needs to (re)plan a sweep; stored as sweeps.spec_json."""
-    config: str | None                  # the TOML file (absolute), or None for defaults
-    overrides: list[str]                # applied to every member
-    grid: list[tuple[str, list[str]]]   # axes: key, values (TOML text, as on the command line)
-    seeds: list[int]
-    search: str = "grid"                # grid | optuna
-    trials: int = 0                     # optuna: how many configurations to sample
-    objective: str = "margin"
-    ranges: list[tuple[str, float, float, bool]] = ()   # optuna: key, low, high, log
-    enqueue: list[list[str]] = ()       # optuna: configurations to try first (key=value lists)
-    sampler_seed: int = 0
-    prune_skip_max: float | None = None  # epoch skip rate that prunes; None: the run's watch.skip_rate_max
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SweepSpec:
-        d = dict(d)
-        d["grid"] = [(k, list(v)) for k, v in d["grid"]]
-        d["ranges"] = [tuple(r) for r in d.get("ranges", [])]
-        return cls(**d)
-
-
-# -- planning --------------------------------------------------------------------------------
-def parse_axis(item: str) -> tuple[str, list[str]]:
-    """`loss.preset=mse,v2.1` → ("loss.preset", ["mse", "v2.1"])."""
-    if "=" not in item:
-        raise UserError(f"--grid {item!r}: expected key=v1,v2,..., e.g. loss.preset=mse,v2.1")
-    key, text = item.split("=", 1)
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not key.strip() or not values:
-        raise UserError(f"--grid {item!r}: expected key=v1,v2,...")
-    if len(set(values)) != len(values):
-        raise UserError(f"--grid {item!r}: a value is repeated")
-    return key.strip(), values
-
-
-def parse_range(item: str) -> tuple[str, float, float, bool]:
-    """`loss.lam_max=1e-3:0.05[:log]` → a float range Optuna samples (optuna search only)."""
-    try:
-        key, text = item.split("=", 1)
-        parts = text.split(":")
-        low, high = float(parts[0]), float(parts[1])
-        log = parts[2:] == ["log"]
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not log) or not low < high:
-            raise ValueError
-    except (ValueError, IndexError):
-        raise UserError(f"--range {item!r}: expected key=LOW:HIGH or key=LOW:HIGH:log with LOW < HIGH") from None
-    if log and low <= 0:
-        raise UserError(f"--range {item!r}: a log range needs LOW > 0")
-    return key.strip(), low, high, log
-
-
-def grid_points(grid: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
-    """Every combination of the axes as (label, overrides); the label names the configuration."""
-    if not grid:
-        return [("base", [])]
-    keys = [k for k, _ in grid]
-    points = []
-    for values in itertools.product(*(v for _, v in grid)):
-        overrides = [f"{k}={v}" for k, v in zip(keys, values)]
-        points.append((" ".join(overrides), overrides))
-    return points
-
-
-def member_config(spec: SweepSpec, overrides: list[str], seed: int, name: str, threads: int) -> RunConfig:
-    """The resolved config of one member: the file, the sweep's overrides, the configuration's,
-    its seed and name; train.threads "auto" becomes an even share of the CPUs (auto measures the
-    CPUs free at one moment, and N members starting one after another would each see a different
-    share)."""
-    extra = [f"train.seed={seed}", f"name={json.dumps(name)}"]
-    cfg = load_config(spec.config, [*spec.overrides, *overrides, *extra])
-    if cfg.train.threads == "auto" and threads:
-        cfg = load_config(spec.config, [*spec.overrides, *overrides, *extra, f"train.threads={threads}"])
-    return cfg
-
-
-def run_name(sweep_name: str, overrides: list[str], seed: int) -> str:
-    values = [o.split("=", 1)[1] for o in overrides]
-    return "/".join([sweep_name, *values, f"s{seed}"])
-
-
-def default_parallel() -> int:
-    """One run per GPU; on a CPU, one per two cores (each then gets two torch threads)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.device_count()
-    return max(1, len(os.sched_getaffinity(0)) // 2)
-
-
-def sweep_dir(db: Path, sweep_id: int | None = None) -> Path:
-    base = db.parent / f"{db.stem}-sweeps"
-    return base if sweep_id is None else base / str(sweep_id)
-
-
-def create(db: Path, spec: SweepSpec, *, name: str, parallel: int) -> int:
-    """Check every configuration resolves (a bad key or value fails here, before any row is
-    written), then insert the sweep row and, for a grid, its configurations."""
-    points = grid_points(spec.grid) if spec.search == "grid" else []
-    for label, overrides in points or [("base", [])]:
-        try:
-            member_config(spec, overrides, spec.seeds[0], name, 0)
-        except ConfigError as exc:
-            raise UserError(f"{label}: {exc}") from None
-    conn = connect(db)
-    try:
-        with transaction(conn):
-            sweep_id = create_sweep(conn, name=name, search=spec.search, config_path=spec.config or "",
-                                    spec=spec.to_dict(), parallel=parallel)
-            for label, overrides in points:
-                add_config(conn, sweep_id, label, overrides)
-            if spec.search == "optuna":
-                sweep_dir(db).mkdir(parents=True, exist_ok=True, mode=0o700)
-                update_sweep(conn, sweep_id, study_storage=f"sqlite:///{sweep_dir(db) / 'optuna.db'}",
-                             study_name=f"lvmd-sweep-{sweep_id}")
-    finally:
-        conn.close()
-    return sweep_id
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -199,8 +74,12 @@ class SweepLock:
 
 
 class Driver:
-    def __init__(self, db: Path, sweep_id: int, *, say: Callable[[str], None] = print):
-        self.db, self.say = db, say
+    """`allow_pickle` is the opt-in of the command that runs the driver (`lvmd sweep --allow-pickle`,
+    or the config file it was given now; `lvmd sweep resume --allow-pickle`): every member is
+    created and started with it, never with what the database says."""
+
+    def __init__(self, db: Path, sweep_id: int, *, say: Callable[[str], None] = print, allow_pickle: bool = False):
+        self.db, self.say, self.allow_pickle = db, say, allow_pickle
         conn = connect(db)
         try:
             self.sweep = get_sweep(conn, sweep_id)
@@ -237,40 +116,46 @@ class Driver:
     def _loop(self) -> str:
         conn = connect(self.db)
         try:
-            update_sweep(conn, self.id, state="running", pid=os.getpid(), host=socket.gethostname(), ended_at=None)
-            mark_stale_crashed(conn)
-            # what a previous driver (or a reboot) left: restart it; pruned trials stay stopped
-            pruned = {c["label"] for c in configs_of(conn, self.id) if c["state"] == "pruned"}
-            self.restart = {r["id"] for r in members(conn, self.id)
-                            if r["state"] in ("stopped", "crashed") and r["sweep_config"] not in pruned}
-            if self.search:
-                self.search.reconcile(conn)
-            while not self.stop_asked:
-                mark_stale_crashed(conn)
-                runs = members(conn, self.id)
-                # a member that crashes while this driver runs is restarted (a few times: a run that
-                # crashes again and again needs a person); one a user stopped is not
-                self.restart |= {r["id"] for r in runs if r["state"] == "crashed"
-                                 and self.restarts.get(r["id"], 0) < MAX_RESTARTS}
-                self._judge(conn, runs)
-                configs = configs_of(conn, self.id)
-                live = [r for r in runs if r["state"] in LIVE_STATES]
-                todo = self._todo(configs, runs)
-                if self.search and not todo and len(live) < self.parallel and self.search.wants_more(configs):
-                    self.search.ask(conn, self.id)
-                    continue
-                if not live and not todo:
-                    return self._end(conn, configs, runs)
-                if len(live) < self.parallel and todo:
-                    self._start(conn, *todo[0])
-                    continue
-                time.sleep(POLL_SECONDS)
+            return self._drive(conn)
+        except NeedsOptIn:
             update_sweep(conn, self.id, state="stopped", ended_at=time.time())
-            self.say(f"sweep {self.id}: driver stopped; its runs keep training. `lvmd sweep resume {self.id}` "
-                     "continues the sweep")
-            return "stopped"
+            raise
         finally:
             conn.close()
+
+    def _drive(self, conn) -> str:
+        update_sweep(conn, self.id, state="running", pid=os.getpid(), host=socket.gethostname(), ended_at=None)
+        mark_stale_crashed(conn)
+        # what a previous driver (or a reboot) left: restart it; pruned trials stay stopped
+        pruned = {c["label"] for c in configs_of(conn, self.id) if c["state"] == "pruned"}
+        self.restart = {r["id"] for r in members(conn, self.id)
+                        if r["state"] in ("stopped", "crashed") and r["sweep_config"] not in pruned}
+        if self.search:
+            self.search.reconcile(conn)
+        while not self.stop_asked:
+            mark_stale_crashed(conn)
+            runs = members(conn, self.id)
+            # a member that crashes while this driver runs is restarted (a few times: a run that
+            # crashes again and again needs a person); one a user stopped is not
+            self.restart |= {r["id"] for r in runs if r["state"] == "crashed"
+                             and self.restarts.get(r["id"], 0) < MAX_RESTARTS}
+            self._judge(conn, runs)
+            configs = configs_of(conn, self.id)
+            live = [r for r in runs if r["state"] in LIVE_STATES]
+            todo = self._todo(configs, runs)
+            if self.search and not todo and len(live) < self.parallel and self.search.wants_more(configs):
+                self.search.ask(conn, self.id)
+                continue
+            if not live and not todo:
+                return self._end(conn, configs, runs)
+            if len(live) < self.parallel and todo:
+                self._start(conn, *todo[0])
+                continue
+            time.sleep(POLL_SECONDS)
+        update_sweep(conn, self.id, state="stopped", ended_at=time.time())
+        self.say(f"sweep {self.id}: driver stopped; its runs keep training. `lvmd sweep resume {self.id}` "
+                 "continues the sweep")
+        return "stopped"
 
     def _todo(self, configs: list[dict], runs: list[dict]) -> list[tuple[dict, int, dict | None]]:
         """(configuration, seed, run or None) of every slot to start or restart, in plan order."""
@@ -294,6 +179,8 @@ class Driver:
                 self.restart.discard(run["id"])
                 self.restarts[run["id"]] = self.restarts.get(run["id"], 0) + 1
                 run_id, how = self._restart(conn, run), "restarted"
+        except NeedsOptIn:
+            raise
         except UserError as exc:   # a run row that exists is marked failed; the sweep goes on
             self.say(f"sweep {self.id}: {label} seed {seed}: {exc}")
             if run is not None:
@@ -311,14 +198,19 @@ class Driver:
         from lvmd.run import runner
 
         name = run_name(self.sweep["name"], config["overrides"], seed)
-        cfg = member_config(self.spec, config["overrides"], seed, name, self.threads)
+        cfg = member_config(self.spec, config["overrides"], seed, name, self.threads, allow_pickle=self.allow_pickle)
         key = cfg.data                      # frozen: members with the same data share one load
         if key not in self.data:
-            self.data[key] = load_train_data(cfg, check="sample")   # bad files fail here, before a run row exists
+            try:
+                self.data[key] = load_train_data(cfg, check="sample")   # bad files fail here, before a run row exists
+            except PickleRefused as exc:       # not the configuration's fault: the opt-in is missing
+                raise NeedsOptIn(f"sweep {self.id}: {config['label']}: {exc}; `lvmd sweep resume {self.id} "
+                                 "--allow-pickle` reads it (never taken from the database)") from None
             runner.make_evaluator(cfg, self.data[key], NullSink())
         runner.preflight(cfg, self.db)                 # profile, database and folder: before any row
         run_id, out_dir = runner.create(cfg, self.db, self.data[key], sweep=(self.id, config["label"], seed))
-        spawned = daemon.spawn(self.db, {"id": run_id, "out_dir": str(out_dir)}, resume=False)
+        spawned = daemon.spawn(self.db, {"id": run_id, "out_dir": str(out_dir)}, resume=False,
+                               allow_pickle=self.allow_pickle)
         daemon.wait_started(self.db, run_id, spawned, timeout=START_SECONDS)
         return run_id
 
@@ -326,14 +218,18 @@ class Driver:
         """From its checkpoint; a run that died before writing one starts over under its id."""
         path = Path(run["out_dir"] or ".") / daemon.CHECKPOINT
         resume = path.exists()
+        owner = {"db": str(self.db), "db_id": database_id(conn), "run_id": run["id"]}
+        refuse(folder_refusal(Path(run["out_dir"]), owner))       # before its log is opened in it
         if not resume:
             truncate_after(conn, run["id"], 0, 0)
             record_state(conn, run["id"], "starting", {"reason": "sweep restart: no checkpoint yet"},
                          expect=("stopped", "crashed"), error=None, ended_at=None, heartbeat_at=time.time())
         else:
             daemon.resumable_checkpoint(conn, run, locked=False)
-        spawned = daemon.spawn(self.db, run, resume=resume)
-        daemon.wait_started(self.db, run["id"], spawned, timeout=START_SECONDS)
+            if not begin_resume(conn, run["id"], pid=os.getpid()):
+                raise UserError(f"run {run['id']} is already being resumed")
+        spawned = daemon.spawn(self.db, run, resume=resume, begun=resume, allow_pickle=self.allow_pickle)
+        daemon.wait_started(self.db, run["id"], spawned, timeout=START_SECONDS, resume=resume)
         return run["id"]
 
     # -- judging: pruning and completed configurations -----------------------------------------
@@ -431,12 +327,32 @@ def _num(value) -> str:
     return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
 
 
-def resume(db: Path, sweep_id: int, *, parallel: int | None = None, say: Callable[[str], None] = print) -> str:
-    if parallel is not None:
-        conn = connect(db)
-        try:
-            get_sweep(conn, sweep_id)
+class NeedsOptIn(UserError):
+    """A member's data needs an opt-in the driver's command line did not give."""
+
+
+def members_needing_pickle(conn, sweep_id: int) -> list[int]:
+    """Members created with data.allow_pickle: the stored flag is no authority, but it says which
+    runs' data were read with the opt-in, so a resume without it can name them."""
+    return [r["id"] for r in members(conn, sweep_id)
+            if r["state"] not in ("finished", "failed")
+            and (json.loads(r["config_json"] or "{}").get("data") or {}).get("allow_pickle") is True]
+
+
+def resume(db: Path, sweep_id: int, *, parallel: int | None = None, say: Callable[[str], None] = print,
+           allow_pickle: bool = False) -> str:
+    """A new driver for the sweep. Opt-ins come from this command line only: without
+    --allow-pickle, a sweep whose members were created with it is refused, naming them."""
+    conn = connect(db)
+    try:
+        get_sweep(conn, sweep_id)
+        need = [] if allow_pickle else members_needing_pickle(conn, sweep_id)
+        if need:
+            raise UserError(f"sweep {sweep_id}: runs {', '.join(map(str, need))} were created with --allow-pickle "
+                            "(their data's pickled metadata runs code when read); `lvmd sweep resume "
+                            f"{sweep_id} --allow-pickle` continues them (the opt-in is never taken from the database)")
+        if parallel is not None:
             update_sweep(conn, sweep_id, parallel=parallel)
-        finally:
-            conn.close()
-    return Driver(db, sweep_id, say=say).run()
+    finally:
+        conn.close()
+    return Driver(db, sweep_id, say=say, allow_pickle=allow_pickle).run()

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from store.db import connect
+from store.db import connect, lost_reason, park
 from store.system import insert_samples
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class SystemSampler:
         try:
             conn = connect(self.db)
             while not self._stop.wait(self.every):
+                if lost_reason(self.db) is not None:    # the file at the path is not ours any more
+                    break
                 try:
                     now = (time.monotonic(), time.process_time(), _host_cpu())
                     insert_samples(conn, self.run_id, time.time(), self.sample(last, now) + gpus.sample())
@@ -111,7 +113,7 @@ class SystemSampler:
         finally:
             gpus.close()
             if conn is not None:
-                conn.close()
+                park(conn) if lost_reason(self.db) is not None else conn.close()
 
     @staticmethod
     def sample(last: tuple, now: tuple) -> list[dict]:

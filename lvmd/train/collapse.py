@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from lvmd.config import RunConfig, stage_for_epoch
+from lvmd.train.rho_cap import over_cap
 
 # SPEC §5, "guardrails held: ρ ≤ 0.25 throughout": the limit when the loss runs uncapped (v1).
 UNCAPPED_RHO_LIMIT = 0.25
@@ -51,7 +52,8 @@ def step_symptoms(rows: Sequence[dict], cfg: RunConfig) -> list[Symptom]:
     skip_rate = sum(r["skip"] > 0.5 for r in rows) / len(rows)
     if skip_rate > w.skip_rate_max:
         found.append(Symptom("skip_flood", skip_rate, w.skip_rate_max, span))
-    over = [r["rho_pre"] for r in rows if r["rho_pre"] > rho_limit(cfg, r["epoch"])]
+    # the guardrail's rule: on a capped run exactly the steps it flagged `attenuate` (lvmd.train.rho_cap)
+    over = [r["rho_pre"] for r in rows if over_cap(r["rho_pre"], rho_limit(cfg, r["epoch"]))]
     share = len(over) / len(rows)
     if share > w.rho_over_cap_share:
         found.append(Symptom("rho_over_cap", share, w.rho_over_cap_share,

@@ -4,6 +4,10 @@ The trainer calls `poll(step, epoch)` at every step boundary; it must be cheap (
 unless something is due. It returns Requests for the loop to act on. While `paused` is true
 the loop polls again instead of stepping; this base class never pauses (lvmd.run.daemon's
 DaemonControl does, sleeping on the database inside poll).
+
+A 5CAT polls too, between its batches (between_eval_batches, from Trainer.run_fivecat), with
+hold=False: a run that was already paused when the evaluation began (eval-now on a paused run)
+must not sleep at every batch. A stop taken there abandons the evaluation (EvalAbandoned).
 """
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ class Request:
     trigger: str = "signal"                      # who asked: signal | command | watch
     done: Callable[[dict], None] = field(default=ignore)
     failed: Callable[[str], None] = field(default=ignore)
+
+
+class EvalAbandoned(Exception):
+    """A stop taken between the batches of a 5CAT: the evaluation is dropped unwritten (an epoch's
+    5CAT stays owed in the checkpoint, as after a kill) and the run stops."""
 
 
 class Control:
@@ -73,7 +82,8 @@ class Control:
         self.eval_requested = True
 
     # -- the loop's hooks -----------------------------------------------------------------
-    def poll(self, step: int, epoch: int) -> list[Request]:
+    def poll(self, step: int, epoch: int, *, hold: bool = True) -> list[Request]:
+        """hold: while paused, wait here first (the loop's hold); False between a 5CAT's batches."""
         self.beat(step, epoch)
         return self.signal_requests() + self.take_queued()
 
@@ -129,6 +139,26 @@ class Control:
                       failed: Callable[[str], None] = ignore, **detail) -> Request:
         """The loop flushes its telemetry on a pause; holding it there is DaemonControl's part."""
         return Request("pause", trigger=trigger, done=done, failed=failed)
+
+    def between_eval_batches(self, step: int, epoch: int, *, act: Callable[[list[Request]], str | None],
+                             evals: list[Request]) -> None:
+        """Between two batches of a 5CAT: commands and signals do not wait for it to end (issue 22).
+        `act` is the loop's own handling (Trainer._handle). A pause holds the evaluation here,
+        where it stands, until a resume (its arrays stay in memory and it carries on from this
+        batch: nothing is computed twice) or a stop; a stop abandons it (EvalAbandoned); a
+        checkpoint is written now; an eval asked meanwhile joins `evals`, answered by this one
+        (same weights, same step)."""
+        held = False
+        while True:
+            for req in self.poll(step, epoch, hold=held):
+                if req.action == "eval":
+                    evals.append(req)
+                elif act([req]) == "stop":
+                    raise EvalAbandoned(f"the run was stopped at step {step} during its 5CAT")
+                elif req.action == "pause":
+                    held = self.paused
+            if not (held and self.paused):
+                return
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:

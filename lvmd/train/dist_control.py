@@ -33,6 +33,11 @@ class LeaderControl:
     def __getattr__(self, name):          # state, beat, heartbeat, request, evaluating, stop_now, close…
         return getattr(self.inner, name)
 
+    def between_eval_batches(self, step: int, epoch: int, **_) -> None:
+        """Nothing is taken during rank 0's 5CAT: every rank must act at the same step, and the
+        others wait in a collective until it is over (commands wait for its end, as before)."""
+        self.inner.beat(step, epoch)
+
     def poll(self, step: int, epoch: int) -> list[Request]:
         if not (self.inner.paused or step % self.every == 0):
             self.inner.beat(step, epoch)     # a clock read; heartbeats when due

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from lvmd.train import losses
+from lvmd.train import losses, rho_cap as cap_rule
 from lvmd.config import LossConfig, RampStage
 
 EPS = 1e-12
@@ -21,6 +21,11 @@ DEVICE_METRICS = ("lam", "rho", "rho_pre", "pos", "neg", "gap", "ratio", "neg_co
 def adaptive_lambda(mse: torch.Tensor, l_dir: torch.Tensor, frac: float, *, lam_min: float,
                     lam_max: float, rho_cap: float, rho_boost: float = 0.0):
     """G4: λ = clamp(mse·frac/Ldir, λmin, λmax); ρ = λ·Ldir/mse; if ρ > cap: λ ← λ·cap/ρ.
+
+    "ρ > cap" is lvmd.train.rho_cap's rule: above cap·(1 + 2^-20), SPEC's `>` up to the float32
+    rounding of ρ itself (a ρ equal to the cap in exact arithmetic is not attenuated when
+    rounding puts it a float32 step over). The returned flag is stored per step and is what
+    every count of attenuated steps counts.
 
     v2.2 (rho_boost > 0): first, if ρ < rho_boost·frac, scale λ up by frac/ρ (ρ as a target),
     clamped again to [λmin, λmax]. The cap comes last and only lowers λ, so λ ≤ λmax always
@@ -39,7 +44,7 @@ def adaptive_lambda(mse: torch.Tensor, l_dir: torch.Tensor, frac: float, *, lam_
         rho = lam * l_dir / mse.clamp_min(EPS)
     rho_pre = rho
     if rho_cap > 0:
-        attenuated = rho > rho_cap
+        attenuated = rho > cap_rule.threshold_f32(rho_cap)    # a float32 compare, exact as in double
         lam = torch.where(attenuated, lam * rho_cap / rho.clamp_min(EPS), lam)
         rho = torch.where(attenuated, torch.full_like(rho, rho_cap), rho)
     else:

@@ -10,7 +10,6 @@ collapses throughput (10x measured) when other processes load those cores.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lvmd.config import ModelConfig, RunConfig
+from lvmd.config import ModelConfig, RunConfig, usable_cpus  # noqa: F401 (hardware.usable_cpus)
 from lvmd.errors import UserError
 from lvmd.train.models import build_model
 
@@ -50,21 +49,8 @@ def pick_device(name: str) -> torch.device:
 
 
 # -- CPUs ----------------------------------------------------------------------------------
-def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
-
-
+# usable_cpus (affinity capped by a cgroup quota) lives in lvmd.config: a new run's train.threads is
+# bounded by it when the config is loaded, before torch.
 def busy_cpus(window_s: float = 0.25, stat: Path = Path("/proc/stat")) -> float:
     """How many of this process's CPUs other work keeps busy, measured over `window_s` from
     /proc/stat (the load average lags a minute behind); the 1-minute load average where there

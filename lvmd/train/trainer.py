@@ -21,7 +21,7 @@ from lvmd.data import stream
 from lvmd.data.formats import Articles, DataError, Sequences
 from lvmd.data.train_data import TrainData
 from lvmd.train import checkpoint, distributed, hardware
-from lvmd.train.control import Control, Request
+from lvmd.train.control import Control, EvalAbandoned, Request
 from lvmd.train.guardrails import DEVICE_METRICS, guarded_loss
 from lvmd.train.models import build_model
 from store.holdpoints import hold
@@ -172,6 +172,7 @@ class Trainer:
         # An epoch whose end-of-epoch 5CAT is owed: set in the checkpoint that ends the epoch and
         # cleared once the 5CAT is written, so a process killed during it re-runs it on resume.
         self.eval_due: int | None = None
+        self.identity: dict | None = None    # checkpoint.identity() of the run (the runner sets it)
         self.telemetry = TelemetryBuffer(sink, block=t.telemetry_block, flush_seconds=t.flush_seconds,
                                          on_rows=self._on_rows)
         if not self.main:        # distributed hook: rank 0 alone records the (global) telemetry
@@ -218,8 +219,9 @@ class Trainer:
         bs = cfg.train.batch_size
         self.model.train()
         if self.eval_due is not None and self.evaluator is not None:   # resumed past a lost epoch 5CAT
-            self.run_fivecat(trigger="epoch", epoch=self.eval_due)
-            self.eval_due = None
+            if self._epoch_fivecat(self.eval_due) == "stop":
+                self.control.heartbeat(self.step, self.epoch)
+                return "stopped"
         while self.epoch < cfg.train.epochs and self.step < self.total_steps:
             stage = stage_for_epoch(cfg.loss.ramp, self.epoch)
             order = self.epoch_order(self.epoch)
@@ -240,7 +242,9 @@ class Trainer:
                     return "stopped"
             if self.batch < self.batches_per_epoch:      # max_steps reached mid-epoch
                 break
-            self.end_epoch(time.monotonic() - started)
+            if self.end_epoch(time.monotonic() - started) == "stop":     # stopped during its 5CAT
+                self.control.heartbeat(self.step, self.epoch)
+                return "stopped"
         self.telemetry.flush()
         self.save_checkpoint("last")
         self.control.heartbeat(self.step, self.epoch)
@@ -248,6 +252,7 @@ class Trainer:
 
     def _at_boundary(self) -> str | None:
         """Act on what the control asks; while it holds the loop (paused), keep asking."""
+        hold("step")                             # crash drills: a kill -9 at the n-th step boundary
         while True:
             if self._handle(self.control.poll(self.step, self.epoch)) == "stop":
                 return "stop"
@@ -264,7 +269,11 @@ class Trainer:
                     path = self.save_checkpoint("last")
                     req.done({"path": str(path), "step": self.step})
                 elif req.action == "eval":
-                    req.done(self.run_fivecat(trigger=req.trigger))
+                    try:
+                        req.done(self.run_fivecat(trigger=req.trigger))
+                    except EvalAbandoned as exc:      # a stop taken during it: the run stops
+                        req.failed(str(exc))
+                        return "stop"
                 elif req.action == "stop":
                     self.telemetry.flush()
                     if getattr(self.control, "stop_now", False):
@@ -279,8 +288,9 @@ class Trainer:
                     return "stop"
         return None
 
-    def end_epoch(self, duration: float) -> None:
-        """Flush, validate, step the scheduler, write the epoch row, checkpoint, maybe 5CAT."""
+    def end_epoch(self, duration: float) -> str | None:
+        """Flush, validate, step the scheduler, write the epoch row, checkpoint, maybe 5CAT;
+        "stop" when a stop was taken during that 5CAT."""
         self.telemetry.flush()
         val = self.validate() if self.main else None
         if self.dist:                # distributed hook: rank 0's validation drives every rank's scheduler
@@ -302,11 +312,21 @@ class Trainer:
         improved = self._is_best(val)
         last = self.save_checkpoint("last")      # the epoch's commit: it names the 5CAT still owed
         if improved and self.main:
-            best = checkpoint.copy(last, self.checkpoint_path("best"))
-            self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": "best", "path": str(best)})
+            best = checkpoint.copy(last, self.checkpoint_path("best"), run_id=(self.identity or {}).get("run_id"))
+            self.sink.event("checkpoint", step=self.step, epoch=self.step_epoch, detail={"which": "best", "path": str(best)})
         if run_full:
-            self.run_fivecat(trigger="epoch", epoch=finished_epoch)
-            self.eval_due = None
+            return self._epoch_fivecat(finished_epoch)
+        return None
+
+    def _epoch_fivecat(self, epoch: int) -> str | None:
+        """The end-of-epoch 5CAT of `epoch`, then it is no longer owed; "stop" when a stop was taken
+        during it: it stays owed (eval_due, in the checkpoint the stop wrote) and a resume runs it."""
+        try:
+            self.run_fivecat(trigger="epoch", epoch=epoch)
+        except EvalAbandoned:
+            return "stop"
+        self.eval_due = None
+        return None
 
     def _is_best(self, val: dict) -> bool:
         metric = self.cfg.train.best_metric
@@ -346,10 +366,22 @@ class Trainer:
         if self.evaluator is None:
             raise RuntimeError("no 5CAT evaluator: set data.articles (and data.val) to evaluate")
         self.telemetry.flush()
-        with self.control.evaluating():
-            hold("fivecat")                  # crash tests: a kill -9 during the 5CAT
-            return self.evaluator.full(self.predict, trigger=trigger, device=self.device,
-                                       epoch=self.epoch if epoch is None else epoch, step=self.step)
+        joined: list[Request] = []              # evals asked during it: answered by it (same weights, step)
+        try:
+            with self.control.evaluating():
+                hold("fivecat")                  # crash tests: a kill -9 during the 5CAT
+                result = self.evaluator.full(    # commands do not wait for it: Control.between_eval_batches
+                    self.predict, trigger=trigger, device=self.device, step=self.step,
+                    epoch=self.epoch if epoch is None else epoch,
+                    between=lambda: self.control.between_eval_batches(self.step, self.epoch, act=self._handle,
+                                                                      evals=joined))
+        except BaseException as exc:
+            for req in joined:
+                req.failed(str(exc) if isinstance(exc, EvalAbandoned) else f"{type(exc).__name__}: {exc}")
+            raise
+        for req in joined:
+            req.done(result)
+        return result
 
     def _on_rows(self, metrics: list[dict]) -> None:
         if self.watch is not None and metrics:
@@ -359,6 +391,13 @@ class Trainer:
                            "epochs": self.cfg.train.epochs, **metrics[-1]})
 
     # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def step_epoch(self) -> int:
+        """The epoch the current step belongs to (its steps row's): at an epoch's end self.epoch
+        already names the next one, and an event there must not read one epoch ahead of the
+        state events and steps beside it."""
+        return self.epoch - 1 if self.batch == 0 and self.epoch > 0 and self.step > 0 else self.epoch
+
     def checkpoint_path(self, which: str) -> Path:
         return self.out_dir / f"{which}.pt"
 
@@ -384,10 +423,12 @@ class Trainer:
             "epoch_stats": dict(vars(self.telemetry.stats)),  # a mid-epoch resume keeps the epoch's aggregates
             "eval_due": -1 if self.eval_due is None else self.eval_due,
         }
+        if self.identity is not None:
+            state["identity"] = self.identity
         if ranks is not None:
             state.update(world_size=self.dist.world, rng_ranks=ranks)
         path = checkpoint.save(self.checkpoint_path(which), state)
-        self.sink.event("checkpoint", step=self.step, epoch=self.epoch, detail={"which": which, "path": str(path)})
+        self.sink.event("checkpoint", step=self.step, epoch=self.step_epoch, detail={"which": which, "path": str(path)})
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
