@@ -37,12 +37,12 @@ SEQUENCE_KEYS = {
 }
 
 
-class PickleRefused(UserError, ValueError):
-    """A file whose needed content is pickled, read without the user's --allow-pickle."""
-
-
 class DataError(UserError, ValueError):
     """Bad data file; the message names the file, the key and the problem."""
+
+
+class PickleRefused(DataError):
+    """A file whose needed content is pickled, read without the user's --allow-pickle."""
 
 
 @dataclass

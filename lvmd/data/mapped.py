@@ -22,11 +22,14 @@ import numpy as np
 
 from lvmd.data import formats as datamod
 from lvmd.data.formats import Articles, DataError, Sequences
+from store.paths import not_regular
 
 # -- memory-mapping an uncompressed NPZ ----------------------------------------------------------
 def map_member(path: str | Path, key: str) -> np.ndarray | None:
     """The array `key` of an NPZ as a (copy-on-write) memory map; None if it is absent, compressed
     or not a plain numeric array (the caller then reads the file normally)."""
+    if not_regular(path) is not None:   # a FIFO would block the zip reader: formats' loader names it
+        return None
     name = f"{key}.npy"
     with zipfile.ZipFile(path) as zf:
         try:
