@@ -14,6 +14,11 @@ Measures, on a database written through store's writer:
                 its tail thread and the file watcher together), as % of one core
   zoom          `z` pressed → the charts drawn for the newest quarter of the steps; then `z` × 3
                 → the whole run drawn again (its bins were kept, so only new rows are read)
+  metric        `m`, `rho pre`, enter in the ρ chart → that chart drawn from the new column (the
+                series is read again with it: a sampled picture first, then every row)
+The charts run as a user leaves them: one slot holds a picked metric (grad norm in the λ slot,
+remembered in the TUI's state file), the loss chart is on a log scale and every chart draws its
+tick labels.
   CPU live      the TUI following a run that a writer process feeds (--live-rate steps/s, flushed
                 every 0.5 s as the trainer does, heartbeat every 2 s), as % of one core
   CPU paused    the same run paused: the writer only heartbeats every 2 s, as a paused daemon does;
@@ -41,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from store.db import connect  # noqa: E402
-from store.runs import create_run, get_run, update_run  # noqa: E402
+from store.runs import create_run, database_id, get_run, update_run  # noqa: E402
 from store.schema import STEP_METRICS  # noqa: E402
 from store.writer import SqliteSink  # noqa: E402
 
@@ -177,11 +182,16 @@ async def measure(db: Path, run_id: int, *, commits: int, idle_s: float) -> dict
 
     def chart_render(self):
         out = original_chart(self)
-        if self.plot.traces and self.plot.traces[0].points:
-            painted.setdefault("first", time.perf_counter())
+        if self.plot.traces and self.plot.traces[-1].points:
+            now = time.perf_counter()
+            painted.setdefault("first", now)
             if not self.plot.x_label.startswith("≈"):
-                painted.setdefault("exact", time.perf_counter())
-            painted.setdefault("zoomed" if self.plot.x_label.startswith("steps") else "whole", time.perf_counter())
+                painted.setdefault("exact", now)
+            painted.setdefault("zoomed" if self.plot.x_label.startswith("steps") else "whole", now)
+            if self.plot.title == "ρ pre":
+                painted.setdefault("picked_first", now)
+                if not self.plot.x_label.startswith("≈"):
+                    painted.setdefault("picked_exact", now)
         return out
 
     def status_render(self):
@@ -239,12 +249,23 @@ async def measure(db: Path, run_id: int, *, commits: int, idle_s: float) -> dict
                 while label not in painted and time.perf_counter() - pressed < 60:
                     await asyncio.sleep(0.002)
                 zoom[label] = painted.get(label, math.inf) - pressed
+
+            picked = {}  # the metric picker: ρ pre into the ρ chart, timed from enter
+            await pilot.press("1", "m")
+            await pilot.pause(0.5)
+            await pilot.press(*"rho pre")
+            pressed = time.perf_counter()
+            await pilot.press("enter")
+            while "picked_exact" not in painted and time.perf_counter() - pressed < 60:
+                await asyncio.sleep(0.002)
+            picked = {k: painted.get(f"picked_{k}", math.inf) - pressed for k in ("first", "exact")}
     finally:
         Chart.render, StatusBar.render = original_chart, original_status
     latencies.sort()
     return {"first_paint_s": first_paint, "full_paint_s": full_paint, "latency_p50_s": statistics.median(latencies),
             "latency_p95_s": latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)],
-            "idle_cpu": idle_cpu, "zoom_in_s": zoom["zoomed"], "zoom_out_s": zoom["whole"]}
+            "idle_cpu": idle_cpu, "zoom_in_s": zoom["zoomed"], "zoom_out_s": zoom["whole"],
+            "picked_first_s": picked["first"], "picked_exact_s": picked["exact"]}
 
 
 def writer(db: str, run_id: int, mode: str, rate: float) -> None:
@@ -338,6 +359,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
+        os.environ["LVMD_TUI_STATE"] = str(Path(tmp) / "tui-state.json")  # the charts as a user left them
         if args.screenshot:
             base = write_demo_run(db, name="v2.1-seed0", epochs=12, steps_per_epoch=1500, seed=0)
             live = write_demo_run(db, name="v2.1-seed1", epochs=12, steps_per_epoch=1500, upto_epoch=8, seed=1)
@@ -349,7 +371,11 @@ def main() -> int:
                                 upto_epoch=None, seed=0, state="running")
         conn = connect(db)
         update_run(conn, run_id, heartbeat_at=time.time())
+        db_id = database_id(conn)
         conn.close()
+        from tui import prefs
+
+        prefs.save(db_id, prefs.ChartPrefs(slots={"lam": "steps.grad_norm"}))
         print(f"wrote {args.steps:,} step rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         r = asyncio.run(measure(db, run_id, commits=args.commits, idle_s=args.idle_s))
         r |= asyncio.run(measure_cpu(db, run_id, seconds=args.cpu_s, rate=args.live_rate))
@@ -366,6 +392,8 @@ def main() -> int:
           f" (idle python beside it: {100 * r['paused_idle_python']:.1f} %) | ≤ 3 % |")
     print(f"| zoom in (z: newest 1/4) → drawn | {r['zoom_in_s']:.2f} s | – |")
     print(f"| zoom out (z z z: whole run) → drawn | {r['zoom_out_s']:.2f} s | – |")
+    print(f"| metric picked (m, rho pre, enter) → first picture | {r['picked_first_s']:.2f} s | – |")
+    print(f"| metric picked → every row's min/max | {r['picked_exact_s']:.2f} s | – |")
     return 0
 
 

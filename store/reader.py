@@ -71,6 +71,9 @@ class RunSummary:
     sweep_id: int | None = None
     sweep_config: str | None = None
     sweep_seed: int | None = None
+    # where its daemon runs: a silent run's lock can be probed on this host (tui.liveness)
+    host: str | None = None
+    out_dir: str | None = None
 
     def heartbeat_age(self, now: float) -> float | None:
         return None if self.heartbeat_at is None else max(0.0, now - self.heartbeat_at)
@@ -89,8 +92,8 @@ def run_summaries(conn: sqlite3.Connection) -> list[RunSummary]:
     numbers, and its skip rate and max ρ over all its steps (as `lvmd runs` counts them)."""
     sweep = "r.sweep_id, r.sweep_config, r.sweep_seed" if has_sweeps(conn) else "NULL, NULL, NULL"
     rows = conn.execute(
-        f"SELECT {sweep}, r.id, r.name, r.preset, r.state, r.epoch, r.step, r.total_epochs, r.total_steps,"
-        " r.heartbeat_at, e.gates_passed, e.gates_total, last.val_margin, last.val_cos, last.r_at_5,"
+        f"SELECT {sweep}, r.host, r.out_dir, r.id, r.name, r.preset, r.state, r.epoch, r.step, r.total_epochs,"
+        " r.total_steps, r.heartbeat_at, e.gates_passed, e.gates_total, last.val_margin, last.val_cos, last.r_at_5,"
         f" {_step_totals(conn)}"
         " FROM runs r LEFT JOIN evals e ON e.id ="
         "  (SELECT MAX(id) FROM evals WHERE run_id = r.id AND gates_passed IS NOT NULL)"
@@ -101,8 +104,8 @@ def run_summaries(conn: sqlite3.Connection) -> list[RunSummary]:
     for run_id, margin in conn.execute("SELECT run_id, val_margin FROM epochs WHERE val_margin IS NOT NULL"
                                        " ORDER BY run_id, epoch"):
         margins.setdefault(run_id, []).append(margin)
-    return [RunSummary(*row[3:], margins=tuple(margins.get(row[3], ())), sweep_id=row[0], sweep_config=row[1],
-                       sweep_seed=row[2]) for row in rows]
+    return [RunSummary(*row[5:], margins=tuple(margins.get(row[5], ())), sweep_id=row[0], sweep_config=row[1],
+                       sweep_seed=row[2], host=row[3], out_dir=row[4]) for row in rows]
 
 
 def _step_totals(conn: sqlite3.Connection) -> str:
@@ -155,6 +158,29 @@ def gates_of(conn: sqlite3.Connection, eval_ids: Sequence[int]) -> dict[int, lis
         for r in conn.execute(f"SELECT * FROM gates WHERE eval_id IN ({marks}) ORDER BY rowid", tuple(eval_ids)):
             found[r["eval_id"]].append(dict(r))
     return found
+
+
+def eval_metrics_of(conn: sqlite3.Connection, eval_ids: Sequence[int]) -> dict[int, dict[tuple[str, str], float]]:
+    """Every 5CAT number of each eval, by (split, name) (NULL values left out: not finite)."""
+    found: dict[int, dict[tuple[str, str], float]] = {i: {} for i in eval_ids}
+    if eval_ids:
+        marks = ", ".join("?" * len(eval_ids))
+        for r in conn.execute(f"SELECT eval_id, split, name, value FROM eval_metrics WHERE eval_id IN ({marks})"
+                              " AND value IS NOT NULL", tuple(eval_ids)):
+            found[r[0]][(r[1], r[2])] = r[3]
+    return found
+
+
+def first_step_time(conn: sqlite3.Connection, run_id: int) -> float | None:
+    """When the run took its first step (one index seek): where its wall-time axis starts."""
+    row = conn.execute("SELECT t FROM steps WHERE run_id = ? ORDER BY step LIMIT 1", (run_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """PRAGMA user_version: a reader compares it with the migrations it knows (a newer lvmd
+    may have changed the file under a long-lived reader)."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
 # -- small tables read whole --------------------------------------------------------------------

@@ -29,3 +29,16 @@ def latest_samples(conn: sqlite3.Connection, run_id: int) -> list[dict]:
             return []
         raise
     return [dict(r) for r in rows]
+
+
+def samples_after(conn: sqlite3.Connection, run_id: int, after_rowid: int) -> list[dict]:
+    """The run's samples with rowid > after_rowid, oldest first, each with its rowid (a cursor:
+    a live TUI reads only what is new). Empty on a file from before the table existed."""
+    try:
+        rows = conn.execute("SELECT rowid AS rowid, * FROM system_samples WHERE rowid > ? AND +run_id = ?"
+                            " ORDER BY rowid", (after_rowid, run_id)).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    return [dict(r) for r in rows]

@@ -120,3 +120,9 @@ def new_run(path, *, state: str = "running"):
     run_id = create_run(conn, name="r", preset="v2.1", compat="none", config={}, data={}, state=state)
     conn.close()
     return run_id, SqliteSink(path, run_id, flush_seconds=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _tui_state(tmp_path, monkeypatch):
+    """The TUI remembers charts per database in a file of the user's (tui/prefs.py): a test's own."""
+    monkeypatch.setenv("LVMD_TUI_STATE", str(tmp_path / "tui-state.json"))

@@ -48,8 +48,10 @@ def gates(passed_m0: bool) -> list[dict]:
 
 
 def make_run(path: Path, *, name="run", steps=200, state="running", skips=(), events=(), epochs=2,
-             heartbeat_age=0.0, total_steps=400, skip_steps=(), **metrics) -> int:
-    """A run as the daemon writes it: steps, skip events, epoch rows, one 5CAT eval per epoch."""
+             heartbeat_age=-120.0, total_steps=400, skip_steps=(), **metrics) -> int:
+    """A run as the daemon writes it: steps, skip events, epoch rows, one 5CAT eval per epoch.
+    The heartbeat defaults to two minutes ahead, so the run stays fresh (not silent: no speed,
+    no ETA) however slowly a loaded machine runs the test."""
     conn = connect(path)
     run_id = create_run(conn, name=name, preset="v2.1", compat="none", config=CONFIG, data={},
                         total_epochs=4, total_steps=total_steps, state=state)
@@ -114,12 +116,12 @@ async def test_run_screen_shows_the_numbers(db):
         status = plain(screen.query_one(StatusBar))
         assert f"run {run_id} run · v2.1 · running · e2/4 · 199/400 · 2.0 st/s · ETA 1m40s · ♥" in status
         legend = chart_lines(screen.query_one("#chart-rho", Chart))[0]
-        assert "ρ .200" in legend and "cap 0.25" in legend
-        assert "pos .300" in chart_lines(screen.query_one("#chart-cos", Chart))[0]
+        assert legend.startswith("ρ  .200  ") and ".250 cap" in legend  # the value first, three digits
+        assert ".300 pos" in chart_lines(screen.query_one("#chart-cos", Chart))[0]
         await pilot.press("2")
         await pilot.pause()
         margin = chart_lines(screen.query_one("#chart-margin", Chart))[0]
-        assert "margin -.025" in margin  # the last epoch's val_margin
+        assert "-.0250 margin" in margin  # the last epoch's val_margin
         header = plain(screen.query_one("#eval-header"))
         assert "e2" in header and "3/5 gates" in header and "[2/2]" in header
 
@@ -153,7 +155,7 @@ async def test_a_committed_row_appears_without_a_key_press(db):
         sink.close()
         await wait_for(pilot, lambda: "200/400" in plain(screen.query_one(StatusBar)), "step 200", timeout=15.0)
         # the charts follow within a second (a live run's charts redraw at most once a second)
-        await wait_for(pilot, lambda: "ρ .210" in chart_lines(screen.query_one("#chart-rho", Chart))[0], "the chart",
+        await wait_for(pilot, lambda: "ρ  .210" in chart_lines(screen.query_one("#chart-rho", Chart))[0], "the chart",
                        timeout=15.0)
 
 
@@ -171,7 +173,7 @@ async def test_skip_events_are_logged_and_marked_on_the_charts(db):
         await pilot.press("3")
         await pilot.pause()
         log = screen.query_one(EventLog)
-        rows = [log.line_text(i).plain.split() for i in range(len(log.events))]
+        rows = [log.line_text(i).plain.split() for i in range(len(log.rows))]
         assert [(r[0], r[2]) for r in rows] == [("50", "skip"), ("150", "skip"), ("100", "attenuate"), ("99", "checkpoint")]
         assert "skip" in log.render_line(0).text and "red" in str(log.line_text(0).spans[0].style)
 

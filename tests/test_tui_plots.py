@@ -1,9 +1,12 @@
 """Pure pieces of the TUI: braille drawing, plot building, alerts (no app, no database)."""
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from store.reader import SERIES_COLUMNS, SeriesBin, SeriesSnapshot
 from tui.alerts import alerts_for
@@ -30,7 +33,7 @@ def test_a_single_step_spike_survives_drawing_10000_steps_in_30_columns():
 
 def test_the_mean_line_and_the_envelope_use_their_rows():
     points = [(0, 9, 0.0, 1.0, 0.5), (10, 19, 0.0, 1.0, 0.5)]
-    lines = draw(Plot("x", [Trace("x", points, "green")], (0, 19)), GUTTER + 10, 6)
+    lines = draw(Plot("x", [Trace("x", points, "green")], (0, 19)), GUTTER + 10, 7)  # 4 plot rows
     middle = [ln for ln in lines[1:5] if any(s.style == "green" for s in ln.spans)]
     assert len(middle) == 1  # the mean (0.5) is drawn bright on exactly one row
     assert all("dim green" in {str(s.style) for s in ln.spans} for ln in (lines[1], lines[4]))
@@ -38,8 +41,9 @@ def test_the_mean_line_and_the_envelope_use_their_rows():
 
 def test_log_axis_keeps_zeros_at_its_floor_and_labels_powers():
     points = [(0, 0, 0.0, 1e-3, 5e-4), (1, 1, 1e-5, 1e-2, 1e-3)]
-    lines = [ln.plain for ln in draw(Plot("loss", [Trace("l", points, "white")], (0, 1), log_y=True), 40, 6)]
-    assert lines[1].strip().startswith(".010") and lines[4].strip().startswith("1e-5")
+    lines = [ln.plain for ln in draw(Plot("loss", [Trace("l", points, "white")], (0, 1), log_y=True), 40, 7)]
+    gutter = [ln[:6].strip() for ln in lines[1:5]]
+    assert gutter[0] == ".01" and "1e-4" in gutter  # ticks at powers of ten, at their rows
 
 
 def test_markers_show_the_most_severe_event_per_cell():
@@ -60,10 +64,26 @@ def test_band_shades_only_its_rows_and_empty_plots_say_so():
     assert any("no epoch yet" in ln for ln in empty)
 
 
-@pytest.mark.parametrize("value, text", [(0.2, ".200"), (-0.0123, "-.012"), (0.00123, "1e-3"), (12.5, "12.50"),
-                                         (123456, "123k"), (None, "–"), (0, "0")])
-def test_fmt_fits_six_characters(value, text):
-    assert fmt(value) == text and len(fmt(value)) <= 6
+@pytest.mark.parametrize("value, text", [(0.2, ".200"), (-0.0123, "-.0123"), (0.00123, ".00123"), (12.5, "12.5"),
+                                         (123456.0, "123k"), (0.0020, ".00200"), (0.0024, ".00240"),
+                                         (2.34e-5, "2.34e-5"), (None, "–"), (0, "0"), (0.2500000298, ".250")])
+def test_fmt_keeps_three_significant_digits_in_seven_characters(value, text):
+    assert fmt(value) == text and len(fmt(value)) <= 7
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1e-9, max_value=1e12), st.booleans())
+def test_every_value_keeps_three_significant_digits(v, negative):
+    """Read back, a legend value is within half a unit of its third significant digit."""
+    v = -v if negative else v
+    text = fmt(v)
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9}.get(text[-1], 1.0)
+    back = float(text[:-1] if scale != 1.0 else text) * scale
+    assert len(text) <= 8 and math.isclose(back, v, rel_tol=5e-3), (v, text)
+
+
+def test_counts_read_as_integers():
+    assert fmt(665.0, count=True) == "665" and fmt(400) == "400"
 
 
 def test_rho_cap_follows_the_ramp_stage():
@@ -98,7 +118,7 @@ def test_alerts_judge_rho_against_the_cap_of_its_epoch():
 def test_alerts_for_negative_pos_skip_rate_and_collapse():
     run = snapshot([make_bin(0, 0, pos=-0.01, skips=2)], events=[{"kind": "collapse_warning", "step": 42}])
     assert {a.key: a.text for a in alerts_for(run)} == {
-        "pos_negative": "pos̄ < 0 (min -.010)", "skip_rate": "skips 2.0% > 1%",
+        "pos_negative": "pos̄ < 0 (min -.0100)", "skip_rate": "skips 2.0% > 1%",
         "collapse": "collapse warning at step 42"}
 
 

@@ -217,7 +217,7 @@ async def test_runs_screen_sorts_filters_and_marks_three_runs_to_overlay(db):
         table = app.screen.query_one(RunList)
         assert [r.id for r in table.runs] == [main, c, b, a]          # newest first
         assert table.get_cell(str(a), "trend").plain == "▁█"          # margins -.035, -.025 over two epochs
-        await pilot.press("o")                                         # sort by name
+        await pilot.press("o", "o")                                    # by state, then by name
         await pilot.pause()
         assert table.sort_key == "name" and [r.name for r in table.runs][0] == "gamma-v21"  # descending
         await pilot.press("O")
@@ -228,12 +228,15 @@ async def test_runs_screen_sorts_filters_and_marks_three_runs_to_overlay(db):
         assert [r.name for r in table.runs] == ["alpha-v21", "delta-v21", "gamma-v21"]
         await pilot.press("escape")                                    # clears the filter
         await pilot.pause()
-        assert len(table.runs) == 4 and table.has_focus
+        assert len(table.runs) == 4 and app.screen.query_one("#runs-filter").has_focus
+        await pilot.press("escape")                                    # then hands the keys back to the list
+        await pilot.pause()
+        assert table.has_focus and not app.screen.query_one("#runs-filter").display
         for row in (0, 1, 3):                                          # alpha, beta, gamma
             table.move_cursor(row=row)
             await pilot.press("m")
         await pilot.pause()
-        assert app.marked_ids == {a, b, c} and table.get_cell(str(a), "mark").plain == "●"
+        assert app.marked_ids == {a, b, c} and table.get_cell(str(a), "mark").plain == " ●"  # ▶ marks the cursor row
         table.move_cursor(row=2)
         await pilot.press("enter")
         screen = await run_screen(app, pilot)
@@ -241,12 +244,13 @@ async def test_runs_screen_sorts_filters_and_marks_three_runs_to_overlay(db):
         await pilot.pause(1.2)
         traces = screen.query_one("#chart-rho", Chart).plot.traces
         overlaid = [t for t in traces if "run " in t.label]
-        assert [t.label for t in overlaid] == [f"╍run {a}", f"┈run {b}", f"━run {c}"]
-        assert len({t.style for t in overlaid}) == 3 and [t.dash for t in overlaid] == ["dash", "dot", "solid"]
+        assert [t.label for t in overlaid] == [f"run {a}", f"run {b}", f"run {c}"]
+        # a colour and a line style each; none solid like the open run's own line
+        assert len({t.style for t in overlaid}) == 3 and [t.dash for t in overlaid] == ["dash", "dot", "shortdash"]
         assert [t.points[0][4] for t in overlaid] == [pytest.approx(0.10), pytest.approx(0.12), pytest.approx(0.14)]
         assert screen.query_one("#chart-rho", Chart).plot.x_range == (0.0, 299.0)  # the longest run sets the axis
-        legend = chart_text(screen.query_one("#chart-rho", Chart))
-        assert f"╍run {a}" in legend and f"━run {c}" in legend
+        legend = chart_text(screen.query_one("#chart-rho", Chart)).splitlines()[0]
+        assert f".100 ╍run {a}" in legend and ".140 ┄" in legend  # narrow: the last run keeps value and glyph
         margin = screen.query_one("#chart-margin", Chart).plot.traces
         assert sum("run " in t.label for t in margin) == 3
         assert "+3 marked runs" in plain(screen.query_one(StatusBar))
@@ -280,19 +284,19 @@ async def test_chart_cursor_reads_the_rows_value_by_keys_and_mouse(db):
         await pilot.press("left")                  # the cursor starts on the newest step
         await pilot.pause()
         assert screen.cursor_step == 39 and chart.plot.cursor == 39
-        assert chart_text(chart).splitlines()[0].startswith("ρ @39  ρ .139")
+        assert chart_text(chart).splitlines()[0].startswith("ρ @39  .139")
         await pilot.press("left", "left", "left")
         await pilot.pause()
         conn = connect(db)
         rho = conn.execute("SELECT rho FROM steps WHERE run_id = ? AND step = 36", (run_id,)).fetchone()[0]
         conn.close()
-        assert f"ρ @36  ρ {rho:.3f}".replace("0.", ".") in chart_text(chart).splitlines()[0]
+        assert f"ρ @36  {rho:.3f}".replace("0.", ".") in chart_text(chart).splitlines()[0]
         await pilot.hover(chart, offset=(7, 3))    # the mouse over the first plot column: step 0
         await pilot.pause()
-        assert screen.cursor_step == 0 and "ρ @0  ρ .200" in chart_text(chart).splitlines()[0]
+        assert screen.cursor_step == 0 and "ρ @0  .200" in chart_text(chart).splitlines()[0]
         await pilot.press("right")
         await pilot.pause()
-        assert screen.cursor_step == 1 and "ρ @1  ρ .101" in chart_text(chart).splitlines()[0]
+        assert screen.cursor_step == 1 and "ρ @1  .101" in chart_text(chart).splitlines()[0]
 
 
 async def test_smoothing_toggles_an_ema_line_over_the_same_band(db):
@@ -308,11 +312,11 @@ async def test_smoothing_toggles_an_ema_line_over_the_same_band(db):
         chart = screen.query_one("#chart-rho", Chart)
         await pilot.pause(1.5)  # the series re-binned to the laid-out chart width
         raw = chart_text(chart)
-        assert not chart.plot.traces[0].smooth and "~EMA" not in raw.splitlines()[0]
+        assert not chart.plot.traces[0].smooth and "~" not in raw.splitlines()[0]
         await pilot.press("S")
         await pilot.pause()
         smoothed = chart_text(chart)
-        assert chart.plot.traces[0].smooth > 0 and "ρ ~EMA" in smoothed.splitlines()[0]
+        assert chart.plot.traces[0].smooth == 0.6 and "ρ ~0.6" in smoothed.splitlines()[0]
         assert smoothed != raw and chart.plot.traces[0].points == screen.snapshot.series.trace("rho")  # data as is
         # a live row arriving keeps the smoothing and the cursor (a due redraw once reset both)
         await pilot.press("left")
@@ -323,7 +327,7 @@ async def test_smoothing_toggles_an_ema_line_over_the_same_band(db):
         await wait_for(pilot, lambda: screen.snapshot.series.last_step == 400, "step 400")
         await wait_for(pilot, lambda: chart.plot.traces[0].points == screen.snapshot.series.trace("rho"), "the redraw")
         assert screen.smooth and chart.plot.traces[0].smooth > 0 and screen.cursor_step == cursor is not None
-        await pilot.press("S")
+        await pilot.press("S", "S", "S")                       # 0.9, 0.99, then raw again
         await pilot.pause()
         assert not chart.plot.traces[0].smooth
 
@@ -354,7 +358,7 @@ async def test_config_tab_lists_the_resolved_config_and_searches_it(db):
         assert app.tail.view.run_id == run_id and not [c for c in screen.snapshot.commands]
 
 
-async def test_system_tab_shows_the_daemons_samples_and_says_when_there_is_no_gpu(db):
+async def test_system_tab_shows_the_daemons_samples_over_time_and_says_when_there_is_no_gpu(db):
     from lvmd.run.sysmon import SystemSampler
 
     run_id = make_run(db)
@@ -363,31 +367,26 @@ async def test_system_tab_shows_the_daemons_samples_and_says_when_there_is_no_gp
         screen = await run_screen(app, pilot)
         await pilot.press("5")
         await pilot.pause()
-        assert "no system sample yet" in screen.query_one("#system-pane").render().plain
+        pane = screen.query_one("#system-pane")
+        assert "no system sample yet" in pane.render().plain
         sampler = SystemSampler(db, run_id, every=0.2).start()  # what the daemon runs beside its loop
         try:
-            await wait_for(pilot, lambda: screen.snapshot.system, "a sample")
+            await wait_for(pilot, lambda: len({r["t"] for r in screen.snapshot.system_history}) >= 3,
+                           "three samples")
         finally:
             sampler.stop()
         await pilot.pause()
-        text = _render(screen.query_one("#system-pane"))
-        assert "lvmd daemon" in text and "host" in text and "GiB" in text
+        text = pane.render().plain
+        lines = text.splitlines()
+        daemon = next(ln for ln in lines if ln.startswith("lvmd daemon"))
+        assert "cpu" in daemon and "% of a core" in daemon
+        assert any(ln.split()[0] == "rss" and "GiB" in ln for ln in lines)
+        host = next(ln for ln in lines if ln.startswith("host"))
+        assert "cpu" in host and any("mem" in ln and " / " in ln and "GiB" in ln for ln in lines)
+        # a history, not one number: a block per sample, right-aligned while they fit
+        assert sum(ch in "▁▂▃▄▅▆▇█" for ch in daemon) >= 3 or sum(ch in "▁▂▃▄▅▆▇█" for ch in host) >= 3
         assert "no GPU on this machine" in text  # this machine has no NVIDIA driver
     conn = connect(db)
     devices = {r[0] for r in conn.execute("SELECT device FROM system_samples WHERE run_id = ?", (run_id,))}
     conn.close()
     assert devices == {"process", "host"}
-
-
-def _render(pane) -> str:
-    """The pane's table as the terminal shows it."""
-    import io
-
-    from rich.console import Console
-
-    from tui.widgets.system import system_table
-
-    console = Console(width=100, file=io.StringIO())
-    with console.capture() as cap:
-        console.print(system_table(pane.rows, time.time()))
-    return cap.get()

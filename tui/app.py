@@ -13,8 +13,9 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from tui import control
+from tui import control, prefs
 from tui.dialogs import HelpScreen
+from tui.metrics import DEFAULT_SPECS, picked_spec, step_columns
 from tui.run_screen import RunScreen
 from tui.runs_screen import RunsScreen
 from tui.tail import FALLBACK_S, DbTail, TailFailed, TailUpdate, TailView
@@ -39,10 +40,19 @@ class LvmdTui(App):
         self.last_update: TailUpdate | None = None
         self.tail = DbTail(self.db_path, self.post_message, view=TailView(baseline_id=baseline_id),
                            fallback_s=fallback_s)
+        self.db_key = str(self.db_path.resolve())
+        self.chart_prefs = prefs.ChartPrefs()
+        self._prefs_failed = False
+        self.fatal_error: str | None = None  # why the tail stopped for good (the app exits 1 with it)
 
     def on_mount(self) -> None:
-        # a chart is never wider than the screen: start there, the run screen narrows it after layout
-        self.tail.set_view(replace(self.tail.view, run_id=self.start_run_id, target_bins=2 * self.size.width))
+        self._load_prefs()
+        # a chart is never wider than the screen: start there, the run screen narrows it after layout;
+        # the columns the remembered charts draw are read from the first read on (not read twice)
+        columns = step_columns(picked_spec(slot, self.chart_prefs.slots.get(slot) or "default")
+                               for slot in DEFAULT_SPECS)
+        self.tail.set_view(replace(self.tail.view, run_id=self.start_run_id, target_bins=2 * self.size.width,
+                                   step_columns=columns))
         self.run_worker(self.tail.run, thread=True, name="db-tail", exit_on_error=True)
         self.push_screen(RunsScreen())
         if self.start_run_id is not None:
@@ -64,9 +74,38 @@ class LvmdTui(App):
                 screen.show_update(update)
 
     def on_tail_failed(self, failure: TailFailed) -> None:
+        if failure.fatal:  # nothing more will be read: say why, as `lvmd status` would, and end
+            self.fatal_error = failure.error
+            self.exit(return_code=1, message=f"tui: error: {failure.error}")
+            return
         self.notify(failure.error, title="database", severity="error", timeout=10)
 
+    # -- what was chosen to chart, per database (tui.prefs) -----------------------------------
+    def _load_prefs(self) -> None:
+        from store.db import StoreError, connect
+        from store.runs import database_id
+
+        try:
+            conn = connect(self.db_path, readonly=True)
+        except StoreError:  # the tail says why and ends the app
+            return
+        try:
+            self.db_key = database_id(conn) or self.db_key
+        finally:
+            conn.close()
+        self.chart_prefs = prefs.load(self.db_key)
+
+    def save_prefs(self) -> None:
+        try:
+            prefs.save(self.db_key, self.chart_prefs)
+        except OSError as exc:
+            if not self._prefs_failed:  # once: the charts work on, only unremembered
+                self._prefs_failed = True
+                self.notify(f"charts not remembered: {prefs.state_path()}: {exc.strerror}", severity="warning")
+
     def open_run(self, run_id: int) -> None:
+        if self.baseline_id == run_id:
+            self.notify(f"run {run_id} is the baseline: opened without an overlay of itself", timeout=5)
         self.follow(run_id=run_id, replay_epoch=None, zoom=0,
                     baseline_id=self.baseline_id if self.baseline_id != run_id else None,
                     overlay_ids=tuple(sorted(self.marked_ids - {run_id, self.baseline_id})))

@@ -1,29 +1,36 @@
-"""One run, live: status, guardrail charts, epoch charts and gates, events and commands."""
-from __future__ import annotations
+"""One run, live: status, charts, gates, events, config and the machine, and the keys that steer it.
 
-import time
+The screen holds what the tail must follow (replay, zoom, baseline) and what every chart shares
+(x axis, smoothing, cursor: tui.chart_deck); the views are widgets that draw what they are shown
+and speak by messages (a chart's new metric or scale, the mouse over a step).
+
+Focus decides what a key means: while a text box has focus every printable key is text; the
+run's commands (p r e c s) act only from a chart or a table, and say so elsewhere."""
+from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer, Input, TabbedContent, TabPane
 
 from tui.alerts import alerts_for
+from tui.chart_deck import CHART_TABS, ChartDeck
 from tui.dialogs import ConfirmScreen
-from tui.plots import STEP_CHARTS, event_markers, margin_plot, shown_epoch, step_plot, val_cos_plot
+from tui.metrics import STEP_SLOTS
+from tui.plots import shown_epoch
 from tui.tail import RunSnapshot, TailUpdate
 from tui.widgets.chart import Chart
 from tui.widgets.config import ConfigPane
-from tui.widgets.system import SystemPane
-from tui.widgets.events import CommandLog, EventLog
+from tui.widgets.events import EventLog, EventsPane
 from tui.widgets.gates import GateTable
-from tui.widgets.status import StatusBar, command_status, eval_progress
+from tui.widgets.status import StatusBar, eval_progress
+from tui.widgets.system import SystemPane
 
-
-CHART_PERIOD_S = 1.0  # a live run's step charts redraw at most this often
 MAX_ZOOM = 3  # 1/4, 1/16, 1/64 of the steps; one more press shows the whole run again
+COMMAND_HOMES = (Chart, DataTable, EventLog, SystemPane)  # where p r e c s act
 
 
 class RunScreen(Screen):
@@ -34,26 +41,34 @@ class RunScreen(Screen):
         Binding("e", "command('eval')", "Eval", tooltip="run a 5CAT evaluation now"),
         Binding("c", "command('checkpoint')", "Ckpt", tooltip="save a checkpoint now"),
         Binding("s", "stop", "Stop…", tooltip="stop the run (asks first)"),
-        # [ ] l are left out of the footer so that z, esc, ? and q fit at 80 columns (? lists them)
+        # [ ] l m L x S f / are left out of the footer so that z, esc, ? and q fit at 80 columns (? lists them)
         Binding("left_square_bracket", "replay(-1)", "◀Ep", show=False, tooltip="replay: show the run as of the previous epoch"),
         Binding("right_square_bracket", "replay(1)", "Ep▶", show=False, tooltip="replay: next epoch (past the last: live)"),
         Binding("l", "live", "Live", show=False, tooltip="leave replay, follow the run live"),
-        Binding("b", "toggle_baseline", "Base", tooltip="overlay the baseline run's curves (grey)"),
+        Binding("b", "toggle_baseline", "Base", tooltip="overlay the baseline run's curves (grey, dash-dot ┉)"),
         Binding("z", "zoom", "Zoom", tooltip="step charts: the newest 1/4, 1/16, 1/64 of the steps, then all"),
+        Binding("m", "pick_metric", "Metric", show=False,
+                tooltip="chart a metric: any column of steps or epochs, or a 5CAT metric, in the focused chart"),
+        Binding("L", "log_scale", "Log", key_display="L", show=False, tooltip="log scale on the focused chart (again: linear)"),
+        Binding("x", "x_axis", "X axis", show=False, tooltip="x axis of every chart: step, wall time, epoch"),
         Binding("S", "smooth", "Smooth", key_display="S", show=False,
-                tooltip="step charts: EMA-smoothed lines over the min/max band (again: raw means)"),
+                tooltip="step charts: EMA smoothing weight 0, 0.6, 0.9, 0.99 (as TensorBoard's slider)"),
         Binding("left", "cursor(-1)", "◀", key_display="←", show=False, priority=True,
                 tooltip="step charts: cursor one bin left (reads step, value, min/max; the mouse does too)"),
         Binding("right", "cursor(1)", "▶", key_display="→", show=False, priority=True,
                 tooltip="step charts: cursor one bin right (past the newest: cursor off)"),
         Binding("comma", "pick_eval(-1)", "◀Eval", show=False, tooltip="gate table: previous eval"),
         Binding("full_stop", "pick_eval(1)", "Eval▶", show=False, tooltip="gate table: next eval"),
+        Binding("slash", "search", "Search", key_display="/", show=False,
+                tooltip="search the shown view: Config keys, Events words (esc clears, then steps back)"),
+        Binding("f", "event_kind", "Kind", show=False, tooltip="Events: show one kind of event (or all)"),
+        Binding("end", "end", "End", show=False, tooltip="Events: jump to the newest and follow it; charts: cursor off"),
         Binding("1", "tab('train')", "Train", show=False, tooltip="tab: guardrail charts"),
         Binding("2", "tab('epochs')", "Epochs", show=False, tooltip="tab: val margin, val cos, 5CAT gates"),
         Binding("3", "tab('events')", "Events", show=False, tooltip="tab: event log and commands"),
         Binding("4", "tab('config')", "Config", show=False, tooltip="tab: the run's resolved config, searchable"),
-        Binding("5", "tab('system')", "System", show=False, tooltip="tab: CPU, memory and GPUs of the daemon's machine"),
-        Binding("escape", "back", "Runs", tooltip="back to the list of runs"),
+        Binding("5", "tab('system')", "System", show=False, tooltip="tab: CPU, memory and GPUs of the daemon's machine over time"),
+        Binding("escape", "back", "Runs", tooltip="back to the list of runs (first: the chart cursor off)"),
     ]
 
     def __init__(self, run_id: int) -> None:
@@ -64,32 +79,30 @@ class RunScreen(Screen):
         self.overlays: tuple[RunSnapshot, ...] = ()  # the runs marked on the runs screen
         self.replay_epoch: int | None = None
         self.show_baseline = True
-        self.picked_eval_id: int | None = None  # None: the newest eval in view
         self.zoom = 0                           # step charts: the newest 4^-zoom of the steps
         self.announced: set[str] = set()
-        self._drawn: dict[str, tuple] = {}      # what the charts were last drawn from
-        self._charts_at = 0.0                   # when the step charts were last drawn (monotonic)
-        self._chart_timer = None
-        self.smooth = False
-        self.cursor_step: int | None = None     # the step charts' cursor (None: off)
+        self.deck = ChartDeck(self)             # x axis, smoothing, cursor, metrics: what the charts share
+
+    # what every chart shares, as the keys left it (tui.chart_deck)
+    x_kind = property(lambda self: self.deck.x_kind)
+    smooth = property(lambda self: self.deck.smooth)
+    cursor_step = property(lambda self: self.deck.cursor_step)
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         with TabbedContent(initial="train"):
             with TabPane("Train", id="train"):
                 with Grid(id="train-grid"):
-                    for spec in STEP_CHARTS:
-                        yield Chart(spec.title, log_y=spec.log_y, id=f"chart-{spec.id}", classes="step-chart")
+                    for slot in STEP_SLOTS:
+                        yield Chart(slot, id=f"chart-{slot}", classes="step-chart")
             with TabPane("Epochs", id="epochs"):
                 with Vertical():
                     with Horizontal(id="epoch-charts"):
-                        yield Chart("val margin", show_markers=False, id="chart-margin")
-                        yield Chart("val cos", show_markers=False, id="chart-valcos")
+                        yield Chart("margin", id="chart-margin")
+                        yield Chart("valcos", id="chart-valcos")
                     yield GateTable(id="gates")
             with TabPane("Events", id="events"):
-                yield Static(EventLog.HEADER, classes="log-header")
-                yield EventLog(id="event-log")
-                yield CommandLog(id="command-log")
+                yield EventsPane(id="events-pane")
             with TabPane("Config", id="config"):
                 yield ConfigPane(id="config-pane")
             with TabPane("System", id="system"):
@@ -97,7 +110,9 @@ class RunScreen(Screen):
         yield Footer(compact=True, show_command_palette=False)  # ? lists ctrl+p
 
     def on_mount(self) -> None:
+        self.deck.apply_prefs()
         self.set_interval(1.0, self.query_one(StatusBar).refresh)  # heartbeat age and ETA tick
+        self.query_one("#chart-rho", Chart).focus()
         if self.app.last_update is not None:
             self.show_update(self.app.last_update)
 
@@ -123,108 +138,97 @@ class RunScreen(Screen):
         self.snapshot = update.run
         self.baseline = update.baseline if self.show_baseline else None
         self.overlays = update.overlays
+        wanted = self.app.baseline_id
+        if self.show_baseline and wanted not in (None, self.run_id) and update.view.baseline_id == wanted \
+                and update.baseline is None:
+            self._announce(f"baseline-{wanted}", f"baseline run {wanted} is not in this database: no overlay")
         try:
             self.redraw()
         except NoMatches:  # widgets being torn down at exit
             return
 
+    def _announce(self, key: str, text: str, severity: str = "warning") -> None:
+        if key not in self.announced:
+            self.announced.add(key)
+            self.notify(text, title=f"run {self.run_id}", severity=severity, timeout=10)
+
     def redraw(self) -> None:
-        run, baseline = self.snapshot, self.baseline
+        run = self.snapshot
         alerts = alerts_for(run)
         for alert in alerts:
-            if alert.key not in self.announced:
-                self.announced.add(alert.key)
-                self.notify(alert.text, title=f"run {self.run_id}", severity="error", timeout=10)
+            self._announce(alert.key, alert.text, "error")
         self.query_one(StatusBar).show(run, alerts, self._notes())
-        # A heartbeat or a command commits too: redraw the charts only when what they show changed
-        # (the tail hands over the same series object while no step arrived), so a paused run costs nothing.
-        step_key = self._step_key()
-        if step_key != self._drawn.get("steps"):
-            # A live run commits a few times a second: the status line shows each step at once,
-            # the six step charts at most every CHART_PERIOD_S (they barely move in between).
-            # What you asked for (zoom, replay, baseline) is drawn at once.
-            wait = self._charts_at + CHART_PERIOD_S - time.monotonic()
-            if wait > 0 and self._drawn.get("view") == self._view_key():
-                if self._chart_timer is None:
-                    self._chart_timer = self.set_timer(wait, self._draw_due_charts)
-            else:
-                self._draw_step_charts(step_key)
-        epoch_key = (run.epochs, run.run.get("total_epochs"), run.band, run.baseline_band,
-                     baseline.epochs if baseline else None, tuple(o.epochs for o in self.overlays))
-        if epoch_key != self._drawn.get("epochs"):
-            self._drawn["epochs"] = epoch_key
-            self.query_one("#chart-margin", Chart).show(margin_plot(run, baseline, self.overlays))
-            self.query_one("#chart-valcos", Chart).show(val_cos_plot(run, baseline, self.overlays))
-        self._show_gates()
-        self.query_one(EventLog).show(run.events)
-        self.query_one(CommandLog).show(run.commands)
+        self.deck.draw()
+        self.query_one(GateTable).show_evals(run.evals, run.gates)
+        self.query_one(EventsPane).show(run.events, run.epochs, run.commands)
         self.query_one(ConfigPane).show(run.run.get("config_json"))
-        self.query_one(SystemPane).show(run.system)
-
-    def _step_key(self) -> tuple:
-        run, baseline = self.snapshot, self.baseline
-        return (run.series, baseline.series if baseline else None, tuple(o.series for o in self.overlays),
-                len(run.events),
-                run.events[-1]["id"] if run.events else None)
-
-    def _view_key(self) -> tuple:
-        return (self.zoom, self.replay_epoch, self.show_baseline, self.baseline is None,
-                tuple(o.run_id for o in self.overlays), self.smooth, self.cursor_step)
-
-    def _draw_step_charts(self, key: tuple) -> None:
-        self._drawn["steps"], self._drawn["view"], self._charts_at = key, self._view_key(), time.monotonic()
-        run, baseline = self.snapshot, self.baseline
-        markers = event_markers(run)
-        for spec in STEP_CHARTS:
-            self.query_one(f"#chart-{spec.id}", Chart).show(step_plot(spec, run, baseline, markers, self.overlays,
-                                                                      smooth=self.smooth, cursor=self.cursor_step))
-
-    def _draw_due_charts(self) -> None:
-        self._chart_timer = None
-        if self.is_mounted and self.snapshot is not None and self._step_key() != self._drawn.get("steps"):
-            try:
-                self._draw_step_charts(self._step_key())
-            except NoMatches:  # torn down at exit
-                pass
+        self.query_one(SystemPane).show(run.system_history, run.system)
 
     def _notes(self) -> list[tuple[str, str]]:
         notes = []
         progress = eval_progress(self.snapshot)
         if progress:
             notes.append((progress, "bold cyan"))
-        if self.snapshot.commands:
-            notes.append(command_status(self.snapshot.commands[0]))
         if self.replay_epoch is not None:
             last = self.snapshot.last_epoch
             notes.append((f"REPLAY e{shown_epoch(self.replay_epoch)}/{shown_epoch(last) if last is not None else '?'}"
                           " ([ ] step, l live)", "bold reverse"))
         if self.zoom:
             notes.append((f"ZOOM newest 1/{4 ** self.zoom} (z)", "bold"))
+        if self.x_kind != "step":
+            notes.append((f"x: {'wall time' if self.x_kind == 'time' else 'epoch'} (x)", "bold"))
         if self.baseline is not None:
-            notes.append((f"vs run {self.baseline.run_id} (grey)", "bright_black"))
+            notes.append((f"vs ┉run {self.baseline.run_id} (grey)", "bright_black"))
         if self.overlays:
             notes.append((f"+{len(self.overlays)} marked run{'s' if len(self.overlays) > 1 else ''}", "yellow"))
         if self.app.readonly:
             notes.append(("read-only", "dim"))
         return notes
 
-    def _show_gates(self) -> None:
-        evals = self.snapshot.evals
-        table = self.query_one(GateTable)
-        if not evals:
-            table.show(None, (), 0, 0)
-            return
-        ids = [e["id"] for e in evals]
-        pos = ids.index(self.picked_eval_id) if self.picked_eval_id in ids else len(ids) - 1
-        ev = evals[pos]
-        table.show(ev, self.snapshot.gates.get(ev["id"], ()), pos + 1, len(evals))
+    def _refresh_status(self) -> None:
+        if self.snapshot is not None:
+            self.query_one(StatusBar).show(self.snapshot, alerts_for(self.snapshot), self._notes())
+
+    # -- focus: what a key means -------------------------------------------------------------
+    def on_key(self, event) -> None:
+        """Any key is the next action: the last command's outcome leaves the status line."""
+        self.query_one(StatusBar).command_notes.dismiss()
+
+    def shown_tab(self) -> str:
+        return self.query_one(TabbedContent).active
+
+    def _home(self, tab: str) -> Widget:
+        """Where the focus goes when a tab is shown: its chart, its log, its lines."""
+        if tab in CHART_TABS:
+            return self.deck.first_of(tab)
+        return {"events": lambda: self.query_one(EventLog), "config": lambda: self.query_one("#config-scroll"),
+                "system": lambda: self.query_one(SystemPane)}[tab]()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.call_after_refresh(self._focus_home, event.pane.id)
+
+    def _focus_home(self, tab: str) -> None:
+        """Give the shown tab the focus, unless a key (`/`) already put it somewhere in that tab."""
+        focused = self.focused
+        pane = self.query_one(f"TabPane#{tab}")
+        if self.shown_tab() == tab and (focused is None or pane not in focused.ancestors):
+            self._home(tab).focus()
+
+    def _commands_here(self, key: str) -> bool:
+        if isinstance(self.focused, COMMAND_HOMES):
+            return True
+        where = "a text box" if isinstance(self.focused, Input) else f"the {self.shown_tab()} tab"
+        self.notify(f"`{key}` steers the run from a chart or a table (tabs 1, 2, 3, 5); not from {where}",
+                    severity="warning", timeout=4)
+        return False
 
     # -- actions -----------------------------------------------------------------------------
     def action_command(self, verb: str) -> None:
-        self.app.send_command(self.run_id, verb)
+        if self._commands_here(verb[0]):
+            self.app.send_command(self.run_id, verb)
 
     def action_stop(self) -> None:
-        if self.app.refuse_if_readonly("stop"):
+        if not self._commands_here("s") or self.app.refuse_if_readonly("stop"):
             return
 
         def answered(yes: bool | None) -> None:
@@ -256,58 +260,95 @@ class RunScreen(Screen):
 
     def _set_replay(self, epoch: int | None) -> None:
         self.replay_epoch = epoch
-        self.picked_eval_id = None
+        self.query_one(GateTable).picked_eval_id = None
         self.app.follow(replay_epoch=epoch)
+        self._refresh_status()  # the mode shows at once; the charts when the tail has read it
 
     def action_zoom(self) -> None:
         self.zoom = (self.zoom + 1) % (MAX_ZOOM + 1)
         self.app.follow(zoom=self.zoom)
+        self._refresh_status()
 
     def action_smooth(self) -> None:
-        self.smooth = not self.smooth
-        self._redraw_step_charts()
+        self.deck.cycle_smooth()
+
+    def action_x_axis(self) -> None:
+        self.deck.cycle_x()
+        self._refresh_status()
+
+    def action_log_scale(self) -> None:
+        self.deck.toggle_log()
+
+    def action_pick_metric(self) -> None:
+        self.deck.pick_metric()
+
+    def on_chart_spec_changed(self, event: Chart.SpecChanged) -> None:
+        self.deck.spec_changed(event.chart)
+
+    def on_chart_hovered(self, event: Chart.Hovered) -> None:
+        self.deck.hovered(event.x)
 
     def action_cursor(self, delta: int) -> None:
-        """Move the step charts' cursor by one bin; it starts at the newest step."""
-        if isinstance(self.focused, Input):  # ← → keep moving the text cursor of the config search
+        if isinstance(self.focused, Input):  # ← → keep moving the text cursor of a search box
             (self.focused.action_cursor_left if delta < 0 else self.focused.action_cursor_right)()
-            return
-        if self.snapshot is None or self.snapshot.series.last_step is None:
-            return
-        series = self.snapshot.series
-        if self.cursor_step is None:
-            step = series.last_step if delta < 0 else None
         else:
-            step = self.cursor_step + delta * series.width
-            step = None if step > series.last_step else max(series.step_from, step)
-        self.set_cursor(step)
+            self.deck.move_cursor(delta)
 
     def set_cursor(self, step: int | None) -> None:
-        self.cursor_step = step
-        self._redraw_step_charts()
-
-    def _redraw_step_charts(self) -> None:
-        if self.snapshot is not None:
-            self._draw_step_charts(self._step_key())
+        self.deck.set_cursor(step)
 
     def action_toggle_baseline(self) -> None:
-        if self.app.baseline_id is None or self.app.baseline_id == self.run_id:
-            self.notify("no baseline: start with --baseline ID, or press b on a run in the runs list",
+        wanted = self.app.baseline_id
+        if wanted is None:
+            self.notify("no baseline chosen: start with --baseline ID, or press b on a run in the runs list",
                         severity="warning")
             return
+        if wanted == self.run_id:
+            self.notify(f"run {self.run_id} is the baseline itself: nothing to overlay"
+                        " (b on another run in the runs list chooses another)", severity="warning")
+            return
         self.show_baseline = not self.show_baseline
-        self.app.follow(baseline_id=self.app.baseline_id if self.show_baseline else None)
+        self.notify(f"baseline run {wanted} {'shown' if self.show_baseline else 'hidden'} (b)", timeout=3)
+        self.app.follow(baseline_id=wanted if self.show_baseline else None)
+        if not self.show_baseline:
+            self.baseline = None
+            self._refresh_status()
 
     def action_pick_eval(self, delta: int) -> None:
-        if not self.snapshot or not self.snapshot.evals:
-            return
-        ids = [e["id"] for e in self.snapshot.evals]
-        pos = ids.index(self.picked_eval_id) if self.picked_eval_id in ids else len(ids) - 1
-        self.picked_eval_id = ids[max(0, min(len(ids) - 1, pos + delta))]
-        self._show_gates()
+        self.query_one(GateTable).pick(delta)
 
     def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        # Blur first: a focused widget left in the pane being hidden would hand the focus to one
+        # of its neighbours there, and TabbedContent switches back to the pane that holds the focus.
+        if self.shown_tab() != tab:
+            self.set_focus(None)
+            self.query_one(TabbedContent).active = tab
+
+    def action_search(self) -> None:
+        tab = self.shown_tab()
+        if tab == "config":
+            self.query_one(ConfigPane).focus_search()
+        elif tab == "events":
+            self.query_one(EventsPane).focus_filter()
+        else:
+            self.notify("/ searches the Config (4) and Events (3) tabs; m picks a chart's metric", timeout=4)
+
+    def action_event_kind(self) -> None:
+        if self.shown_tab() != "events":
+            self.notify("f chooses the kind of event on the Events tab (3)", timeout=4)
+            return
+        self.query_one(EventsPane).ask_kind()
+
+    def action_end(self) -> None:
+        if self.shown_tab() == "events":
+            log = self.query_one(EventLog)
+            log.focus()
+            log.action_scroll_end()
+        elif self.cursor_step is not None:
+            self.deck.set_cursor(None)
 
     def action_back(self) -> None:
+        if self.cursor_step is not None:  # one layer at a time: the cursor first
+            self.deck.set_cursor(None)
+            return
         self.app.close_run()

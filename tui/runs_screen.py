@@ -1,6 +1,7 @@
 """The list of runs in the database: sort, filter, mark runs to overlay; enter opens one, b marks
 the baseline to compare. Sweeps (lvmd sweep) show as a line each above the list; g marks every
-seed of the highlighted member's configuration."""
+seed of the highlighted member's configuration. `/` focuses the filter; esc clears it, then
+hands the keys back to the list."""
 from __future__ import annotations
 
 import time
@@ -10,12 +11,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Footer, Static
 
 from store.reader import RunSummary
 from tui.sweeps import SweepGroups, short_config
 from tui.tail import TailUpdate
 from tui.widgets.runs import COLUMNS, SORTABLE, RunList
+from tui.widgets.search import SearchBox
 
 
 class RunsScreen(Screen):
@@ -27,7 +29,8 @@ class RunsScreen(Screen):
         Binding("b", "mark_baseline", "Baseline", tooltip="mark the highlighted run as the baseline to overlay"),
         Binding("o", "sort(1)", "Sort", tooltip="sort by the next column (the header shows which)"),
         Binding("O", "reverse", "Reverse", key_display="O", show=False, tooltip="reverse the sort order"),
-        Binding("slash", "filter", "Filter", key_display="/", tooltip="filter runs by name, preset, state or sweep configuration"),
+        Binding("slash", "filter", "Filter", key_display="/",
+                tooltip="filter runs by name, preset, state or sweep configuration (`running`: at work, `live`: any daemon)"),
     ]
 
     def __init__(self) -> None:
@@ -38,12 +41,13 @@ class RunsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(id="runs-header")
         yield SweepGroups(id="sweep-groups")
-        yield Input(placeholder="filter: words in name, preset, state or sweep config (enter keeps it, esc clears)", id="runs-filter")
+        yield SearchBox(placeholder="filter: words in name, preset, state or sweep config (enter keeps it, esc clears)",
+                        id="runs-filter")
         yield RunList(id="run-list")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#runs-filter", Input).display = False
+        self.query_one("#runs-filter", SearchBox).display = False
         self.set_interval(1.0, self._tick)
         if self.app.last_update is not None:
             self.show_update(self.app.last_update)
@@ -117,11 +121,18 @@ class RunsScreen(Screen):
         self._draw()
 
     def action_mark_baseline(self) -> None:
+        """b: this run is the baseline (again: none); says what it replaced, never silently."""
         run_id = self.query_one(RunList).selected_run_id
         if run_id is None:
             return
-        self.app.baseline_id = None if self.app.baseline_id == run_id else run_id
-        self.notify(f"baseline: run {run_id}" if self.app.baseline_id else "baseline cleared")
+        before = self.app.baseline_id
+        self.app.baseline_id = None if before == run_id else run_id
+        if self.app.baseline_id is None:
+            self.notify(f"baseline cleared (was run {before})")
+        elif before is not None:
+            self.notify(f"baseline: run {run_id} (replaces run {before})")
+        else:
+            self.notify(f"baseline: run {run_id}")
         self._draw()
 
     def action_sort(self, step: int) -> None:
@@ -135,23 +146,19 @@ class RunsScreen(Screen):
         self._draw()
 
     def action_filter(self) -> None:
-        box = self.query_one("#runs-filter", Input)
+        box = self.query_one("#runs-filter", SearchBox)
         box.display = True
         box.focus()
 
-    def on_input_changed(self, event: Input.Changed) -> None:
+    def on_input_changed(self, event: SearchBox.Changed) -> None:
         self.query_one(RunList).filter_text = event.value.strip()
         self._draw()
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
+    def on_input_submitted(self, event: SearchBox.Submitted) -> None:
         self.query_one(RunList).focus()
         event.input.display = bool(event.value.strip())
 
-    def on_key(self, event) -> None:
-        box = self.query_one("#runs-filter", Input)
-        if event.key == "escape" and box.has_focus:  # clear the filter
-            event.stop()
-            box.value = ""
-            box.display = False
-            self.query_one(RunList).focus()
+    def on_search_box_left(self, event: SearchBox.Left) -> None:
+        event.box.display = False
+        self.query_one(RunList).focus()
 

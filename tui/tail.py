@@ -20,10 +20,12 @@ import watchfiles
 from textual.message import Message
 
 from store import reader
-from store.db import connect
+from store.db import StoreError, connect
 from store.runs import active_rate
+from store.schema import MIGRATIONS
 from store.sweeps import baseline_config, epoch_band, sweep_progress
-from store.system import latest_samples
+from store.system import KEEP_SAMPLES_S, samples_after
+from tui.metrics import DEFAULT_SPECS, step_columns
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class TailView:
     replay_epoch: int | None = None  # show the run as it was at the end of this epoch
     target_bins: int = 128           # series bins: about the chart's width in braille dots
     zoom: int = 0                    # step charts show the newest 4^-zoom of the run's steps
+    # the `steps` columns the series sums per bin: what the charts draw (tui.metrics.step_columns)
+    step_columns: tuple[str, ...] = step_columns(DEFAULT_SPECS.values())
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class RunSnapshot:
     step_limit: int | None           # replay bound (None: live)
     last_epoch: int | None           # newest finished epoch, whatever the replay bound
     system: tuple[dict, ...] = ()    # the daemon's newest machine sample, a row per device
+    system_history: tuple[dict, ...] = ()  # every sample kept (store.system: the last hour), oldest first
+    eval_metrics: Mapping[int, Mapping[tuple[str, str], float]] = field(default_factory=dict)  # eval id -> 5CAT numbers
+    t0: float | None = None          # when the run took its first step: the wall-time axis starts there
     band: SeedBand | None = None     # a sweep member's configuration over its seeds (None: not in a sweep)
     baseline_band: SeedBand | None = None  # the same for the configuration `lvmd compare` holds it against
 
@@ -93,9 +100,13 @@ class TailUpdate(Message):
 
 
 class TailFailed(Message):
-    def __init__(self, error: str) -> None:
+    """A read failed (said once per distinct error); `fatal`: the tail stopped reading for good
+    (the file is not one this lvmd may read, such as a newer lvmd's schema)."""
+
+    def __init__(self, error: str, *, fatal: bool = False) -> None:
         super().__init__()
         self.error = error
+        self.fatal = fatal
 
 
 @dataclass
@@ -106,6 +117,10 @@ class _RunTracker:
     events: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     gates: dict[int, tuple[dict, ...]] = field(default_factory=dict)
+    eval_metrics: dict[int, MappingProxyType] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)
+    history: tuple[dict, ...] = ()   # the samples as last handed over: the same object while none arrive
+    t0: float | None = None
     last_series: reader.SeriesSnapshot | None = None
     series_shape: tuple = ()
 
@@ -130,11 +145,16 @@ class _RunTracker:
         if self.events and reader.events_count(conn, self.run_id, self.events[-1]["id"]) != len(self.events):
             self.events = []
         if self.evals and reader.evals_count(conn, self.run_id, self.evals[-1]["id"]) != len(self.evals):
-            self.evals, self.gates = [], {}
+            self.evals, self.gates, self.eval_metrics = [], {}, {}
         self.events += reader.events_after(conn, self.run_id, self.events[-1]["id"] if self.events else 0)
         new_evals = reader.evals_after(conn, self.run_id, self.evals[-1]["id"] if self.evals else 0)
         self.evals += new_evals
-        self.gates.update({k: tuple(v) for k, v in reader.gates_of(conn, [e["id"] for e in new_evals]).items()})
+        new_ids = [e["id"] for e in new_evals]
+        self.gates.update({k: tuple(v) for k, v in reader.gates_of(conn, new_ids).items()})
+        self.eval_metrics.update({k: MappingProxyType(v) for k, v in reader.eval_metrics_of(conn, new_ids).items()})
+        self._read_samples(conn)
+        if self.t0 is None:
+            self.t0 = reader.first_step_time(conn, self.run_id)
         limit = None if replay_epoch is None else self.series.step_limit
         recent = reader.latest_steps(conn, self.run_id, RATE_WINDOW, self.series.step_limit)
         all_epochs = reader.epochs_of(conn, self.run_id)
@@ -148,7 +168,25 @@ class _RunTracker:
             steps_per_s=_rate(recent), events=tuple(events), epochs=tuple(epochs), evals=tuple(evals),
             gates=MappingProxyType(dict(self.gates)), commands=tuple(reader.recent_commands(conn, self.run_id)),
             step_limit=limit, last_epoch=all_epochs[-1]["epoch"] if all_epochs else None,
-            system=tuple(latest_samples(conn, self.run_id)))
+            system=self._latest_sample(), system_history=self.history,
+            eval_metrics=MappingProxyType(dict(self.eval_metrics)), t0=self.t0)
+
+    def _read_samples(self, conn: sqlite3.Connection) -> None:
+        """New system samples by rowid; those the daemon has trimmed (older than an hour) go too."""
+        new = samples_after(conn, self.run_id, self.samples[-1]["rowid"] if self.samples else 0)
+        if not new:
+            return
+        self.samples += new
+        if self.samples[0]["t"] < self.samples[-1]["t"] - KEEP_SAMPLES_S:
+            self.samples = [r for r in self.samples if r["t"] >= self.samples[-1]["t"] - KEEP_SAMPLES_S]
+        self.history = tuple(self.samples)
+
+    def _latest_sample(self) -> tuple[dict, ...]:
+        """The newest sample, a row per device."""
+        if not self.samples:
+            return ()
+        t = self.samples[-1]["t"]
+        return tuple(sorted((r for r in self.samples[-16:] if r["t"] == t), key=lambda r: r["device"]))
 
 
 def _rate(rows_newest_first: list[dict]) -> float | None:
@@ -167,7 +205,7 @@ class DbTail:
         self._fallback_s = fallback_s
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._trackers: dict[tuple[int, int | None, int], _RunTracker] = {}  # (run, replay limit, zoom)
+        self._trackers: dict[tuple, _RunTracker] = {}  # (run, replay limit, zoom, columns)
         self._last: tuple[int, TailView] | None = None  # data_version and view last posted
         self._last_error: str | None = None
         self.polls = 0       # wake-ups that found a commit and read the database
@@ -188,12 +226,17 @@ class DbTail:
 
     # -- the worker thread --------------------------------------------------------------------
     def run(self) -> None:
-        conn = connect(self.path, readonly=True)
+        try:
+            conn = connect(self.path, readonly=True)
+        except StoreError as exc:  # gone, foreign or a newer lvmd's since launch checked it
+            self._post(TailFailed(str(exc), fatal=True))
+            return
         watcher = threading.Thread(target=self._watch_wal, name="lvmd-tui-watch", daemon=True)
         watcher.start()
         try:
             while not self._stop.is_set():
-                self._poll(conn)
+                if not self._poll(conn):
+                    return
                 self._wake.wait(self._fallback_s)
                 self._wake.clear()
         finally:
@@ -210,12 +253,18 @@ class DbTail:
         except Exception as exc:  # the fallback timer keeps the TUI live, only slower
             log.warning("file watcher stopped (%s); polling every %.1f s", exc, self._fallback_s)
 
-    def _poll(self, conn: sqlite3.Connection) -> None:
+    def _poll(self, conn: sqlite3.Connection) -> bool:
+        """Read and post what changed; False once the file is one this lvmd must not read."""
         view = self._view
         try:
             version = reader.data_version(conn)
             if self._last == (version, view):
-                return
+                return True
+            schema = reader.schema_version(conn)
+            if schema > len(MIGRATIONS):  # the same refusal as store.db.connect's, for a file upgraded since
+                self._post(TailFailed(f"{self.path}: schema version {schema} is newer than this lvmd "
+                                      f"({len(MIGRATIONS)}); upgrade lvmd", fatal=True))
+                return False
             self.polls += 1
             if self._last is None or self._last[1] != view:  # a new view may mean a long first read
                 with reader.read_snapshot(conn):
@@ -230,8 +279,9 @@ class DbTail:
             if str(exc) != self._last_error:
                 self._last_error = str(exc)
                 self._post(TailFailed(f"{self.path.name}: {exc}"))
-            return
+            return True
         self._post(update)
+        return True
 
     def _read(self, conn: sqlite3.Connection, view: TailView, *, preview: bool = False) -> TailUpdate | None:
         """What the view shows; with preview=True, None unless the run needs a sampled first picture."""
@@ -244,7 +294,8 @@ class DbTail:
             wanted = {view.run_id, view.baseline_id, *view.overlay_ids} - {None}
             # keep the live, unzoomed trackers while replaying or zoomed: going back is then incremental
             self._trackers = {k: t for k, t in self._trackers.items()
-                              if k[0] in wanted and k[1] in (None, limit) and k[2] in (0, view.zoom)}
+                              if k[0] in wanted and k[1] in (None, limit) and k[2] in (0, view.zoom)
+                              and k[3] == view.step_columns}
             window = zoom_window(conn, view, limit)
             run = self._tracker(view.run_id, limit, view, window).read(conn, view.replay_epoch, preview=preview)
             if run is not None and run.run.get("sweep_id") is not None:
@@ -266,10 +317,10 @@ class DbTail:
         return TailUpdate(view, runs, run, baseline, overlays, sweeps)
 
     def _tracker(self, run_id: int, limit: int | None, view: TailView, window: tuple[int, int | None]) -> _RunTracker:
-        key = (run_id, limit, view.zoom)
+        key = (run_id, limit, view.zoom, view.step_columns)
         if key not in self._trackers:
             self._trackers[key] = _RunTracker(run_id, reader.StepSeries(run_id, target_bins=view.target_bins,
-                                                                        step_limit=limit))
+                                                                        step_limit=limit, columns=view.step_columns))
         tracker = self._trackers[key]
         tracker.series.retarget(view.target_bins)
         tracker.series.set_window(*window)

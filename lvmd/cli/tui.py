@@ -20,8 +20,6 @@ def register(sub) -> None:
     p = sub.add_parser("tui", help="watch and steer runs live in the terminal (or in a browser: --web)")
     add_arguments(p, default_db())
     add_web_arguments(p)
-    p.add_argument("--db", dest="db_option", metavar="FILE", help="the database, as every other command takes it "
-                                                                 "(the same as DB)")
     p.set_defaults(func=cmd_tui)
 
 
@@ -29,10 +27,6 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from tui.launch import run
     from tui.web import WebRefused, check_options
 
-    if args.db_option is not None:
-        if args.db not in (default_db(), args.db_option):
-            raise UserError(f"tui: the database twice ({args.db} and --db {args.db_option}); give one")
-        args.db = args.db_option
     try:
         check_options(args)
         if args.web:
@@ -46,8 +40,10 @@ def _serve_web(args: argparse.Namespace) -> int:
     """Resolve the runs up front (a bad id or database fails here, in one line), then serve."""
     from store.db import connect
     from store.runs import resolve_run
+    from tui.launch import database
     from tui.web import serve_web
 
+    args.db = database(args)
     conn = connect(args.db, readonly=True)
     try:
         run_id = resolve_run(conn, args.run)["id"] if args.run else None

@@ -3,7 +3,9 @@ lines of rich Text, so it is tested without a terminal and the widget stays a th
 
 Each trace point is a bin: (x0, x1, lo, hi, mean). A dot column shades the whole lo..hi range of
 the bins that fall in it (dim), so a one-step spike survives any downsampling, and draws the
-mean over it as the line you read.
+mean over it as the line you read. Rows, top to bottom: the legend (tui/widgets/legend.py), the
+plot with y tick labels in the gutter, the event markers, the x tick labels (markers and ticks
+share one row when the chart is short).
 """
 from __future__ import annotations
 
@@ -13,15 +15,22 @@ from typing import Sequence
 
 from rich.text import Text
 
+from tui.widgets.axes import fmt, fmt_short, log_ticks, tick_label, ticks, time_ticks  # noqa: F401  (fmt: re-export)
+
 GUTTER = 7  # y-axis labels (6) + a space
 _DOT_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))  # [dx][dy]
 LOG_FLOOR = 1e-12
-DASH_GLYPHS = {"solid": "━", "dash": "╍", "dot": "┈"}
+# Line styles: which dot columns a line draws. The glyph names the style in the legend, so lines
+# read apart without colour (16-colour terminals, colour-blind eyes).
+DASH_GLYPHS = {"solid": "━", "dash": "╍", "dot": "┈", "dashdot": "┉", "shortdash": "┄"}
+SEPARATE_MARKER_ROWS = 6  # from this height on, markers and x ticks get a row each
 
 
 def _dash_on(dash: str, x: int) -> bool:
     """Does a line of this style draw in dot column x?"""
-    return dash == "solid" or (dash == "dash" and x % 6 < 4) or (dash == "dot" and x % 3 == 0)
+    return (dash == "solid" or (dash == "dash" and x % 6 < 4) or (dash == "dot" and x % 3 == 0)
+            or (dash == "dashdot" and x % 9 in (0, 1, 2, 3, 4, 6)) or (dash == "shortdash" and x % 4 < 2))
+
 
 # event kind -> (glyph, style, priority): the marker row shows the most severe per cell
 MARKERS = {
@@ -38,15 +47,17 @@ class Trace:
     style: str
     value: float | None = None  # shown in the legend
     envelope: bool = True       # shade min..max behind the mean line
-    dash: str = "solid"         # solid | dash | dot: tells overlaid runs apart without colour
-    smooth: float = 0.0         # > 0: the line is an EMA (this alpha per dot column) of the means
+    dash: str = "solid"         # DASH_GLYPHS key: tells overlaid runs apart without colour
+    smooth: float = 0.0         # > 0: the line is the EMA of the points with this weight (TensorBoard's)
     fill: bool = False          # columns between two points interpolate min and max too (a band over epochs)
     under: bool = False         # the line is drawn beneath the other traces' lines wherever it sits in the legend
+    rank: int = 1               # legend priority: 0 the open run's main value (never dropped), 1 its others, 2 other runs
+    count: bool = False         # values are counts: shown as integers
 
 
 @dataclass(frozen=True)
 class RefLine:
-    """A dotted horizontal line, piecewise: [(x0, x1, y)]."""
+    """A dotted horizontal line, piecewise: [(x0, x1, y)]; the legend shows the newest y."""
     label: str
     segments: Sequence[tuple[float, float, float]]
     style: str
@@ -72,33 +83,12 @@ class Plot:
     markers: Sequence[tuple[float, str]] = ()  # (x, event kind)
     log_y: bool = False
     show_markers: bool = True
-    x_label: str = ""
+    x_label: str = ""            # right of the legend when there is room (the zoom window, a preview's ≈)
     empty_text: str = "no data yet"
     extra: Sequence[tuple[str, str]] = field(default=())  # more legend (text, style)
     cursor: float | None = None  # an x to read: its column is highlighted, the legend reads the bins there
-
-
-def fmt(v: float | None) -> str:
-    """A value in at most 6 characters."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    a = abs(v)
-    if a == 0:
-        return "0"
-    if a >= 1e4:
-        return f"{v / 1e3:.0f}k" if a < 1e6 else f"{v / 1e6:.1f}M"
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    if a >= 0.01:
-        return f"{v:.3f}".replace("0.", ".", 1)
-    return f"{v:.0e}".replace("e-0", "e-")
-
-
-def fmt_step(s: float) -> str:
-    s = int(s)
-    return f"{s / 1e6:.2f}M" if s >= 1e6 else f"{s / 1e3:.1f}k" if s >= 1e4 else str(s)
+    x_kind: str = "step"         # step | time | epoch: how the x ticks are chosen and labelled
+    cursor_label: str = ""       # the cursor's x in words (`@1.2k`, `@5m10s`)
 
 
 class _Grid:
@@ -115,10 +105,22 @@ class _Grid:
             self.fg[cy][cx] = style
 
 
+def layout(plot: Plot, height: int) -> tuple[int, bool, bool]:
+    """(plot rows, a marker row of its own, an x tick row) for a chart `height` rows tall."""
+    below = height - 1
+    if plot.show_markers and height >= SEPARATE_MARKER_ROWS:
+        return below - 2, True, True
+    if below >= 3:
+        return below - 1, False, True
+    return below, False, False
+
+
 def draw(plot: Plot, width: int, height: int) -> list[Text]:
-    """The chart as `height` lines of `width` cells: legend, plot rows, marker row."""
-    legend = _readout(plot, width) if plot.cursor is not None else _legend(plot, width)
-    plot_rows = height - 1 - (1 if plot.show_markers else 0)
+    """The chart as `height` lines of `width` cells: legend, plot rows, marker and tick rows."""
+    from tui.widgets.legend import legend_line
+
+    legend = legend_line(plot, width)
+    plot_rows, marker_row, tick_row = layout(plot, height)
     cols = width - GUTTER
     if plot_rows < 1 or cols < 4:
         return [legend][:height]
@@ -136,8 +138,17 @@ def draw(plot: Plot, width: int, height: int) -> list[Text]:
     def px(x: float) -> int:
         return min(dots_w - 1, max(0, round((x - x0) / x_span * (dots_w - 1))))
 
-    def py(v: float) -> int:
-        return min(dots_h - 1, max(0, round((y_hi - tf(v)) / (y_hi - y_lo) * (dots_h - 1))))
+    y_scale = (dots_h - 1) / (y_hi - y_lo)
+
+    def py_t(t: float) -> int:  # a transformed value's dot row
+        return min(dots_h - 1, max(0, round((y_hi - t) * y_scale)))
+
+    if plot.log_y:
+        def py(v: float) -> int:
+            return py_t(tf(v))
+    else:
+        def py(v: float) -> int:  # the hot path: no transform
+            return min(dots_h - 1, max(0, round((y_hi - v) * y_scale)))
 
     grid = _Grid(cols, plot_rows)
     for band in plot.bands:
@@ -152,21 +163,22 @@ def draw(plot: Plot, width: int, height: int) -> list[Text]:
         if tr.envelope:
             _envelope(grid, tr, trace_spans, py)
     for tr, trace_spans in sorted(zip(plot.traces, spans), key=lambda p: not p[0].under):  # stable
-        _mean_line(grid, tr, trace_spans, py)
+        _mean_line(grid, tr, _smoothed(tr, trace_spans), py)
+    labels = _y_labels(plot.log_y, y_lo, y_hi, plot_rows, py_t)
     lines = [legend]
     cursor_cell = None if plot.cursor is None else px(plot.cursor) // 2
     for r in range(plot_rows):
-        label = fmt(_untransform(plot.log_y, y_hi)) if r == 0 else \
-            fmt(_untransform(plot.log_y, y_lo)) if r == plot_rows - 1 else \
-            fmt(_untransform(plot.log_y, (y_hi + y_lo) / 2)) if r == plot_rows // 2 and plot_rows >= 5 else ""
         line = Text()
-        line.append(label.rjust(GUTTER - 1)[:GUTTER - 1] + " ", style="dim")
+        line.append(labels.get(r, "").rjust(GUTTER - 1)[:GUTTER - 1] + " ", style="dim")
         _append_cells(line, grid, r)
         if cursor_cell is not None:
             line.stylize("reverse", GUTTER + cursor_cell, GUTTER + cursor_cell + 1)
         lines.append(line)
-    if plot.show_markers:
-        lines.append(_marker_row(plot, px, cols))
+    markers = _marker_cells(plot, px, cols) if plot.show_markers else [None] * cols
+    if marker_row:
+        lines.append(_marker_row(markers))
+    if tick_row:
+        lines.append(_tick_row(plot, px, cols, markers if not marker_row else [None] * cols))
     return lines
 
 
@@ -197,62 +209,27 @@ def _transform(log_y: bool):
     return (lambda v: math.log10(max(v, LOG_FLOOR))) if log_y else (lambda v: v)
 
 
-def _untransform(log_y: bool, v: float) -> float:
-    return 10 ** v if log_y else v
-
-
-def _legend(plot: Plot, width: int) -> Text:
-    text = Text()
-    text.append(plot.title, style="bold")
-    for tr in plot.traces:
-        if tr.label:
-            text.append("  ")
-            text.append(tr.label, style=tr.style)
-            if tr.value is not None:
-                text.append(f" {fmt(tr.value)}")
-    for ref in plot.refs:
-        if ref.label:
-            text.append("  ")
-            text.append(ref.label, style=ref.style)
-    for part, style in plot.extra:
-        text.append("  ")
-        text.append(part, style=style)
-    if plot.x_label and text.cell_len + len(plot.x_label) + 2 <= width:
-        text.append(" " * (width - text.cell_len - len(plot.x_label)))
-        text.append(plot.x_label, style="dim")
-    text.truncate(width)
-    return text
-
-
-def bin_at(trace: Trace, x: float) -> tuple[float, float, float, float, float] | None:
-    """The point (bin) of the trace that holds x, else the nearest one; None if it has none."""
-    points = [p for p in trace.points if p[2] is not None]
-    if not points:
-        return None
-    return min(points, key=lambda p: 0 if p[0] <= x <= p[1] else min(abs(x - p[0]), abs(x - p[1])))
-
-
-def _readout(plot: Plot, width: int) -> Text:
-    """The legend while a cursor is on: where, then each labelled trace's value there (the bin's
-    mean, which is the row's value when a bin holds one step) and the bin's min..max."""
-    text = Text()
-    text.append(plot.title, style="bold")
-    shown = None
-    for tr in plot.traces:
-        point = bin_at(tr, plot.cursor) if tr.label else None
-        if point is None:
+def _y_labels(log_y: bool, y_lo: float, y_hi: float, rows: int, py) -> dict[int, str]:
+    """Tick labels by plot row: round values (powers of ten on a log axis) at the row that holds
+    them, at most one a row and none on the row next to another when there is room."""
+    want = max(2, rows // 2 + (rows % 2))
+    for attempt in range(3):
+        if log_y:
+            values, step, kind = log_ticks(y_lo, y_hi, want * 2 ** attempt), 1.0, "log"
+        else:
+            values, step = ticks(y_lo, y_hi, want * 2 ** attempt)
+            kind = "value"
+        if len(values) >= 2:
+            break
+    labels: dict[int, str] = {}
+    for v in values:
+        row = py(v) // 4
+        if row in labels or (rows > 4 and (row - 1 in labels or row + 1 in labels)):
             continue
-        if shown is None:
-            shown = point
-            span = f"{fmt_step(point[0])}" if point[0] == point[1] else f"{fmt_step(point[0])}–{fmt_step(point[1])}"
-            text.append(f" @{span}", style="reverse")
-        text.append("  ")
-        text.append(tr.label, style=tr.style)
-        text.append(f" {fmt(point[4])}")
-        if point[2] != point[3]:
-            text.append(f" [{fmt(point[2])}‥{fmt(point[3])}]", style="dim")
-    text.truncate(width)
-    return text
+        labels[row] = tick_label(v, step, kind)
+    if len(labels) < 2:  # no two round values fit: the range's ends
+        labels = {0: fmt_short(10 ** y_hi if log_y else y_hi), rows - 1: fmt_short(10 ** y_lo if log_y else y_lo)}
+    return labels
 
 
 def _columns(trace: Trace, px, dots_w: int) -> list[tuple[float, float, float] | None]:
@@ -283,6 +260,26 @@ def _columns(trace: Trace, px, dots_w: int) -> list[tuple[float, float, float] |
     return cols
 
 
+def ema(values: Sequence[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average with `weight` on the past,
+    debiased (divided by 1 - weight^n) so the line starts at the first value, not at 0."""
+    out, last = [], 0.0
+    for n, v in enumerate(values, 1):
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** n))
+    return out
+
+
+def _smoothed(trace: Trace, cols):
+    """The columns with their means replaced by the EMA over the columns in x order (the band
+    keeps the raw min..max). TensorBoard smooths the points it draws; so does this."""
+    if trace.smooth <= 0:
+        return cols
+    filled = [c for c in cols if c is not None]
+    means = iter(ema([c[2] for c in filled], trace.smooth))
+    return [None if c is None else (c[0], c[1], next(means)) for c in cols]
+
+
 def _envelope(grid: _Grid, trace: Trace, cols, py) -> None:
     """The min..max range as a half-density dim texture, so lines drawn over it stay legible."""
     for x, col in enumerate(cols):
@@ -294,16 +291,11 @@ def _envelope(grid: _Grid, trace: Trace, cols, py) -> None:
 
 def _mean_line(grid: _Grid, trace: Trace, cols, py) -> None:
     prev: int | None = None
-    ema: float | None = None
     for x, col in enumerate(cols):
         if col is None:
-            prev = ema = None
+            prev = None
             continue
-        value = col[2]
-        if trace.smooth > 0:  # the band keeps the raw min..max; only the line is smoothed
-            ema = value if ema is None else ema + trace.smooth * (value - ema)
-            value = ema
-        y = py(value)
+        y = py(col[2])
         top, bottom = (y, y) if prev is None else (min(y, prev + 1), max(y, prev - 1))
         if _dash_on(trace.dash, x):
             for yy in range(top, bottom + 1):  # join to the previous column so the line has no gaps
@@ -337,20 +329,69 @@ def _append_cells(line: Text, grid: _Grid, row: int) -> None:
         line.append("".join(run), style=run_style)
 
 
-def _marker_row(plot: Plot, px, cols: int) -> Text:
+def _marker_cells(plot: Plot, px, cols: int) -> list[tuple[str, str, int] | None]:
     cells: list[tuple[str, str, int] | None] = [None] * cols
     for x, kind in plot.markers:
         if kind in MARKERS:
             cx = px(x) // 2
             if cells[cx] is None or MARKERS[kind][2] > cells[cx][2]:
                 cells[cx] = MARKERS[kind]
+    return cells
+
+
+def _marker_row(cells) -> Text:
     line = Text(" " * GUTTER)
     for cell in cells:
         line.append(*(cell[:2] if cell else ("─", "dim")))
     return line
 
 
+def x_ticks(plot: Plot, cols: int) -> list[tuple[float, str]]:
+    """(x, label) of the x axis: round steps, epochs or durations, about one per 7 columns."""
+    x0, x1 = plot.x_range
+    want = max(2, cols // 7)
+    if plot.x_kind == "time":
+        return [(v, tick_label(v, 0, "time")) for v in time_ticks(x0, x1, want)]
+    values, step = ticks(x0, x1, want, integer=plot.x_kind == "step" or (plot.x_kind == "epoch" and x1 - x0 >= 2))
+    return [(v, tick_label(v, step, plot.x_kind)) for v in values]
+
+
+def _tick_row(plot: Plot, px, cols: int, markers) -> Text:
+    """The axis name in the gutter, then tick labels centred on their columns (never two
+    touching); a short chart's markers fill the cells the labels leave free."""
+    cells: list[tuple[str, str] | None] = [(m[0], m[1]) if m else None for m in markers]
+    end = -2
+    for x, label in x_ticks(plot, cols):
+        start = min(max(0, px(x) // 2 - len(label) // 2), cols - len(label))
+        if start <= end + 1:
+            continue
+        for i, ch in enumerate(label):
+            cells[start + i] = (ch, "dim")
+        end = start + len(label) - 1
+    line = Text(plot.x_kind[:GUTTER - 1].rjust(GUTTER - 1) + " ", style="dim italic")
+    for cell in cells:
+        line.append(*(cell if cell else (" ", "")))
+    return line
+
+
 def marker_columns(plot: Plot, width: int) -> dict[int, str]:
     """Which marker glyph sits in which plot column (for tests and the bench)."""
-    line = draw(plot, width, 8)[-1].plain[GUTTER:]
-    return {i: ch for i, ch in enumerate(line) if ch != "─"}
+    cols = width - GUTTER
+    x0, x1 = plot.x_range
+    span = (x1 - x0) or 1.0
+    dots_w = cols * 2
+    cells = _marker_cells(plot, lambda x: min(dots_w - 1, max(0, round((x - x0) / span * (dots_w - 1)))), cols)
+    return {i: c[0] for i, c in enumerate(cells) if c}
+
+
+def bin_at(trace: Trace, x: float) -> tuple[float, float, float, float, float] | None:
+    """The point (bin) of the trace that holds x, else the nearest one (another run's bins need
+    not line up with the open run's); None if it has none, or if x lies more than a bin beyond
+    the trace's ends (a shorter run has no value at a step it never reached)."""
+    points = [p for p in trace.points if p[2] is not None]
+    if not points:
+        return None
+    reach = max(p[1] - p[0] for p in points) + (points[-1][0] - points[0][0]) / max(1, len(points) - 1)
+    if not points[0][0] - reach <= x <= points[-1][1] + reach:
+        return None
+    return min(points, key=lambda p: 0 if p[0] <= x <= p[1] else min(abs(x - p[0]), abs(x - p[1])))

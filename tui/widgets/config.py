@@ -6,7 +6,9 @@ import json
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Input, Static
+from textual.widgets import Static
+
+from tui.widgets.search import SearchBox
 
 
 def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
@@ -41,7 +43,8 @@ def config_lines(config_json: str | None, query: str = "") -> Text:
 
 
 class ConfigPane(Vertical):
-    """Search box (type to narrow, every word must appear in `key = value`) over the config."""
+    """Search box (`/`: type to narrow, every word must appear in `key = value`) over the config.
+    Esc clears the box, then hands the focus to the lines (where ↑ ↓ scroll)."""
     DEFAULT_CSS = """
     ConfigPane > Input { height: 3; }
     ConfigPane > VerticalScroll { height: 1fr; }
@@ -52,8 +55,9 @@ class ConfigPane(Vertical):
         self.config_json: str | None = None
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="search the resolved config (e.g. rho_cap, loss ramp)", id="config-search")
-        with VerticalScroll():
+        yield SearchBox(placeholder="/ searches the resolved config (e.g. rho_cap, loss ramp); esc clears",
+                        id="config-search")
+        with VerticalScroll(id="config-scroll"):
             yield Static(id="config-lines")
 
     def show(self, config_json: str | None) -> None:
@@ -61,10 +65,24 @@ class ConfigPane(Vertical):
             self.config_json = config_json
             self._draw()
 
-    def on_input_changed(self, event: Input.Changed) -> None:
+    def focus_search(self) -> None:
+        self.query_one("#config-search", SearchBox).focus()
+
+    def focus_lines(self) -> None:
+        self.query_one("#config-scroll", VerticalScroll).focus()
+
+    def on_input_changed(self, event: SearchBox.Changed) -> None:
         event.stop()
         self._draw()
 
+    def on_input_submitted(self, event: SearchBox.Submitted) -> None:
+        event.stop()
+        self.focus_lines()
+
+    def on_search_box_left(self, event: SearchBox.Left) -> None:
+        event.stop()
+        self.focus_lines()
+
     def _draw(self) -> None:
         self.query_one("#config-lines", Static).update(
-            config_lines(self.config_json, self.query_one("#config-search", Input).value))
+            config_lines(self.config_json, self.query_one("#config-search", SearchBox).value))

@@ -10,6 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from tui.metrics import metric as metric_of
 from tui.plots import shown_epoch
 
 SPLIT_ORDER = ("val", "ood")  # then the cross-split VAL-OOD of gate E
@@ -49,6 +50,28 @@ class GateTable(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.shown: tuple[int, tuple] | None = None  # eval id and its gate rows
+        self.evals: tuple[dict, ...] = ()
+        self.gates: dict = {}
+        self.picked_eval_id: int | None = None  # None: the newest eval in view
+
+    def show_evals(self, evals: tuple[dict, ...], gates) -> None:
+        """The run's finished evals and their gates; the table shows the picked one (`,` `.`)."""
+        self.evals, self.gates = evals, gates
+        if not evals:
+            self.show(None, (), 0, 0)
+            return
+        ids = [e["id"] for e in evals]
+        pos = ids.index(self.picked_eval_id) if self.picked_eval_id in ids else len(ids) - 1
+        ev = evals[pos]
+        self.show(ev, gates.get(ev["id"], ()), pos + 1, len(evals))
+
+    def pick(self, delta: int) -> None:
+        if not self.evals:
+            return
+        ids = [e["id"] for e in self.evals]
+        pos = ids.index(self.picked_eval_id) if self.picked_eval_id in ids else len(ids) - 1
+        self.picked_eval_id = ids[max(0, min(len(ids) - 1, pos + delta))]
+        self.show_evals(self.evals, self.gates)
 
     def compose(self) -> ComposeResult:
         yield Static("no 5CAT eval yet", id="eval-header")
@@ -69,15 +92,18 @@ class GateTable(Vertical):
         self.shown = (ev["id"], gates)
         table.clear(columns=True)
         splits = split_order(list(gates))
-        table.add_column("gate", key="gate")
-        for split in splits:
-            table.add_column(split.upper(), key=split)
         cells: dict[tuple[str, str], dict[str, dict]] = {}
         for g in gates:
             cells.setdefault((g["gate"], g["metric"]), {})[g["split"]] = g
-        for (gate, metric), by_split in sorted(cells.items(), key=lambda kv: kv[0][0]):
-            table.add_row(Text(f"{gate} {metric.removeprefix('delta_')}"),
-                          *(gate_cell(by_split.get(split)) for split in splits), key=f"{gate}:{metric}")
+        rows = [(f"{gate}:{metric}", [Text(f"{gate} {metric.removeprefix('delta_')}"),
+                                      *(gate_cell(by_split.get(split)) for split in splits)])
+                for (gate, metric), by_split in sorted(cells.items(), key=lambda kv: kv[0][0])]
+        # Each column as wide as its widest cell, said now: DataTable measures auto-width columns
+        # only when it is next idle, and a busy screen (a live run) drew them label-wide till then.
+        for i, (label, key) in enumerate([("gate", "gate"), *((s.upper(), s) for s in splits)]):
+            table.add_column(label, key=key, width=max([len(label), *(row[i].cell_len for _, row in rows)]))
+        for key, row in rows:
+            table.add_row(*row, key=key)
 
 
 def gate_cell(g: dict | None) -> Text:
@@ -87,7 +113,8 @@ def gate_cell(g: dict | None) -> Text:
     style = PASS_STYLE if g["passed"] else FAIL_STYLE
     text = Text("✓ " if g["passed"] else "✗ ", style=style)
     op = g.get("op")
-    text.append(fmt_value(g["value"], g["threshold"], op, bool(g["passed"])), style=style)
+    count = metric_of(f"eval.{g['split']}.{g['metric']}").is_count  # a sample count reads as an integer
+    text.append(fmt_value(g["value"], g["threshold"], op, bool(g["passed"]), count=count), style=style)
     if g["threshold"] is not None:
         text.append(f" {OPS.get(op, op or '')}{fmt_threshold(g['threshold'])}", style="dim")
     return text
@@ -98,11 +125,14 @@ def fmt_threshold(t: float) -> str:
     return f"{t:.6g}"
 
 
-def fmt_value(value: float | None, threshold: float | None, op: str | None, passed: bool) -> str:
+def fmt_value(value: float | None, threshold: float | None, op: str | None, passed: bool, *,
+              count: bool = False) -> str:
     """Three decimals, more while the rounded value would read as the other verdict (or as
-    equal to a threshold it is not equal to)."""
+    equal to a threshold it is not equal to); a count (`bin_normal_n`) as an integer."""
     if value is None:
         return "–"
+    if count and float(value).is_integer():
+        return str(int(value))
     if threshold is None or op not in OPS:
         return f"{value:.3f}"
     for digits in range(3, 10):

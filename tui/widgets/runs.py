@@ -2,7 +2,10 @@
 flagged), epoch, the newest epoch's numbers with a sparkline of the val margin, gates, heartbeat.
 
 One function (`row_cells`) builds a row from a RunSummary and COLUMNS names the columns, so a new
-column (or a group of runs) is one entry here and one cell there."""
+column (or a group of runs) is one entry here and one cell there. Columns stand in priority
+order: the marker, id and state stay fixed while the rest scroll sideways, so at 80 columns the
+most telling ones are on screen and the others a → away. The highlighted row carries `▶` (it
+reads without colour)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,10 +15,11 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from store.reader import RunSummary
+from store.schema import TERMINAL_STATES
 from tui.plots import epoch_label
 from tui.sweeps import short_config
 from tui.widgets.canvas import fmt
-from tui.widgets.status import fmt_duration, state_text
+from tui.widgets.status import fmt_duration, run_state_text
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -32,25 +36,29 @@ def _num(value):
     return (value is None, value if value is not None else 0)
 
 
-COLUMNS = (
-    Column("mark", " "),
+COLUMNS = (  # in priority order: the first FIXED_COLUMNS never scroll away
+    Column("mark", "  "),
     Column("id", "id", lambda r: r.id),
+    Column("state", "state", lambda r: r.state),
     Column("name", "name", lambda r: r.name.lower()),
+    Column("epoch", "epoch", lambda r: _num(r.epoch)),
+    Column("margin", "margin", lambda r: _num(r.last_margin)),
+    Column("gates", "gates", lambda r: _num(r.gates_passed)),
+    Column("heartbeat", "♥ age", lambda r: _num(r.heartbeat_at)),
+    Column("val_cos", "val cos", lambda r: _num(r.val_cos)),
+    Column("r_at_5", "R@5", lambda r: _num(r.r_at_5)),
+    Column("trend", "margin/epoch"),
     # a sweep's members sort together: by sweep, configuration, seed
     Column("sweep", "sweep", lambda r: (r.sweep_id is None, r.sweep_id or 0, r.sweep_config or "", r.sweep_seed or 0)),
     Column("preset", "preset", lambda r: r.preset or ""),
-    Column("state", "state", lambda r: r.state),
-    Column("epoch", "epoch", lambda r: _num(r.epoch)),
-    Column("margin", "margin", lambda r: _num(r.last_margin)),
-    Column("trend", "margin/epoch"),
-    Column("val_cos", "val cos", lambda r: _num(r.val_cos)),
-    Column("r_at_5", "R@5", lambda r: _num(r.r_at_5)),
-    Column("gates", "gates", lambda r: _num(r.gates_passed)),
     Column("skip_rate", "skip%", lambda r: _num(r.skip_rate)),
     Column("rho_max", "max ρ", lambda r: _num(r.rho_max)),
-    Column("heartbeat", "♥ age", lambda r: _num(r.heartbeat_at)),
 )
+FIXED_COLUMNS = 3  # marker, id, state
 SORTABLE = tuple(c.key for c in COLUMNS if c.sort is not None)
+# The filter word `running` means a daemon is at work on the run, whatever step of it: training,
+# starting, in a 5CAT, stopping (not `paused`: that word finds those). `live`: any run with a daemon.
+WORK_STATES = ("starting", "running", "evaluating", "stopping")
 
 
 def sparkline(values: tuple[float, ...], width: int = 12) -> str:
@@ -63,7 +71,12 @@ def sparkline(values: tuple[float, ...], width: int = 12) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * len(SPARK)))] for v in values)
 
 
-def row_cells(r: RunSummary, now: float, *, marked: bool, baseline: bool) -> list:
+def mark_cell(*, selected: bool, marked: bool) -> Text:
+    """`▶` on the highlighted row, `●` on a marked one: both read without colour."""
+    return Text.assemble(("▶" if selected else " ", "bold"), ("●" if marked else " ", "bold yellow"))
+
+
+def row_cells(r: RunSummary, now: float, *, marked: bool, baseline: bool, selected: bool = False) -> list:
     """The cells of one run's row, in COLUMNS order."""
     name = Text(r.name)
     if baseline:
@@ -73,11 +86,13 @@ def row_cells(r: RunSummary, now: float, *, marked: bool, baseline: bool) -> lis
     margin = "–" if r.last_margin is None else Text(f"{r.last_margin:+.4f}",
                                                     style="green" if r.last_margin > 0 else "red")
     age = r.heartbeat_age(now)
-    return [Text("●", style="bold yellow") if marked else " ", str(r.id), name, sweep_cell(r), r.preset or "",
-            state_text(r.state, r.heartbeat_at, now), "–" if r.epoch is None else epoch_label(r.epoch, r.total_epochs),
-            margin, Text(sparkline(r.margins), style="cyan"), fmt(r.val_cos), fmt(r.r_at_5), gates,
-            "–" if r.skip_rate is None else f"{100 * r.skip_rate:.2f}", fmt(r.rho_max),
-            "–" if age is None else fmt_duration(age)]
+    state = run_state_text({"id": r.id, "state": r.state, "heartbeat_at": r.heartbeat_at, "out_dir": r.out_dir,
+                            "host": r.host}, now)
+    return [mark_cell(selected=selected, marked=marked), str(r.id), state, name,
+            "–" if r.epoch is None else epoch_label(r.epoch, r.total_epochs), margin, gates,
+            "–" if age is None else fmt_duration(age), fmt(r.val_cos), fmt(r.r_at_5),
+            Text(sparkline(r.margins), style="cyan"), sweep_cell(r), r.preset or "",
+            "–" if r.skip_rate is None else f"{100 * r.skip_rate:.2f}", fmt(r.rho_max)]
 
 
 def sweep_cell(r: RunSummary) -> Text | str:
@@ -88,14 +103,16 @@ def sweep_cell(r: RunSummary) -> Text | str:
 
 
 def matches(r: RunSummary, text: str) -> bool:
-    """The filter: every word appears in the name, preset, state or sweep configuration (case-insensitive)."""
+    """The filter: every word appears in the name, preset, state or sweep configuration
+    (case-insensitive); `running` and `live` mean what a person means by them (WORK_STATES)."""
     hay = f"{r.name} {r.preset or ''} {r.state} {r.sweep_config or ''}".lower()
-    return all(word in hay for word in text.lower().split())
+    return all(r.state in WORK_STATES if word == "running" else r.state not in TERMINAL_STATES if word == "live"
+               else word in hay for word in text.lower().split())
 
 
 class RunList(DataTable):
     def __init__(self, **kwargs) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=True, fixed_columns=FIXED_COLUMNS, **kwargs)
         self.runs: tuple[RunSummary, ...] = ()   # as shown: filtered and sorted
         self.baseline_id: int | None = None
         self.marked: frozenset[int] = frozenset()
@@ -129,11 +146,22 @@ class RunList(DataTable):
             for r in shown:
                 for column, cell in zip(COLUMNS, self._cells(r, now)):
                     if self.get_cell(str(r.id), column.key) != cell:  # an unchanged cell costs no repaint
-                        self.update_cell(str(r.id), column.key, cell)
+                        # a state grows (`evaluating`, `running? silent 42s`): the column widens, never cuts it
+                        self.update_cell(str(r.id), column.key, cell, update_width=True)
         self.runs = shown
+        self._selected = self.selected_run_id
 
     def _cells(self, r: RunSummary, now: float) -> list:
-        return row_cells(r, now, marked=r.id in self.marked, baseline=r.id == self.baseline_id)
+        return row_cells(r, now, marked=r.id in self.marked, baseline=r.id == self.baseline_id,
+                         selected=r.id == self.selected_run_id)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """Move the `▶` with the cursor."""
+        now_id = int(event.row_key.value) if event.row_key is not None and event.row_key.value else None
+        for run_id in {getattr(self, "_selected", None), now_id} - {None}:
+            if str(run_id) in self.rows:
+                self.update_cell(str(run_id), "mark", mark_cell(selected=run_id == now_id, marked=run_id in self.marked))
+        self._selected = now_id
 
     @property
     def selected_run_id(self) -> int | None:

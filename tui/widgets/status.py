@@ -10,8 +10,11 @@ from textual.widget import Widget
 from store.reader import is_stale
 from store.schema import TERMINAL_STATES
 from tui.alerts import Alert
+from tui.liveness import LIVENESS
 from tui.plots import epoch_label
 from tui.tail import RunSnapshot
+
+NOTE_S = 10.0  # a command's outcome stays on the status line this long (or until the next key)
 
 STATE_STYLES = {
     "running": "bold green", "paused": "bold yellow", "evaluating": "bold cyan", "starting": "cyan",
@@ -83,12 +86,56 @@ def eval_progress(run: RunSnapshot) -> str | None:
     return "5CAT starting"
 
 
-def state_text(state: str, heartbeat_at: float | None, now: float) -> Text:
-    """The state, flagged when a live run stopped heartbeating (its daemon is probably gone)."""
+def state_text(state: str, heartbeat_at: float | None, now: float, held: bool | None = None) -> Text:
+    """The state, whole, flagged when a live run stopped heartbeating: `not responding for 42s`
+    while its daemon still holds the run's lock (held), else `silent 42s` (its daemon is
+    probably gone; the next lvmd command marks it crashed)."""
     if is_stale(state, heartbeat_at, now):
-        age = "no heartbeat" if heartbeat_at is None else f"silent {fmt_duration(now - heartbeat_at)}"
+        if heartbeat_at is None:
+            age = "no heartbeat"
+        elif held:
+            age = f"not responding for {fmt_duration(now - heartbeat_at)}"
+        else:
+            age = f"silent {fmt_duration(now - heartbeat_at)}"
         return Text(f"{state}? {age}", style="bold red reverse")
     return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def run_state_text(run: dict, now: float) -> Text:
+    """state_text for a runs row, probing the lock of a silent run (tui.liveness)."""
+    held = None
+    if is_stale(run["state"], run.get("heartbeat_at"), now):
+        held = LIVENESS.held(run["id"], run.get("out_dir"), run.get("host"))
+    return state_text(run["state"], run.get("heartbeat_at"), now, held)
+
+
+class CommandNotes:
+    """The newest command's fate for the status line: while it is pending or taken, then NOTE_S
+    seconds after this TUI saw it end (none for one that ended before), or until the next key."""
+
+    def __init__(self) -> None:
+        self._ended: dict[int, float] = {}  # command id -> monotonic time this TUI saw it end
+        self._dismissed: set[int] = set()
+
+    def note(self, commands: tuple[dict, ...], *, mono: float | None = None,
+             wall: float | None = None) -> tuple[str, str] | None:
+        if not commands:
+            return None
+        mono = time.monotonic() if mono is None else mono
+        wall = time.time() if wall is None else wall
+        cmd = commands[0]
+        if cmd["state"] in ("pending", "acked"):
+            return command_status(cmd)
+        if cmd["id"] not in self._ended:
+            ended = cmd.get("done_at") or cmd.get("acked_at") or cmd.get("issued_at") or wall
+            self._ended[cmd["id"]] = mono - max(0.0, wall - ended)
+        if cmd["id"] in self._dismissed or mono - self._ended[cmd["id"]] > NOTE_S:
+            return None
+        return command_status(cmd)
+
+    def dismiss(self) -> None:
+        """A key was pressed: the outcomes shown so far go (a pending command keeps its line)."""
+        self._dismissed.update(self._ended)
 
 
 class StatusBar(Widget):
@@ -102,6 +149,7 @@ class StatusBar(Widget):
         self.alerts: list[Alert] = []
         self.notes: list[tuple[str, str]] = []  # (text, style) shown after the alerts
         self.missing: str = "waiting for the database…"
+        self.command_notes = CommandNotes()
 
     def show(self, run: RunSnapshot | None, alerts: list[Alert], notes: list[tuple[str, str]]) -> None:
         self.run, self.alerts, self.notes = run, alerts, notes
@@ -121,7 +169,9 @@ class StatusBar(Widget):
         step = latest.get("step", r.get("step") or 0)
         epoch = latest.get("epoch", r.get("epoch"))
         tail = Text(" · ")
-        tail.append_text(state_text(r["state"], r.get("heartbeat_at"), now))
+        state = run_state_text(r, now)
+        silent = is_stale(r["state"], r.get("heartbeat_at"), now)
+        tail.append_text(state)
         if epoch is not None:
             tail.append(f" · e{epoch_label(epoch, r.get('total_epochs'))}")
         steps = f" · {step:,}" + (f"/{r['total_steps']:,}" if r.get("total_steps") else "")
@@ -129,7 +179,8 @@ class StatusBar(Widget):
         if (r.get("world_size") or 1) > 1:     # a torchrun job: its rank count
             tail.append(f" · {r['world_size']} ranks")
         rate = self.run.steps_per_s
-        if r["state"] == "running" and rate and self.run.step_limit is None:  # not while replaying
+        # no speed or ETA while replaying, or while the daemon is silent (it is not making them)
+        if r["state"] == "running" and rate and self.run.step_limit is None and not silent:
             tail.append(f" · {rate:,.1f} st/s")
             if r.get("total_steps") and step < r["total_steps"]:
                 tail.append(f" · ETA {fmt_duration((r['total_steps'] - step) / rate)}")
@@ -161,7 +212,10 @@ class StatusBar(Widget):
         if not self.alerts and self.run.series.count:
             line.append("✓ guardrails holding", style="green")
             line.append("  ")
-        for text, style in self.notes:
+        notes = list(self.notes)
+        if (command := self.command_notes.note(self.run.commands)) is not None:
+            notes.insert(0, command)
+        for text, style in notes:
             line.append(text, style=style)
             line.append("  ")
         return line
