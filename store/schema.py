@@ -190,6 +190,15 @@ def _m010_one_count_rule(db: sqlite_utils.Database) -> None:
     create_views(db.conn, VIEWS_V4)
 
 
+def _m011_data_hashes(db: sqlite_utils.Database) -> None:
+    """data_hashes: the sha256 of each data file (by absolute path) with its stat when hashed
+    (device, inode, size, mtime_ns, ctime_ns) and when hashing began (store/data_hashes.py,
+    lvmd/data/hashes.py). Self-contained: needs no other table."""
+    db.conn.execute("CREATE TABLE IF NOT EXISTS data_hashes (path TEXT PRIMARY KEY, dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
+                    " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
+                    " sha256 TEXT NOT NULL, hashed_ns INTEGER NOT NULL)")
+
+
 def _m012_run_compile(db: sqlite_utils.Database) -> None:
     """runs.compile (on | off) and runs.compile_why (one line: the probe's timings, or why it
     was not asked): whether the training forward runs under torch.compile (train.compile, decided
@@ -212,6 +221,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m008_database_id,
     _m009_step_blocks,
     _m010_one_count_rule,
+    _m011_data_hashes,
     _m012_run_compile,
 ]
 

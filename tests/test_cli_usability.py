@@ -161,7 +161,9 @@ def test_data_report_tells_its_progress_before_the_report():
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     lines = proc.stdout.splitlines()
     progress = [i for i, line in enumerate(lines) if re.match(r"data report: \d+/27 ", line)]
-    assert len(progress) == 27 and lines[progress[-1]] == "data report: 27/27 5CAT mean_context OOD E bins"
-    assert progress == list(range(27))  # all of it before the first line of the report
+    stages = [i for i in progress if not lines[i].endswith(" windows")]   # a split's chunks say "n/m windows"
+    assert len(stages) == 27 and lines[progress[-1]] == "data report: 27/27 5CAT mean_context OOD E bins"
+    assert progress == list(range(len(progress)))  # all of it before the first line of the report
+    assert "data report: 0/27 train statistics: 171/171 windows" in lines
     quiet = lvmd("data", "report", str(fixture), "--max-samples", "100", "--no-progress", check=True)
     assert quiet.stderr == ""

@@ -14,7 +14,7 @@ from pathlib import Path
 from lvmd.cli.main import default_db, int_in, number_in
 from lvmd.cli.status import STATUS_HEADERS, status_block, status_of, status_row
 from lvmd.cli.tables import print_table
-from lvmd.cli.train import check_nproc, launch_foreground, nproc_arg, serve_foreground, split_config_arg
+from lvmd.cli.train import check_nproc, launch_foreground, nproc_arg, serve_foreground, split_config_arg, verify_data_arg
 from lvmd.config import load_config
 from lvmd.data.train_data import load_train_data
 from lvmd.errors import UserError
@@ -59,6 +59,7 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=number_in(0, 1e6), default=START_SECONDS, help="seconds to wait for the daemon to run")
     nproc_arg(p)
     _allow_pickle_arg(p)
+    verify_data_arg(p)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("serve", help="train an existing run row in this process (what start and resume spawn)")
@@ -69,6 +70,7 @@ def register(sub) -> None:
     p.add_argument("--begun", action="store_true", help=argparse.SUPPRESS)   # spawned by a resume that began the run
     _allow_pickle_arg(p)
     _allow_data_change_arg(p)
+    verify_data_arg(p)
     _adopt_folder_arg(p)
     p.set_defaults(func=cmd_serve)
 
@@ -103,6 +105,7 @@ def register(sub) -> None:
                    help="restart on N local processes (default: as many as the run last had)")
     _allow_pickle_arg(p)
     _allow_data_change_arg(p)
+    verify_data_arg(p)
     _adopt_folder_arg(p)
     p.set_defaults(func=cmd_resume, verb="resume")
 
@@ -209,12 +212,13 @@ def cmd_start(args: argparse.Namespace) -> int:
     nproc = check_nproc(args.nproc)
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides + (["data.allow_pickle=true"] if args.allow_pickle else []))
-    data = load_train_data(cfg)              # bad input fails here, before anything is written, and before torch
+    # bad input fails here, before anything is written, and before torch; the daemon checks every row
+    data = load_train_data(cfg, check="sample")
     from lvmd.run import runner  # loads torch: only once the config and data are known good
     db = Path(args.db or default_db()).resolve()
     runner.preflight(cfg, db)                # profile, database and folder: before any row
     runner.make_evaluator(cfg, data, NullSink())
-    run_id, out_dir = runner.create(cfg, db, data)
+    run_id, out_dir = runner.create(cfg, db, data, verify_data=args.verify_data)
     spawned = daemon.spawn(db, {"id": run_id, "out_dir": str(out_dir)}, resume=False, nproc=nproc,
                            allow_pickle=cfg.data.allow_pickle)     # the config file the user passed now
     run = daemon.wait_started(db, run_id, spawned, timeout=args.timeout)
@@ -233,7 +237,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         conn.close()
     return serve_foreground(str(db), run_id, resume=args.resume, quiet=args.quiet, begun=args.begun,
                             allow_pickle=args.allow_pickle, allow_data_change=args.allow_data_change,
-                            adopt_folder=args.adopt_folder)
+                            adopt_folder=args.adopt_folder,
+                            verify_data=args.verify_data)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -322,7 +327,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         conn.close()
     nproc = check_nproc(args.nproc if args.nproc is not None else run.get("world_size") or 1)
     opts = {"allow_pickle": args.allow_pickle, "allow_data_change": args.allow_data_change,
-            "adopt_folder": args.adopt_folder}
+            "adopt_folder": args.adopt_folder, "verify_data": args.verify_data}
     if args.foreground and nproc > 1:
         return launch_foreground(str(db), run["id"], nproc, quiet=args.quiet, resume=True, begun=True, **opts)
     if args.foreground:

@@ -76,6 +76,8 @@ def register(sub) -> None:
     r.add_argument("--profile", default="", help="5CAT threshold profile for the bins and gates "
                                                  "(default: the one named for the embedder in build.json)")
     r.add_argument("--max-samples", type=int_in(1, 10**8), default=5000, help="windows per split for 5CAT (default 5000)")
+    r.add_argument("--max-windows", type=int_in(0, 10**9), default=0, metavar="N",
+                   help="statistics of a seeded sample of N windows per split, for a quick look (default: all)")
     r.add_argument("--calibrate", metavar="NAME", default="",
                    help="also print a 5CAT threshold profile [NAME] for this embedder (lvmd/docs/calibration.md)")
     r.add_argument("--no-progress", action="store_true", help="no progress on stderr")
@@ -137,7 +139,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lvmd.eval import datareport
 
     with progress.stages("data report", enabled=not args.no_progress) as tell:
-        rep = datareport.report(args.dir, profile=args.profile or None, max_samples=args.max_samples, progress=tell)
+        rep = datareport.report(args.dir, profile=args.profile or None, max_samples=args.max_samples,
+                                max_windows=args.max_windows, progress=tell)
     toml = ""
     if args.calibrate:
         toml, rep["calibration"] = datareport.calibrate(rep, args.calibrate)

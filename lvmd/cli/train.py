@@ -25,7 +25,14 @@ def register(sub) -> None:
     nproc_arg(p)
     p.add_argument("--allow-pickle", action="store_true",
                    help="read the original's pickled NPZ metadata (runs code from the file); same as data.allow_pickle=true")
+    verify_data_arg(p)
     p.set_defaults(func=cmd_run)
+
+
+def verify_data_arg(p) -> None:
+    p.add_argument("--verify-data", action="store_true",
+                   help="hash every data file in full, even those whose size and times say they have not "
+                        "changed since this database last hashed them")
 
 
 def nproc_arg(p) -> None:
@@ -100,11 +107,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return serve_foreground(None, None, quiet=True)
     config, overrides = split_config_arg(args.config, args.overrides)
     cfg = load_config(config, overrides + (["data.allow_pickle=true"] if args.allow_pickle else []))
-    data = load_train_data(cfg)           # all input checked before anything is written, and before torch
+    # input vetted before anything is written and before torch; the rows of val/OOD/banks are
+    # checked on a helper thread beside torch's import, the train rows as batches draw them
+    data = load_train_data(cfg, check="background")
     from lvmd.run import runner           # loads torch: only once the config and data are known good
     db = args.db or default_db()
     runner.preflight(cfg, db)             # profile, database and folder: before any row
-    run_id, out_dir = runner.create(cfg, db, data)
+    run_id, out_dir = runner.create(cfg, db, data, verify_data=args.verify_data)
     print(f"run {run_id} ({cfg.name}, preset {cfg.loss.preset}) → {db}; checkpoints in {out_dir}", flush=True)
     if nproc > 1:
         return launch_foreground(db, run_id, nproc, quiet=args.quiet)
@@ -113,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: bool = False,
                       allow_pickle: bool = False, allow_data_change: bool = False, adopt_folder: bool = False,
-                      begun: bool = False) -> int:
+                      begun: bool = False, verify_data: bool = False) -> int:
     """`lvmd serve RUN` on nproc processes under torchrun, in the foreground. If the job died
     without recording it (a rank killed, torchrun tearing the rest down), the run is marked
     crashed here, as a later `lvmd status` would."""
@@ -125,7 +134,7 @@ def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: 
     args = ["serve", "--db", str(Path(db).resolve()), str(run_id)] + (["--resume"] if resume else []) \
         + (["--quiet"] if quiet else []) + (["--allow-pickle"] if allow_pickle else []) \
         + (["--allow-data-change"] if allow_data_change else []) + (["--adopt-folder"] if adopt_folder else []) \
-        + (["--begun"] if begun else [])
+        + (["--begun"] if begun else []) + (["--verify-data"] if verify_data else [])
     code = launch.run_job(nproc, args)
     conn = connect(db)
     try:
@@ -140,7 +149,7 @@ def launch_foreground(db: str, run_id: int, nproc: int, *, quiet: bool, resume: 
 
 def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False, cfg=None, data=None,
                      allow_pickle: bool = False, allow_data_change: bool = False, adopt_folder: bool = False,
-                     begun: bool = False) -> int:
+                     begun: bool = False, verify_data: bool = False) -> int:
     """Train a run row in this process (lvmd run, lvmd serve, lvmd resume --foreground) under
     the daemon's lock and control, so it takes pause/eval/checkpoint/stop commands too.
 
@@ -152,7 +161,7 @@ def serve_foreground(db: str, run_id: int, *, quiet: bool, resume: bool = False,
     progress = None if quiet or launch.follower() else Progress()
     try:
         opts = {"allow_pickle": allow_pickle, "allow_data_change": allow_data_change, "adopt_folder": adopt_folder,
-                "begun": begun}
+                "begun": begun, "verify_data": verify_data}
         if launch.launched():             # distributed hook: one rank of a torchrun job
             state = launch.serve(db, run_id, cfg=cfg, data=data, resume=resume, progress=progress, **opts)
             if state is None:             # a rank > 0: rank 0 reports the run

@@ -19,6 +19,8 @@ from lvmd.errors import UserError
 from store.paths import not_regular, replaceable
 
 UNIT_NORM_TOL = 1e-2
+CHECK_ROWS = 1 << 14     # rows per chunk when a memory-mapped array is checked (bounded memory)
+SAMPLE_BLOCKS, SAMPLE_BLOCK_ROWS = 16, 32   # a map's up-front sample: 16 runs of 32 rows, evenly spaced
 
 ARTICLE_KEYS = {
     "vectors": ("vectors", "embeddings", "X"),
@@ -35,12 +37,12 @@ SEQUENCE_KEYS = {
 }
 
 
-class PickleRefused(UserError, ValueError):
-    """A file whose needed content is pickled, read without the user's --allow-pickle."""
-
-
 class DataError(UserError, ValueError):
     """Bad data file; the message names the file, the key and the problem."""
+
+
+class PickleRefused(DataError):
+    """A file whose needed content is pickled, read without the user's --allow-pickle."""
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Sequences:
     article_ids: np.ndarray | None = None     # (M,) int64
     target_indices: np.ndarray | None = None  # (M,) int64: the target's chunk index in its article
     path: str = ""
+    unchecked: object = None  # lvmd.data.mapped.RowCheck: rows of a mapped split checked when first drawn
 
     @property
     def dim(self) -> int:
@@ -113,9 +116,11 @@ def _open_npz(path: str | Path, allow_pickle: bool = False):
         raise DataError(f"{path}: not a readable NPZ file ({exc})") from None
 
 
-def _pick(npz, path, field: str, aliases: tuple[str, ...], required: bool):
+def _pick(npz, path, field: str, aliases: tuple[str, ...], required: bool, mapped: dict | None = None):
     for key in aliases:
         if key in npz.files:
+            if mapped and mapped.get(key) is not None:
+                return key, mapped[key]
             try:
                 return key, npz[key]
             except ValueError:
@@ -127,12 +132,32 @@ def _pick(npz, path, field: str, aliases: tuple[str, ...], required: bool):
     return None, None
 
 
-def _check_vectors(path, key: str, arr: np.ndarray, ndim: int, what: str) -> np.ndarray:
+def sample_rows(m: int) -> np.ndarray:
+    """The rows of an m-row map checked up front: SAMPLE_BLOCKS runs of SAMPLE_BLOCK_ROWS
+    consecutive rows from the first to the last (a few seeks, even on a cold disk)."""
+    starts = np.linspace(0, max(m - SAMPLE_BLOCK_ROWS, 0), SAMPLE_BLOCKS).astype(np.int64)
+    return np.unique((starts[:, None] + np.arange(SAMPLE_BLOCK_ROWS)).ravel().clip(0, m - 1))
+
+
+def check_all_rows(path, key: str, arr: np.ndarray) -> None:
+    """check_rows over a whole (mapped) array, CHECK_ROWS at a time: bounded memory."""
+    for lo in range(0, len(arr), CHECK_ROWS):
+        check_rows(path, key, arr[lo:lo + CHECK_ROWS], first=lo)
+
+
+def _check_vectors(path, key: str, arr: np.ndarray, ndim: int, what: str, full: bool = True) -> np.ndarray:
     if arr.ndim != ndim or not np.issubdtype(arr.dtype, np.floating):
         raise DataError(f"{path}: key {key!r}: expected a {ndim}-D float array {what}, "
                         f"got shape {arr.shape} dtype {arr.dtype}")
     if arr.shape[0] == 0:
         raise DataError(f"{path}: key {key!r}: is empty")
+    if isinstance(arr, np.memmap) and arr.dtype == np.float32:   # a map: checked chunk by chunk, kept a map
+        if full:
+            check_all_rows(path, key, arr)
+        else:                                                     # the caller checks the rest later
+            rows = sample_rows(len(arr))
+            check_rows(path, key, arr[rows], index=rows)
+        return arr
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).any(axis=tuple(range(1, arr.ndim))).sum())
@@ -145,29 +170,52 @@ def _check_vectors(path, key: str, arr: np.ndarray, ndim: int, what: str) -> np.
     return arr
 
 
+def check_rows(path, key: str, rows: np.ndarray, *, first: int = 0, index: np.ndarray | None = None) -> None:
+    """Every vector of `rows` (n, [T,] D) finite and of unit length; the error names the file's
+    row: first + position, or index[position]. One pass: a NaN or inf makes the squared norm
+    NaN or inf, which fails the length test too, so only a failing row is looked at twice."""
+    sq = np.einsum("...d,...d->...", rows, rows).reshape(len(rows), -1)     # no temporary of rows' size
+    low, high = (1.0 - UNIT_NORM_TOL) ** 2, (1.0 + UNIT_NORM_TOL) ** 2
+    ok = ((sq >= low) & (sq <= high)).all(axis=1)
+    if ok.all():
+        return
+    at = int(np.argmin(ok))
+    row = int(index[at]) if index is not None else first + at
+    if not np.isfinite(rows[at]).all():
+        raise DataError(f"{path}: key {key!r}: row {row} holds NaN or inf")
+    norms = np.sqrt(sq[at])
+    worst = norms[np.argmax(np.abs(norms - 1.0))]
+    raise DataError(f"{path}: key {key!r}: row {row} holds a vector of norm {worst:.3f}, not unit length "
+                    f"(tolerance {UNIT_NORM_TOL})")
+
+
 def _check_ids(path, key: str, arr: np.ndarray, n: int) -> np.ndarray:
     if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
         raise DataError(f"{path}: key {key!r}: expected ({n},) integers, got shape {arr.shape} dtype {arr.dtype}")
     return arr.astype(np.int64)
 
 
-def load_articles(path: str | Path) -> Articles:
+def load_articles(path: str | Path, *, mapped: dict | None = None, full_check: bool = True) -> Articles:
+    """mapped: {key: memory map} of members to use in place of reading them (lvmd.data.mapped);
+    full_check False: a map's vectors are checked on a sample only (the caller checks the rest)."""
     npz = _open_npz(path)
     with npz:
-        vkey, vectors = _pick(npz, path, "vectors", ARTICLE_KEYS["vectors"], True)
-        vectors = _check_vectors(path, vkey, vectors, 2, "(N, D)")
+        vkey, vectors = _pick(npz, path, "vectors", ARTICLE_KEYS["vectors"], True, mapped)
+        vectors = _check_vectors(path, vkey, vectors, 2, "(N, D)", full_check)
         n = len(vectors)
         akey, art = _pick(npz, path, "article_ids", ARTICLE_KEYS["article_ids"], True)
         ckey, chunk = _pick(npz, path, "chunk_ids", ARTICLE_KEYS["chunk_ids"], True)
         art, chunk = _check_ids(path, akey, art, n), _check_ids(path, ckey, chunk, n)
         texts = titles = None
-        tkey, texts = _pick(npz, path, "texts", ARTICLE_KEYS["texts"], False)
+        tkey, texts = _pick(npz, path, "texts", ARTICLE_KEYS["texts"], False, mapped)
         if texts is not None and texts.shape != (n,):
             raise DataError(f"{path}: key {tkey!r}: expected ({n},) strings, got shape {texts.shape}")
-        hkey, titles = _pick(npz, path, "titles", ARTICLE_KEYS["titles"], False)
+        hkey, titles = _pick(npz, path, "titles", ARTICLE_KEYS["titles"], False, mapped)
         if titles is not None and titles.shape != (n,):
             titles = None  # some files hold one title per article rather than per row; unused then
     keys = _pair_keys(art, chunk)
+    if (keys[1:] > keys[:-1]).all():        # ordered by (article, chunk) and unique: lvmd's own files
+        return Articles(vectors, art, chunk, texts, titles, str(path))
     if len(np.unique(keys)) != n:
         raise DataError(f"{path}: keys {akey!r}/{ckey!r}: some (article, chunk) pairs occur twice")
     order = np.lexsort((chunk, art))
@@ -178,13 +226,16 @@ def load_articles(path: str | Path) -> Articles:
     return Articles(vectors, art, chunk, texts, titles, str(path))
 
 
-def load_sequences(path: str | Path, *, allow_pickle: bool = False) -> Sequences:
+def load_sequences(path: str | Path, *, allow_pickle: bool = False, mapped: dict | None = None,
+                   full_check: bool = True) -> Sequences:
+    """mapped: {key: memory map} of members to use in place of reading them (lvmd.data.mapped);
+    full_check False: a map's vectors are checked on a sample only (the caller checks the rest)."""
     npz = _open_npz(path, allow_pickle=allow_pickle)
     with npz:
-        ckey, ctx = _pick(npz, path, "contexts", SEQUENCE_KEYS["contexts"], True)
-        ctx = _check_vectors(path, ckey, ctx, 3, "(M, T, D)")
-        tkey, tgt = _pick(npz, path, "targets", SEQUENCE_KEYS["targets"], True)
-        tgt = _check_vectors(path, tkey, tgt, 2, "(M, D)")
+        ckey, ctx = _pick(npz, path, "contexts", SEQUENCE_KEYS["contexts"], True, mapped)
+        ctx = _check_vectors(path, ckey, ctx, 3, "(M, T, D)", full_check)
+        tkey, tgt = _pick(npz, path, "targets", SEQUENCE_KEYS["targets"], True, mapped)
+        tgt = _check_vectors(path, tkey, tgt, 2, "(M, D)", full_check)
         if tgt.shape[0] != ctx.shape[0]:
             raise DataError(f"{path}: {ckey!r} has {ctx.shape[0]} rows but {tkey!r} has {tgt.shape[0]}")
         if tgt.shape[1] != ctx.shape[2]:
@@ -316,6 +367,12 @@ def prev_vectors(seqs: Sequences, mode: str, articles: Articles | None) -> np.nd
     """y_prev per SPEC §3: ctx[:, -2] (the original's) or the chunk just before the target."""
     if mode == "ctx-2":
         return seqs.contexts[:, -2]
+    rows = prev_rows(seqs, mode, articles)
+    return articles.vectors[rows]
+
+
+def prev_rows(seqs: Sequences, mode: str, articles: Articles | None) -> np.ndarray:
+    """prev = "true": the bank row of the chunk just before each target (checked to exist)."""
     if seqs.article_ids is None or seqs.target_indices is None:
         raise DataError(f"{seqs.path}: prev = \"true\" needs article_ids and target_indices in the sequence file")
     if articles is None:
@@ -324,7 +381,7 @@ def prev_vectors(seqs: Sequences, mode: str, articles: Articles | None) -> np.nd
     if (rows < 0).any():
         raise DataError(f"{articles.path}: {int((rows < 0).sum())} targets of {seqs.path} have no previous "
                         "chunk in the articles file")
-    return articles.vectors[rows]
+    return rows
 
 
 # -- synthetic data ----------------------------------------------------------------------

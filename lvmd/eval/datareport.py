@@ -9,6 +9,10 @@ Per split, anchored at c_p = ctx[-1] of each window (p = t - 1 - gap):
 - levels: adjacent chunks, a random pair within one article, a random pair across articles;
 - baselines: cos(target) of copy-last and mean-of-context, and their 5CAT scores on VAL/OOD;
 - coherence (5CAT E): mean cos of adjacent context pairs, quantiles and the profile's bins.
+
+Memory is bounded whatever the files' size: the statistics are one pass over the memory-mapped
+windows, chunk by chunk (lvmd/eval/datastats.py), and 5CAT reads its sample of max_samples
+windows; the banks stay maps, renormalised row by row as they are read (UnitRows).
 """
 from __future__ import annotations
 
@@ -21,14 +25,12 @@ import numpy as np
 import torch
 
 from lvmd.data import formats as data
-
+from lvmd.data import mapped
 from lvmd.eval import fivecat
+from lvmd.eval.datastats import DISTANCES, QUANTILES, RANDOM_PAIRS, infer_gap, levels, split_stats, unit  # noqa: F401
 from lvmd.errors import UserError
 
 SPLITS = ("train", "val", "ood")
-DISTANCES = (1, 2, 3)
-QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-RANDOM_PAIRS = 20000
 
 
 def predict_copy_last(ctx: torch.Tensor) -> torch.Tensor:
@@ -42,14 +44,30 @@ def predict_mean(ctx: torch.Tensor) -> torch.Tensor:
 BASELINES = {"copy_last": predict_copy_last, "mean_context": predict_mean}
 
 
+class UnitRows:
+    """An articles bank's vectors as 5CAT reads them (rows by index or slice), each row
+    renormalised as it is read: the bank stays a memory map instead of a normalised copy."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+        self.shape, self.ndim, self.dtype = vectors.shape, 2, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return unit(np.asarray(self.vectors[rows], np.float32))
+
+
 def load_split(folder: Path, split: str, banks: dict) -> tuple[data.Sequences, data.Articles] | None:
     """A split's sequences and the articles bank they were cut from: DIR/articles.npz (ood:
     DIR/ood_articles.npz when there is one), else the path the sequence file recorded. `banks`
-    caches loaded banks by path (train and val share one)."""
+    caches loaded banks by path (train and val share one). Both are memory-mapped when their
+    files allow: a sample of the windows is checked now, the rest as the statistics read them."""
     path = folder / f"{split}.npz"
     if not path.exists():
         return None
-    seqs = _unit_rows(data.load_sequences(path))
+    seqs = mapped.load_train_split(path)
     if seqs.article_ids is None or seqs.target_indices is None:
         raise UserError(f"{path}: no article_ids/target_indices; the report looks chunks up in the articles "
                         "(import the original's files with lvmd data import-lnsp first)")
@@ -57,19 +75,8 @@ def load_split(folder: Path, split: str, banks: dict) -> tuple[data.Sequences, d
     local = [folder / n for n in names if (folder / n).exists()]
     bank = local[0] if local else _recorded_articles(path)
     if bank not in banks:
-        banks[bank] = data.load_articles(bank)
-        banks[bank].vectors = _unit(banks[bank].vectors)
+        banks[bank] = mapped.load_articles(bank)
     return seqs, banks[bank]
-
-
-def _unit_rows(seqs: data.Sequences) -> data.Sequences:
-    """Renormalised: float16 files hold vectors 1e-3 off unit length, which would show in every cosine."""
-    seqs.contexts, seqs.targets = _unit(seqs.contexts), _unit(seqs.targets)
-    return seqs
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _recorded_articles(path: Path) -> Path:
@@ -82,79 +89,29 @@ def _recorded_articles(path: Path) -> Path:
     return recorded
 
 
-def infer_gap(seqs: data.Sequences, arts: data.Articles, max_gap: int = 3) -> int:
-    """The gap that puts ctx[-1] at chunk t-1-gap of the target's article (checked, not trusted)."""
-    probe = np.arange(min(len(seqs), 500))
-    for gap in range(max_gap + 1):
-        rows = arts.rows_of(seqs.article_ids[probe], seqs.target_indices[probe] - 1 - gap)
-        ok = rows >= 0
-        if ok.mean() > 0.9 and (_rowdot(arts.vectors[rows[ok]], seqs.contexts[probe[ok], -1]) > 0.999).mean() > 0.9:
-            return gap
-    raise UserError(f"{seqs.path}: ctx[-1] is not the chunk 1..{max_gap + 1} before the target in "
-                    f"{arts.path}; the files do not belong together")
+def fivecat_sample(seqs: data.Sequences, max_samples: int) -> data.Sequences:
+    """The windows 5CAT reads (sample "first": the first max_samples), renormalised, in memory."""
+    n = min(len(seqs), max_samples)
+    ctx, tgt = np.asarray(seqs.contexts[:n]), np.asarray(seqs.targets[:n])
+    if seqs.unchecked is not None:          # --max-windows: the statistics did not read them all
+        seqs.unchecked.rows(np.arange(n), ctx, tgt)
+    return data.Sequences(unit(np.asarray(ctx, np.float32)), unit(np.asarray(tgt, np.float32)),
+                          seqs.article_ids[:n], seqs.target_indices[:n], seqs.path)
 
 
-def split_stats(seqs: data.Sequences, arts: data.Articles, bins: tuple[float, float], seed: int = 0) -> dict:
-    gap = infer_gap(seqs, arts)
-    aid, p = seqs.article_ids, seqs.target_indices - 1 - gap      # anchor chunk of each window
-    anchor = arts.rows_of(aid, p)
-    out: dict = {"windows": len(seqs), "articles": int(len(np.unique(aid))), "gap": gap}
-
-    def vec(rows):
-        return arts.vectors[rows]
-
-    for d in DISTANCES:
-        fwd, bwd = arts.rows_of(aid, p + d), arts.rows_of(aid, p - d)
-        ok = (anchor >= 0) & (fwd >= 0) & (bwd >= 0)
-        f, b = _rowdot(vec(anchor[ok]), vec(fwd[ok])), _rowdot(vec(anchor[ok]), vec(bwd[ok]))
-        # se: standard error of the paired difference, to tell sampling noise from a real asymmetry
-        se = float(np.std(f - b, dtype=np.float64) / math.sqrt(ok.sum())) if ok.sum() > 1 else math.nan
-        out[f"d{d}"] = {"forward": _mean(f), "backward": _mean(b), "diff": _mean(f - b), "se": se, "n": int(ok.sum())}
-
-    last, prev, tgt = seqs.contexts[:, -1], seqs.contexts[:, -2], seqs.targets
-    out["unequal"] = {"cos_last_target": _mean(_rowdot(last, tgt)), "target_distance": 1 + gap,
-                      "cos_last_prev": _mean(_rowdot(last, prev)), "prev_distance": 1}
-    f2, b1 = arts.rows_of(aid, p + 2), arts.rows_of(aid, p - 1)
-    ok = (anchor >= 0) & (f2 >= 0) & (b1 >= 0)
-    out["p6_pair"] = {"cos_p_plus_2": _mean(_rowdot(vec(anchor[ok]), vec(f2[ok]))),
-                      "cos_p_minus_1": _mean(_rowdot(vec(anchor[ok]), vec(b1[ok]))), "n": int(ok.sum())}
-
-    out["levels"] = levels(arts, np.unique(aid), seed)
-    mean_ctx = seqs.contexts.mean(axis=1)
-    mean_ctx /= np.linalg.norm(mean_ctx, axis=1, keepdims=True)
-    out["baselines"] = {"copy_last": out["unequal"]["cos_last_target"], "mean_context": _mean(_rowdot(mean_ctx, tgt))}
-
-    coh = fivecat.coherence(seqs.contexts)
-    low, high = bins
-    out["coherence"] = {"mean": _mean(coh), **{f"q{int(q * 100):02d}": float(np.quantile(coh, q)) for q in QUANTILES},
-                        "bins": [low, high], "low": _mean(coh < low), "normal": _mean((coh >= low) & (coh <= high)),
-                        "high": _mean(coh > high)}
-    return out
+def unit_bank(arts: data.Articles) -> data.Articles:
+    return data.Articles(UnitRows(arts.vectors), arts.article_ids, arts.chunk_ids, None, None, arts.path)
 
 
-def levels(arts: data.Articles, article_ids: np.ndarray, seed: int) -> dict:
-    """Mean cos of adjacent chunks, and of seeded random pairs within / across these articles."""
-    rows = np.flatnonzero(np.isin(arts.article_ids, article_ids))
-    a, v = arts.article_ids[rows], arts.vectors[rows]
-    adj = (a[1:] == a[:-1])
-    rng = np.random.default_rng(seed)
-    i, j = rng.integers(0, len(rows), (2, RANDOM_PAIRS))
-    other = a[i] != a[j]
-    # the partner within the same article is drawn from that article's rows; neighbours excluded
-    start = np.searchsorted(a, a[i], "left")
-    k = start + (rng.random(RANDOM_PAIRS) * (np.searchsorted(a, a[i], "right") - start)).astype(np.int64)
-    within = np.abs(k - i) > 1
-    return {"adjacent": _mean(_rowdot(v[:-1][adj], v[1:][adj])),
-            "same_article_random": _mean(_rowdot(v[i[within]], v[k[within]])),
-            "other_article_random": _mean(_rowdot(v[i[other]], v[j[other]]))}
-
-
-def report(folder: Path, *, profile: str | None = None, max_samples: int = 5000, seed: int = 0,
-           progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """progress(done, total, stage) after each split's statistics and each 5CAT stage."""
+def report(folder: Path, *, profile: str | None = None, max_samples: int = 5000, max_windows: int = 0,
+           seed: int = 0, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """progress(done, total, stage) after each chunk of a split's statistics and each 5CAT stage.
+    max_windows: the statistics of a seeded sample of that many windows per split (0: all)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"data report: {folder}: no such folder")
+    if max_samples <= 0 or max_windows < 0:
+        raise UserError(f"data report: --max-samples {max_samples} must be > 0 and --max-windows {max_windows} >= 0")
     build = _read_build(folder)
     name = profile or default_profile(build.get("options", {}).get("embedder"))
     prof = fivecat.load_profile(name)
@@ -163,16 +120,20 @@ def report(folder: Path, *, profile: str | None = None, max_samples: int = 5000,
     loaded = {s: v for s, v in loaded.items() if v is not None}
     if "val" not in loaded:
         raise UserError(f"data report: {folder} has no val.npz (build one with lvmd data build or windows)")
-    val, val_arts = loaded["val"]
-    ood, ood_arts = loaded.get("ood", (None, None))
-    per_eval = len(fivecat.STAGES) * (2 if ood is not None else 1)
+    per_eval = len(fivecat.STAGES) * (2 if "ood" in loaded else 1)
     total = len(loaded) + per_eval * len(BASELINES)
     tell = progress or (lambda done, total, stage: None)
     out = {"dir": str(folder), "profile": name, "build": {k: build[k] for k in ("command", "options") if k in build},
            "splits": {}}
-    for s, (seqs, arts) in loaded.items():
-        out["splits"][s] = split_stats(seqs, arts, (prof.bin_low, prof.bin_high), seed)
-        tell(len(out["splits"]), total, f"{s} statistics")
+    for i, (s, (seqs, arts)) in enumerate(loaded.items()):
+        out["splits"][s] = split_stats(seqs, arts, (prof.bin_low, prof.bin_high), seed, max_windows=max_windows,
+                                       tell=lambda text, i=i, s=s: tell(i, total, f"{s} statistics: {text}"))
+        tell(i + 1, total, f"{s} statistics")
+    val, val_arts = loaded["val"]
+    ood, ood_arts = loaded.get("ood", (None, None))
+    val, val_arts = fivecat_sample(val, max_samples), unit_bank(val_arts)
+    if ood is not None:
+        ood, ood_arts = fivecat_sample(ood, max_samples), unit_bank(ood_arts)
     out["fivecat"] = {}
     for i, (label, fn) in enumerate(BASELINES.items()):
         before = len(loaded) + i * per_eval
@@ -235,15 +196,6 @@ def _read_build(folder: Path) -> dict:
         return {}
 
 
-def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("nd,nd->n", a, b)
-
-
-def _mean(x) -> float:
-    x = np.asarray(x, np.float64)
-    return float(x.mean()) if x.size else math.nan
-
-
 # -- text ------------------------------------------------------------------------------------
 def format_report(rep: dict) -> str:
     splits = list(rep["splits"])
@@ -264,6 +216,8 @@ def format_report(rep: dict) -> str:
 
     lines.append(f"{'':<44}" + "".join(f"{sp:>10}" for sp in splits))
     row("windows", lambda x: x["windows"], "{:d}")
+    if any("windows_read" in x for x in s.values()):
+        row("windows read (--max-windows sample)", lambda x: x.get("windows_read", x["windows"]), "{:d}")
     row("articles", lambda x: x["articles"], "{:d}")
     row("gap (target = ctx[-1] + 1 + gap)", lambda x: x["gap"], "{:d}")
     lines.append("equal distance, same windows, c_p = ctx[-1]:")

@@ -203,7 +203,7 @@ def _timer(seconds: float) -> Iterator[None]:
 def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=None, resume: bool = False,
           progress: Callable[[dict], None] | None = None, announce: Callable | None = None,
           allow_pickle: bool = False, allow_data_change: bool = False, adopt_folder: bool = False,
-          begun: bool = False) -> str:
+          begun: bool = False, verify_data: bool = False) -> str:
     """Train run `run_id` in this process under its lock: a fresh row made by runner.create, or
     (resume) a stopped or crashed run from its last checkpoint. `begun`: the resume was begun
     by the command that started this process (store.runs.begin_resume), so the run must still
@@ -246,7 +246,7 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
                 stored = config_from_dict(json.loads(run["config_json"]))
                 cfg = replace(stored, data=replace(stored.data, allow_pickle=allow_pickle))
             if resume:
-                check_data_unchanged(cfg, run, allow_change=allow_data_change)
+                check_data_unchanged(cfg, run, allow_change=allow_data_change, conn=conn, verify=verify_data)
                 if checkpoint is not None:
                     checked_checkpoint(conn, run, checkpoint, owner["db_id"], adopt=adopt_folder)
         except UserError as exc:
@@ -264,7 +264,7 @@ def serve(db: str | Path, run_id: int, *, cfg: RunConfig | None = None, data=Non
 
         removed = remove_temp_files(run["out_dir"], run_id)   # under the lock, in a folder proven ours
         try:
-            data = data or load_train_data(cfg)
+            data = data or load_train_data(cfg, check="background")
         except UserError as exc:
             if resume:
                 _note_error(db, run_id, str(exc))
@@ -296,15 +296,16 @@ def _note_error(db_or_conn, run_id: int, error: str) -> None:
             conn.close()
 
 
-def check_data_unchanged(cfg: RunConfig, run: dict, *, allow_change: bool) -> None:
-    """Resume re-checks every data file's sha256 against the one stored at create."""
-    from lvmd.data.formats import file_sha256
+def check_data_unchanged(cfg: RunConfig, run: dict, *, allow_change: bool, conn, verify: bool = False) -> None:
+    """Resume re-checks every data file's sha256 against the one stored at create (re-hashed
+    only when its stat changed, or verify: lvmd.data.hashes)."""
+    from lvmd.data.hashes import data_sha256
 
     stored = json.loads(run["data_json"] or "{}")
     for key, entry in sorted(stored.items()):
         path = getattr(cfg.data, key, "") or entry.get("path")
         try:
-            now = file_sha256(path)
+            now = data_sha256(path, conn, verify=verify)
         except OSError as exc:
             raise UserError(f"data.{key}: {path}: cannot be read to check it ({exc.strerror or exc})") from None
         if now != entry.get("sha256") and not allow_change:
@@ -342,7 +343,7 @@ class Spawned:
 
 
 def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1, allow_pickle: bool = False,
-          allow_data_change: bool = False, adopt_folder: bool = False, begun: bool = False) -> Spawned:
+          allow_data_change: bool = False, adopt_folder: bool = False, begun: bool = False, verify_data: bool = False) -> Spawned:
     """`lvmd serve` for the run, detached: its own session, stdin /dev/null, stdout and stderr
     appended to <out_dir>/daemon.log (owner-only; a resumed run's daemon appends to it). With
     nproc > 1 the process is torchrun and rank 0, its child, is the run's daemon. The opt-ins
@@ -356,7 +357,7 @@ def spawn(db: Path, run: dict, *, resume: bool, nproc: int = 1, allow_pickle: bo
     argv = torchrun_argv(nproc, ["serve", "--db", str(db), str(run["id"])])
     argv += (["--resume"] if resume else []) + (["--allow-pickle"] if allow_pickle else []) \
         + (["--allow-data-change"] if allow_data_change else []) + (["--adopt-folder"] if adopt_folder else []) \
-        + (["--begun"] if begun else [])
+        + (["--begun"] if begun else []) + (["--verify-data"] if verify_data else [])
     try:
         offset = os.fstat(fd).st_size
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,

@@ -68,7 +68,7 @@ def serve(db: str | Path | None, run_id: int | None, *, resume: bool = False, cf
 
 
 def _lead(d, db, run_id, *, resume, cfg, data, progress, **opts) -> str:
-    """opts: daemon.serve's opt-ins (allow_pickle, allow_data_change), from this rank's command line."""
+    """opts: daemon.serve's opt-ins (allow_pickle, allow_data_change, verify_data), from this rank's command line."""
     from lvmd.config import config_to_dict
     from lvmd.run import daemon
 

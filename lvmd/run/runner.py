@@ -18,7 +18,7 @@ from lvmd.config import RunConfig, config_to_dict
 from lvmd.train import distributed, hardware
 from lvmd.train.memory import check_model_fits
 from lvmd.train.control import Control
-from lvmd.data.formats import file_sha256
+from lvmd.data.hashes import data_sha256
 from lvmd.data.train_data import TrainData
 from lvmd.train.trainer import Trainer
 from lvmd.errors import UserError
@@ -33,13 +33,14 @@ from store.sweeps import tag_run
 from store.writer import SqliteSink
 
 
-def data_manifest(cfg: RunConfig) -> dict:
-    """Paths and sha256 of every data file, stored in the run row."""
+def data_manifest(cfg: RunConfig, conn, *, verify: bool = False) -> dict:
+    """Paths and sha256 of every data file, stored in the run row (hashed only when a file's
+    stat changed since the database last hashed it, or verify: lvmd.data.hashes)."""
     out = {}
     for key in ("train", "val", "ood", "articles", "ood_articles"):
         path = getattr(cfg.data, key)
         if path:
-            out[key] = {"path": path, "sha256": file_sha256(path), "bytes": os.path.getsize(path)}
+            out[key] = {"path": path, "sha256": data_sha256(path, conn, verify=verify), "bytes": os.path.getsize(path)}
     return out
 
 
@@ -68,8 +69,8 @@ def check_folder(path: Path, what: str) -> None:
             return
 
 
-def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int, str, int] | None = None
-           ) -> tuple[int, Path]:
+def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int, str, int] | None = None,
+           verify_data: bool = False) -> tuple[int, Path]:
     """Insert the run row (state starting) and make its output folder, in one transaction: a
     folder that cannot be made leaves no row. A device, precision or model this machine cannot
     run is refused first, so no row is left behind. sweep: (sweep id, configuration label,
@@ -83,7 +84,7 @@ def create(cfg: RunConfig, db: str | Path, data: TrainData, *, sweep: tuple[int,
         total = cfg.train.epochs * batches
         if cfg.train.max_steps:
             total = min(total, cfg.train.max_steps)
-        manifest = data_manifest(cfg)
+        manifest = data_manifest(cfg, conn, verify=verify_data)
         with transaction(conn):
             run_id = create_run(conn, name=cfg.name, preset=cfg.loss.preset, compat=cfg.compat,
                                 config=config_to_dict(cfg), data=manifest,

@@ -202,7 +202,7 @@ class Driver:
         key = cfg.data                      # frozen: members with the same data share one load
         if key not in self.data:
             try:
-                self.data[key] = load_train_data(cfg)   # bad data fails here, before a run row exists
+                self.data[key] = load_train_data(cfg, check="sample")   # bad files fail here, before a run row exists
             except PickleRefused as exc:       # not the configuration's fault: the opt-in is missing
                 raise NeedsOptIn(f"sweep {self.id}: {config['label']}: {exc}; `lvmd sweep resume {self.id} "
                                  "--allow-pickle` reads it (never taken from the database)") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from lvmd.config import RunConfig, config_from_dict, config_to_dict, stage_for_epoch
-from lvmd.data import formats as datamod
 from lvmd.data import stream
 from lvmd.data.formats import Articles, DataError, Sequences
 from lvmd.data.train_data import TrainData
@@ -37,21 +35,12 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-# -- data on the device ------------------------------------------------------------------
-@dataclass
-class DeviceSplit:
-    contexts: torch.Tensor   # (M, T, D)
-    targets: torch.Tensor    # (M, D)
-    prev: torch.Tensor       # (M, D): y_prev per loss.prev
-
-    def __len__(self) -> int:
-        return self.targets.shape[0]
+# -- data on the device (lvmd/data/stream.py) ------------------------------------------------
+DeviceSplit = stream.DeviceSplit
 
 
 def to_device(seqs: Sequences, cfg: RunConfig, articles: Articles | None, device: torch.device) -> DeviceSplit:
-    prev = datamod.prev_vectors(seqs, cfg.loss.prev, articles)
-    return DeviceSplit(torch.from_numpy(seqs.contexts).to(device), torch.from_numpy(seqs.targets).to(device),
-                       torch.from_numpy(np.ascontiguousarray(prev)).to(device))
+    return stream.to_device(seqs, cfg.loss.prev, articles, device)
 
 
 def corrupt_last_slot(ctx: torch.Tensor, *, share: float, sigma: float, swap_share: float) -> torch.Tensor:
@@ -191,17 +180,18 @@ class Trainer:
                                          on_rows=self._on_rows)
         if not self.main:        # distributed hook: rank 0 alone records the (global) telemetry
             self.telemetry = SilentTelemetry(sink, block=t.telemetry_block, flush_seconds=t.flush_seconds)
+        data.wait_checked()      # a background check of val/OOD/banks (lvmd/data/train_data.py) is done
 
     def _place_train(self, data: TrainData, t) -> "DeviceSplit | stream.StreamedSplit":
         """streaming hook: the train split on the device, or streamed per batch when it is
         larger than train.device_data_budget."""
-        size, budget = stream.split_bytes(data.train), stream.device_budget(t.device_data_budget, self.device)
+        size = stream.split_bytes(data.train, self.cfg.loss.prev)
+        budget = stream.device_budget(t.device_data_budget, self.device)
         if size <= budget:
             return to_device(data.train, self.cfg, data.articles, self.device)
         self.sink.event("data", detail={"split": "train", "streamed": True, "bytes": size, "budget": budget,
                                         "mapped": isinstance(data.train.contexts, np.memmap)})
-        return stream.streamed(data.train, datamod.prev_vectors(data.train, self.cfg.loss.prev, data.articles),
-                               self.device)
+        return stream.streamed(data.train, self.cfg.loss.prev, data.articles, self.device)
 
     # -- one optimizer step (also used bare by scripts/bench_trainer.py) --------------------
     def train_step(self, ctx: torch.Tensor, y: torch.Tensor, y_prev: torch.Tensor, stage,
