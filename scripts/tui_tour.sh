@@ -128,7 +128,7 @@ for size in 160x48 80x24; do
   keys f; shot run-events-kinds "show events of kind"; text checkpoint; keys Enter
   shot run-events-checkpoints "kind checkpoint"
   keys f; until_shown "show events of kind"; text "all kinds"; keys Enter; sleep 1
-  keys /; text -attenuate; keys Enter; shot run-events-words "“-attenuate”"; keys Up Up Up; keys End
+  keys /; until_shown "words in kind or detail"; text -attenuate; keys Enter; shot run-events-words "“-attenuate”"; keys Up Up Up; keys End
   shot run-events-end
   keys 4; until_shown "searches the resolved config"; keys /; text rho_cap; shot run-config-search "rho_cap ="
   keys Escape Escape
