@@ -291,7 +291,7 @@ CASES: list[Case] = [
     ("status-db-missing-says-how", lambda w: ["status", "--db", str(w.case / "none.db")], "export LVMD_DB="),
     ("status-unknown-name-close-match", lambda w: ["status", "godo", "--db", str(w.good)], "did you mean 'good'"),
     ("pause-finished-says-report", lambda w: ["pause", "1", "--db", str(w.good)], "`lvmd report 1`"),
-    ("tui-db-twice", lambda w: ["tui", w.bad("text.db"), "--db", str(w.good)], "give one"),
+    ("tui-db-twice", lambda w: ["tui", w.bad("text.db"), "--db", str(w.good)], "two databases named"),
 ]
 
 
