@@ -55,5 +55,10 @@ class Liveness:
             self._seen[run_id] = cached
         return cached[1]
 
+    def forget(self) -> None:
+        """Drop every kept probe: an app that starts asks afresh (a second app in one process,
+        as the tests run them, must not see the first one's answers)."""
+        self._seen.clear()
+
 
 LIVENESS = Liveness()  # one per process: the runs list and the run screen share what they probed
