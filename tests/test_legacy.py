@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 
 import numpy as np
@@ -84,6 +85,20 @@ def test_a_pickled_checkpoint_is_refused_unless_trusted(tmp_path):
     assert "--trust-checkpoint" in str(err.value) and "\n" not in str(err.value)
     _, info = load_predictor(path, trust=True)
     assert info["kind"] == "amn"
+
+
+class _CallsAFunction:
+    """Unpickles by calling a function (os.getpid here; a hostile file's would be worse)."""
+
+    def __reduce__(self):
+        return os.getpid, ()
+
+
+def test_a_trusted_checkpoint_is_still_never_allowed_to_call_a_function(tmp_path):
+    path = save_original(tmp_path / "calls.pt", "amn", make_model("amn"), args=_CallsAFunction())
+    with pytest.raises(UserError) as err:
+        load_predictor(path, trust=True)
+    assert "getpid (not a class)" in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
 def test_unusable_files_fail_in_one_line_naming_the_problem(tmp_path):

@@ -5,6 +5,7 @@ names, so an original checkpoint is a key-for-key load once its sizes are known.
 from __future__ import annotations
 
 import json
+import importlib
 import pickle
 import re
 import zipfile
@@ -57,12 +58,32 @@ def _torch_load(path: Path, device: str, trust: bool) -> Any:
                             "runs code stored in the file. If you trust it, pass --trust-checkpoint") from None
     except Exception as exc:  # truncated, wrong device: one line, no traceback
         raise UserError(f"{path}: cannot read the checkpoint ({checkpoint.load_error(exc)})") from None
-    # The user vouched for the file (--trust-checkpoint): the one place lvmd unpickles arbitrary
-    # objects, e.g. an original checkpoint whose `args` kept an argparse.Namespace.
+    # The user vouched for the file (--trust-checkpoint): still a weights_only load, with the
+    # classes the file names allowed (e.g. an original checkpoint's argparse.Namespace `args`).
+    # A name that is not a class (a function the pickle would call) stays refused.
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        allowed = [_trusted_class(path, name) for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=device, weights_only=True)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"{path}: cannot read the checkpoint ({_first_line(exc)})") from None
+
+
+def _trusted_class(path: Path, name: str) -> type:
+    """The class a trusted checkpoint names by `module.Qualname`; only classes are allowed."""
+    module, _, qualname = name.rpartition(".")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"{path}: names {name}, which this Python cannot import") from None
+    if not isinstance(found, type):
+        raise UserError(f"{path}: its pickle calls {name} (not a class); lvmd does not run it even with "
+                        "--trust-checkpoint") from None
+    return found
 
 
 def _first_line(exc: Exception) -> str:
