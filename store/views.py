@@ -190,6 +190,34 @@ VIEWS_V2: dict[str, str] = VIEWS_V1 | {
 }
 
 
+def _guardrail_checks(counts: str) -> str:
+    """v_guardrail_checks: every run's guardrail numbers over its step_blocks; `counts` are the
+    over-cap and attenuated columns, the one part the view's versions define differently."""
+    return f"""
+{_CAPS_AND_STAGES}, epochs_of AS (
+            SELECT run_id, epoch, SUM(sum_ratio) / SUM(steps) AS ratio_mean FROM step_blocks GROUP BY run_id, epoch
+        ), stats AS (
+            SELECT DISTINCT c.run_id, c.name, c.rho_cap,
+                   (SELECT MIN(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS first_epoch,
+                   (SELECT MAX(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS last_epoch,
+                   (SELECT COALESCE(SUM(b.steps), 0) FROM step_blocks b WHERE b.run_id = c.run_id) AS steps,
+                   (SELECT MAX(b.rho_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_max,
+                   (SELECT MAX(b.rho_pre_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_pre_max,
+{counts}                   (SELECT CAST(TOTAL(b.sum_skip) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id) AS skips,
+                   (SELECT MIN(b.pos_min) FROM step_blocks b WHERE b.run_id = c.run_id) AS pos_min,
+                   (SELECT CAST(TOTAL(b.pos_negative) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id
+                   ) AS pos_negative_steps,
+                   (SELECT COUNT(*) FROM epochs_of p WHERE p.run_id = c.run_id) AS epochs_with_steps,
+                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch LIMIT 1
+                   ) AS ratio_first_epoch,
+                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch DESC LIMIT 1
+                   ) AS ratio_last_epoch,
+                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
+                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
+            FROM caps c
+{_STAGED_FLAGS}"""
+
+
 # v3 (migration 9): the same columns from step_blocks (store/step_blocks.py: the steps summed per
 # 64), so a view reads 1/64 of the rows. Means are sums over counts, as AVG() computes them.
 _BLOCK_RHO_OVER = """(
@@ -222,31 +250,10 @@ VIEWS_V3: dict[str, str] = VIEWS_V2 | {
 
     # Steps over the cap in force are counted in the steps table only within blocks whose
     # maximum is over it: a run that held its cap reads none.
-    "v_guardrail_checks": f"""
-{_CAPS_AND_STAGES}, epochs_of AS (
-            SELECT run_id, epoch, SUM(sum_ratio) / SUM(steps) AS ratio_mean FROM step_blocks GROUP BY run_id, epoch
-        ), stats AS (
-            SELECT DISTINCT c.run_id, c.name, c.rho_cap,
-                   (SELECT MIN(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS first_epoch,
-                   (SELECT MAX(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS last_epoch,
-                   (SELECT COALESCE(SUM(b.steps), 0) FROM step_blocks b WHERE b.run_id = c.run_id) AS steps,
-                   (SELECT MAX(b.rho_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_max,
-                   (SELECT MAX(b.rho_pre_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_pre_max,
-                   CAST({_BLOCK_RHO_OVER.format(col="rho", tol=RHO_CAP_TOLERANCE)} AS INTEGER) AS rho_over_cap_steps,
+    "v_guardrail_checks": _guardrail_checks(
+        f"""                   CAST({_BLOCK_RHO_OVER.format(col="rho", tol=RHO_CAP_TOLERANCE)} AS INTEGER) AS rho_over_cap_steps,
                    CAST({_BLOCK_RHO_OVER.format(col="rho_pre", tol=RHO_CAP_TOLERANCE)} AS INTEGER) AS rho_pre_over_cap_steps,
-                   (SELECT CAST(TOTAL(b.sum_skip) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id) AS skips,
-                   (SELECT MIN(b.pos_min) FROM step_blocks b WHERE b.run_id = c.run_id) AS pos_min,
-                   (SELECT CAST(TOTAL(b.pos_negative) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id
-                   ) AS pos_negative_steps,
-                   (SELECT COUNT(*) FROM epochs_of p WHERE p.run_id = c.run_id) AS epochs_with_steps,
-                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch LIMIT 1
-                   ) AS ratio_first_epoch,
-                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch DESC LIMIT 1
-                   ) AS ratio_last_epoch,
-                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
-                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
-            FROM caps c
-{_STAGED_FLAGS}""",
+"""),
 }
 
 
@@ -269,32 +276,11 @@ _OVER_CAP_V4 = f"""(
                         WHERE b.run_id = c.run_id)"""
 _ATTENUATED = "(SELECT CAST(TOTAL(b.sum_attenuate) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id)"
 VIEWS_V4: dict[str, str] = VIEWS_V3 | {
-    "v_guardrail_checks": f"""
-{_CAPS_AND_STAGES}, epochs_of AS (
-            SELECT run_id, epoch, SUM(sum_ratio) / SUM(steps) AS ratio_mean FROM step_blocks GROUP BY run_id, epoch
-        ), stats AS (
-            SELECT DISTINCT c.run_id, c.name, c.rho_cap,
-                   (SELECT MIN(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS first_epoch,
-                   (SELECT MAX(b.epoch) FROM step_blocks b WHERE b.run_id = c.run_id) AS last_epoch,
-                   (SELECT COALESCE(SUM(b.steps), 0) FROM step_blocks b WHERE b.run_id = c.run_id) AS steps,
-                   (SELECT MAX(b.rho_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_max,
-                   (SELECT MAX(b.rho_pre_max) FROM step_blocks b WHERE b.run_id = c.run_id) AS rho_pre_max,
-                   CAST({_OVER_CAP_V4} AS INTEGER) AS rho_over_cap_steps,
+    "v_guardrail_checks": _guardrail_checks(
+        f"""                   CAST({_OVER_CAP_V4} AS INTEGER) AS rho_over_cap_steps,
                    {_ATTENUATED} AS rho_pre_over_cap_steps,
                    {_ATTENUATED} AS attenuated_steps,
-                   (SELECT CAST(TOTAL(b.sum_skip) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id) AS skips,
-                   (SELECT MIN(b.pos_min) FROM step_blocks b WHERE b.run_id = c.run_id) AS pos_min,
-                   (SELECT CAST(TOTAL(b.pos_negative) AS INTEGER) FROM step_blocks b WHERE b.run_id = c.run_id
-                   ) AS pos_negative_steps,
-                   (SELECT COUNT(*) FROM epochs_of p WHERE p.run_id = c.run_id) AS epochs_with_steps,
-                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch LIMIT 1
-                   ) AS ratio_first_epoch,
-                   (SELECT p.ratio_mean FROM epochs_of p WHERE p.run_id = c.run_id ORDER BY p.epoch DESC LIMIT 1
-                   ) AS ratio_last_epoch,
-                   (SELECT COUNT(*) FROM events v WHERE v.run_id = c.run_id
-                                                    AND v.kind = 'collapse_warning') AS collapse_warnings
-            FROM caps c
-{_STAGED_FLAGS}""",
+"""),
 }
 
 def create_views(conn: sqlite3.Connection, views: Mapping[str, str]) -> None:
