@@ -203,3 +203,12 @@ def test_a_second_stop_says_the_run_is_already_stopping_and_waits(tmp_path, caps
         victim.wait(timeout=30)
     assert code == 0 and f"run {run} is already stopping" in err and "--force` kills it now" in err, err
     assert out.startswith(f"run {run} crashed at step 42"), out          # it died without recording it
+
+
+def test_sweep_seeds_reads_a_count_a_list_and_one_seed_alone_with_a_trailing_comma():
+    from lvmd.cli.sweep import _seeds
+    from lvmd.errors import UserError
+    assert _seeds("3") == [0, 1, 2] and _seeds("0,5,9") == [0, 5, 9] and _seeds("7,") == [7]
+    for bad in (",", "7,,", "2,2", "-1,", "x"):
+        with pytest.raises(UserError, match="--seeds"):
+            _seeds(bad)

@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run (or the sweep id)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="an axis of the grid (repeat); with --search optuna, a categorical choice")
-    p.add_argument("--seeds", default="1", help="N (seeds 0..N-1) or a list 0,5,9 (default 1)")
+    p.add_argument("--seeds", default="1", help="N (seeds 0..N-1) or a list 0,5,9; one seed alone: 7, (default 1)")
     p.add_argument("--parallel", type=int_in(1, 1024), help="runs training at once (default: one per GPU, else cores/2)")
     p.add_argument("--name", help="sweep name (default: the config's name)")
     p.add_argument("--search", choices=("grid", "optuna"), default="grid")
@@ -68,9 +68,11 @@ MAX_SEEDS = 1000
 
 
 def _seeds(text: str) -> list[int]:
+    """`3` is a count (0, 1, 2); a comma makes a list, so `7,` is the one seed 7 (to add a seed
+    to a configuration that has the others)."""
     try:
         if "," in text:
-            seeds = [int(s) for s in text.split(",")]
+            seeds = [int(s) for s in text.removesuffix(",").split(",")]
         else:
             if not 0 < int(text) <= MAX_SEEDS:
                 raise UserError(f"--seeds {text[:24]!r}: a count from 1 to {MAX_SEEDS}, or a list (0,5,9)")
