@@ -4,8 +4,8 @@ names, so an original checkpoint is a key-for-key load once its sizes are known.
 """
 from __future__ import annotations
 
-import json
 import importlib
+import json
 import pickle
 import re
 import zipfile
