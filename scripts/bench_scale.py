@@ -264,7 +264,10 @@ def first_step(db: Path, folder: Path, *, resume: int | None = None, verify: boo
     seconds, cpu = rows[0][1] - w.launched, cpu_seconds(w.proc.pid)
     stop(db, run_id)
     w.finish()
-    return {"seconds": seconds, "cpu": cpu, "run_id": run_id}
+    state, why = query(db, "SELECT compile, compile_why FROM runs WHERE id = ?", run_id)[0]
+    why = why or ""
+    how = "kept answer" if "kept from the probe" in why else "set" if "(set)" in why else "probed"
+    return {"seconds": seconds, "cpu": cpu, "run_id": run_id, "compile": f"compile {state}, {how}"}
 
 
 def rate(db: Path, folder: Path, *extra: str, steps: int, skip: int) -> dict:
@@ -352,7 +355,7 @@ def main() -> int:
         row("adjacent-chunk cosine", f"{adjacent_cos(folder):.3f}", f"≈ {ADJACENT_COS}")
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.db"
-            secs = (lambda r: f"{r['seconds']:.1f} s ({r['cpu']:.1f} s CPU)")      # noqa: E731
+            secs = (lambda r: f"{r['seconds']:.1f} s ({r['cpu']:.1f} s CPU; {r['compile']})")      # noqa: E731
             if "first-step" in want:
                 first = first_step(db, folder)
                 row("first step, first start on a new database (every file hashed)", secs(first))

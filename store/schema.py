@@ -210,6 +210,15 @@ def _m012_run_compile(db: sqlite_utils.Database) -> None:
             db.conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
 
+def _m013_compile_probes(db: sqlite_utils.Database) -> None:
+    """compile_probes: train.compile=auto's answer per key (what the probe's timing depends on,
+    hashed), so a resume or the next run with the same key skips the probe (store/compile_probes.py,
+    lvmd/train/compiling.py). Self-contained: needs no other table."""
+    db.conn.execute("CREATE TABLE IF NOT EXISTS compile_probes (key_hash TEXT PRIMARY KEY, key_json TEXT NOT NULL,"
+                    " outcome TEXT NOT NULL, compiled INTEGER NOT NULL, why TEXT NOT NULL, eager_ms REAL,"
+                    " compiled_ms REAL, compile_s REAL, run_id INTEGER, probed_at REAL NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_core,
     _m002_report_views,
@@ -223,6 +232,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m010_one_count_rule,
     _m011_data_hashes,
     _m012_run_compile,
+    _m013_compile_probes,
 ]
 
 

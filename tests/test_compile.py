@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from lvmd.train import compiling
 from lvmd.train.sink import ListSink
 from lvmd.train.trainer import Trainer
 from store.schema import STEP_METRICS
-from tests.conftest import TINY_MODEL, data_overrides, lvmd
+from tests.conftest import TINY_MODEL, data_overrides, lvmd, new_run, query
 
 COMPILED = torch._dynamo.eval_frame.OptimizedModule
 AUTO = [o for o in TINY_MODEL if not o.startswith("train.compile")]    # conftest pins it off
@@ -126,3 +127,72 @@ def test_the_decision_reaches_the_run_row_the_event_and_status(tiny_data, tmp_pa
     assert (detail["compile"], detail["compile_why"]) == (state, why)
     status = lvmd("status", "1", "--db", str(db), cwd=tmp_path)
     assert f"compile    off: {why}" in status.stdout
+
+
+def _counting_step(calls: list):
+    """A stand-in step for the probe's bookkeeping: it counts the calls and never runs the module
+    it is handed, so nothing compiles (the real probe's timing is the test above)."""
+    def step(net):
+        calls.append(net)
+        time.sleep(0.0005)
+    return step
+
+
+def test_the_probe_answer_is_kept_in_the_database_and_a_new_process_skips_the_probe(tmp_path, monkeypatch):
+    monkeypatch.delenv(compiling.FORCE_ENV, raising=False)
+    run_id, sink = new_run(tmp_path / "x.db")
+    model = torch.nn.Linear(4, 4)
+    calls: list = []
+    common = dict(model=model, optimizer=torch.optim.AdamW(model.parameters()), device=torch.device("cpu"),
+                  step=_counting_step(calls), total_steps=10 ** 9, memory=compiling.ProbeMemory(sink, run_id))
+    key = {"model": "m", "threads": 1}
+    try:
+        _, first = compiling.resolve("auto", net=model, key=key, **common)
+        assert calls and first.outcome == "timed" and "(probe: compiled " in first.why
+        rows = query(tmp_path / "x.db", "SELECT outcome, compiled, eager_ms, compiled_ms, run_id FROM compile_probes")
+        assert rows == [("timed", int(first.compiled), first.eager_ms, first.compiled_ms, run_id)]
+
+        compiling._decided.clear()          # what a resume or the next run starts with: nothing in memory
+        calls.clear()
+        net, kept = compiling.resolve("auto", net=model, key=key, **common)
+        assert not calls, "the kept answer was probed again"
+        assert kept.compiled == first.compiled and (kept.eager_ms, kept.compiled_ms) == (first.eager_ms, first.compiled_ms)
+        assert "kept from the probe of" in kept.why and f"in run {run_id}" in kept.why and "=again re-probes" in kept.why
+        assert isinstance(net, COMPILED) == kept.compiled
+        # the same kept timing tells a short run to stay eager, still without a probe
+        compiling._decided.clear()
+        short = compiling.resolve("auto", net=model, key=key, **{**common, "total_steps": 3})[1]
+        assert not calls and not short.compiled and "cannot pay back" in short.why and "kept from" in short.why
+
+        compiling._decided.clear()          # another key (here: threads) is another question
+        compiling.resolve("auto", net=model, key={**key, "threads": 2}, **common)
+        assert calls
+        assert query(tmp_path / "x.db", "SELECT count(*) FROM compile_probes") == [(2,)]
+
+        calls.clear()                       # a row that is not what a probe writes is not believed
+        conn = sqlite3.connect(tmp_path / "x.db")
+        with conn:
+            conn.execute("UPDATE compile_probes SET compiled_ms = -1, compiled = 1")
+        conn.close()
+        compiling._decided.clear()
+        assert compiling.resolve("auto", net=model, key=key, **common)[1].outcome == "timed" and calls
+
+        calls.clear()                       # LVMD_COMPILE_PROBE=again asks afresh, past both caches
+        monkeypatch.setenv(compiling.FORCE_ENV, "again")
+        compiling.resolve("auto", net=model, key=key, **common)
+        assert calls
+    finally:
+        sink.close()
+        compiling._decided.clear()
+
+
+def test_a_second_run_in_the_same_database_takes_the_first_runs_probe(tiny_data, tmp_path):
+    db = tmp_path / "x.db"
+    for _ in range(2):                      # two processes; the run is seconds long: the 'short' answer
+        proc = lvmd("run", *data_overrides(tiny_data), *AUTO, "model.kind=amn", "train.epochs=1", "--quiet",
+                    "--db", str(db), cwd=tmp_path, env={compiling.FORCE_ENV: ""})
+        assert proc.returncode == 0, proc.stderr
+    (first, second) = [w for (w,) in query(db, "SELECT compile_why FROM runs ORDER BY id")]
+    assert "cannot pay back" in first and "kept from" not in first
+    assert "cannot pay back" in second and "kept from the probe of" in second and "in run 1" in second
+    assert query(db, "SELECT outcome, compiled, run_id FROM compile_probes") == [("short", 0, 1)]

@@ -19,13 +19,25 @@ differ from training's and compat's test B runs one context at a time.
 never compiles. Under torchrun `auto` stays eager (ranks would have to agree on a timing).
 LVMD_COMPILE_PROBE=yes|no (environment) skips the probe and takes that answer: for tests,
 and for a machine where you measured it yourself.
+
+The answer is kept in the run's database (store/compile_probes.py) under the hash of everything
+the timing depends on: the model and loss config, sizes, batch, device and its name (the CPU
+model or the GPU), precision, threads, torch version and host. A resume, and the next run with
+the same key, take the kept answer without compiling or timing anything (at seed scale the probe
+was 18-47 s of every start). A different key (another torch, more threads, another GPU) probes
+afresh; LVMD_COMPILE_PROBE=again re-probes and replaces the kept answer. The run's length is not
+in the key: the kept eager ms/step says whether a run is too short to try, whatever its length.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
+import functools
+import hashlib
+import json
 import os
+import socket
 import statistics
 import threading
 import time
@@ -37,6 +49,7 @@ from torch import nn
 
 from lvmd.config import stage_for_epoch
 from lvmd.data import stream
+from store.compile_probes import keep_probe, stored_probe
 
 MIN_GAIN = 0.10          # compiled must take ≥ 10 % less time per step
 MIN_RUN_S = 600.0        # eager seconds of training below which a compile is not tried
@@ -59,7 +72,32 @@ class Decision:
         return "on" if self.compiled else "off"
 
 
-_decided: dict[tuple, Decision] = {}   # per process: (key, total steps) → the probe's answer
+    @property
+    def outcome(self) -> str:
+        """What the probe found: timed (both sides) | short (the run too short to try) | failed."""
+        if self.compiled_ms is not None:
+            return "timed"
+        return "short" if self.eager_ms is not None else "failed"
+
+
+_decided: dict[tuple, Decision] = {}   # per process: (key json, total steps) → the probe's answer
+
+
+class ProbeMemory:
+    """The probe's answers kept in the run's database, read and written through its sink's
+    writer thread (the one connection that writes)."""
+
+    def __init__(self, sink, run_id: int | None):
+        self.sink, self.run_id = sink, run_id
+
+    def get(self, key_hash: str) -> dict | None:
+        return self.sink.call(lambda conn: stored_probe(conn, key_hash))
+
+    def put(self, key_hash: str, key_json: str, decision: Decision) -> None:
+        self.sink.call(lambda conn: keep_probe(conn, key_hash, key_json, outcome=decision.outcome,
+                                               compiled=decision.compiled, why=decision.why,
+                                               eager_ms=decision.eager_ms, compiled_ms=decision.compiled_ms,
+                                               compile_s=decision.compile_s, run_id=self.run_id))
 
 
 def for_trainer(trainer) -> tuple[nn.Module, Any]:
@@ -77,26 +115,61 @@ def for_trainer(trainer) -> tuple[nn.Module, Any]:
             feed.close()
         return trainer.train_step(*batch, stage, net=net)
 
-    key = (trainer.cfg.model, trainer.cfg.loss, trainer.cfg.compat, t.last_slot_noise, trainer.data.train.dim,
-           trainer.data.train.context_len, t.batch_size, str(trainer.device), hw.precision, hw.threads)
+    key = {"model": trainer.cfg.model, "loss": trainer.cfg.loss, "compat": trainer.cfg.compat,
+           "last_slot_noise": t.last_slot_noise, "dim": trainer.data.train.dim,
+           "context": trainer.data.train.context_len, "batch": t.batch_size, "device": str(trainer.device),
+           "device_name": device_name(trainer.device), "precision": hw.precision, "threads": hw.threads,
+           "torch": torch.__version__, "host": socket.gethostname()}
+    memory = ProbeMemory(trainer.sink, getattr(trainer.sink, "run_id", None)) if hasattr(trainer.sink, "call") else None
     net, decision = resolve(t.compile, net=trainer.net, model=trainer.model, optimizer=trainer.optimizer, step=step,
                             key=key, total_steps=trainer.total_steps, device=trainer.device,
-                            distributed=trainer.dist is not None,
+                            distributed=trainer.dist is not None, memory=memory,
                             beat=lambda: trainer.sink.update_run(heartbeat_at=time.time()))
     return net, dataclasses.replace(hw, compile=decision.state, compile_why=decision.why)
 
 
+def device_name(device: torch.device) -> str:
+    """What the probe's timing depends on beyond the device type: the GPU's name, or the CPU's model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return _cpu_model()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def key_json(key: Any) -> str:
+    """The key as canonical JSON (configs as their fields), for the process cache and the database."""
+    def plain(value):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.asdict(value)
+        return str(value)
+    return json.dumps(key, sort_keys=True, default=plain)
+
+
 def resolve(requested: str, *, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
-            step: Callable[[nn.Module], Any], key: tuple, total_steps: int, device: torch.device,
-            distributed: bool = False, beat: Callable[[], None] | None = None) -> tuple[nn.Module, Decision]:
+            step: Callable[[nn.Module], Any], key: Any, total_steps: int, device: torch.device,
+            distributed: bool = False, memory: ProbeMemory | None = None,
+            beat: Callable[[], None] | None = None) -> tuple[nn.Module, Decision]:
     """(the module the training step calls, the decision). `step(m)` runs one training step
     through m (the probe times it); `model` is the bare module under `net` (its weights are
     restored after the probe), `key` what the answer depends on besides the run's length;
-    `beat()` is called every HEARTBEAT_S from a thread while the probe runs (a compile takes
-    minutes on a loaded CPU; the run row's heartbeat stays fresh)."""
+    `memory` keeps answers across processes (None: this process only); `beat()` is called every
+    HEARTBEAT_S from a thread while the probe runs (a compile takes minutes on a loaded CPU; the
+    run row's heartbeat stays fresh)."""
     with _beating(beat):
         decision = _decide(requested, net=net, model=model, optimizer=optimizer, step=step, key=key,
-                           total_steps=total_steps, device=device, distributed=distributed)
+                           total_steps=total_steps, device=device, distributed=distributed, memory=memory)
     if isinstance(decision, tuple):       # the probe compiled the run's own module: train with it
         compiled, decision = decision
         return compiled, decision
@@ -112,7 +185,7 @@ def _compile(net: nn.Module) -> nn.Module:
     return compiled
 
 
-def _decide(requested, *, net, model, optimizer, step, key, total_steps, device, distributed):
+def _decide(requested, *, net, model, optimizer, step, key, total_steps, device, distributed, memory):
     if requested == "off":
         return Decision(False, "compile off (set)")
     if requested == "on":
@@ -125,13 +198,50 @@ def _decide(requested, *, net, model, optimizer, step, key, total_steps, device,
         return Decision(False, "compile auto: off (not probed under torchrun; train.compile=on compiles)")
     if device.type not in ("cpu", "cuda"):
         return Decision(False, f"compile auto: off (not probed on {device.type})")
-    cache_key = (key, total_steps)
-    if cache_key in _decided:
+    text = key_json(key)
+    cache_key = (text, total_steps)
+    if cache_key in _decided and forced != "again":
         return _decided[cache_key]
+    key_hash = hashlib.sha256(text.encode()).hexdigest()
+    if memory is not None and forced != "again":
+        kept = _from_kept(memory.get(key_hash), total_steps)
+        if kept is not None:
+            _decided[cache_key] = kept
+            return kept
     with _restored(model, optimizer, device):
         outcome = _probe(net, step, total_steps, device)
-    _decided[cache_key] = outcome[1] if isinstance(outcome, tuple) else outcome
+    decision = outcome[1] if isinstance(outcome, tuple) else outcome
+    _decided[cache_key] = decision
+    if memory is not None:
+        memory.put(key_hash, text, decision)
     return outcome
+
+
+def _from_kept(row: dict | None, total_steps: int) -> Decision | None:
+    """The decision a kept probe gives this run, or None where it cannot tell (nothing kept, or a
+    short run's eager timing and this run is long enough to be worth the real probe)."""
+    if row is None:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["probed_at"]))
+    source = f"kept from the probe of {when}" + (f" in run {row['run_id']}" if row["run_id"] is not None else "")
+    again = f"{FORCE_ENV}=again re-probes"
+    if row["outcome"] == "failed":
+        reason = row["why"].split(" (", 1)[-1].removesuffix(")")
+        return Decision(False, f"compile auto: off ({reason}; {source}; {again})")
+    eager_ms = row["eager_ms"]
+    run_s = eager_ms / 1e3 * total_steps
+    if run_s < MIN_RUN_S:
+        return Decision(False, f"compile auto: off (the run's {total_steps} steps take ~{run_s:.0f} s eager at "
+                               f"{eager_ms:.1f} ms/step, {source}; under {MIN_RUN_S:.0f} s a compile cannot "
+                               "pay back)", eager_ms=eager_ms)
+    if row["outcome"] == "short":
+        return None
+    yes, c = bool(row["compiled"]), row["compiled_ms"]
+    gain = 1.0 - c / eager_ms
+    change = f"{gain:.0%} faster" if gain >= 0 else f"{-gain:.0%} slower"
+    return Decision(yes, f"compile auto: {'on' if yes else 'off'} (compiled {c:.1f} ms/step vs eager {eager_ms:.1f}, "
+                         f"{change}, {source}; {again})",
+                    eager_ms=eager_ms, compiled_ms=c, compile_s=row["compile_s"])
 
 
 def _probe(net: nn.Module, step: Callable[[nn.Module], Any], total_steps: int, device: torch.device):
