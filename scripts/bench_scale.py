@@ -247,7 +247,8 @@ ROWS = ("first-step", "steps", "epoch-end", "report", "tui")     # the table's g
 FAST_ROWS = ["train.telemetry_block=1", "train.flush_seconds=0.2", "eval.fivecat_every=0"]
 
 
-def first_step(db: Path, folder: Path, *, resume: int | None = None, verify: bool = False) -> dict:
+def first_step(db: Path, folder: Path, *, resume: int | None = None, verify: bool = False,
+               env: dict | None = None) -> dict:
     """Launch → the first step's row (a new run, or a resume of run `resume`); then stop it."""
     if resume is None:
         argv = lvmd_argv("run", *data_args(folder), *FAST_ROWS, "train.max_steps=100000000", "--db", str(db),
@@ -259,7 +260,7 @@ def first_step(db: Path, folder: Path, *, resume: int | None = None, verify: boo
         run_id = resume
         after = query(db, "SELECT step FROM runs WHERE id = ?", run_id)[0][0]
         argv = lvmd_argv("resume", str(run_id), "--foreground", "--quiet", "--db", str(db))
-    w = Watched(argv)
+    w = Watched(argv, env)
     rows = w.wait_until(lambda: steps_after(db, run_id, after), 900, "first step")
     seconds, cpu = rows[0][1] - w.launched, cpu_seconds(w.proc.pid)
     stop(db, run_id)
@@ -267,6 +268,7 @@ def first_step(db: Path, folder: Path, *, resume: int | None = None, verify: boo
     state, why = query(db, "SELECT compile, compile_why FROM runs WHERE id = ?", run_id)[0]
     why = why or ""
     how = "kept answer" if "kept from the probe" in why else "set" if "(set)" in why else "probed"
+    print(f"    run {run_id}: {why}", file=sys.stderr, flush=True)
     return {"seconds": seconds, "cpu": cpu, "run_id": run_id, "compile": f"compile {state}, {how}"}
 
 
@@ -371,6 +373,9 @@ def main() -> int:
                 row("first step, cold resume", secs(r), "≤ 45 s")
                 v = first_step(db, folder, verify=True)
                 row("first step, warm start with --verify-data", secs(v))
+                # side by side: what every start and resume paid before the probe's answer was kept
+                a = first_step(db, folder, env={"LVMD_COMPILE_PROBE": "again"})
+                row("first step, warm start probing again (LVMD_COMPILE_PROBE=again)", secs(a))
             per_s = None
             for model, steps in (("transformer", args.steps), ("amn", args.amn_steps)):
                 if "steps" not in want:
