@@ -71,7 +71,6 @@ class Decision:
     def state(self) -> str:
         return "on" if self.compiled else "off"
 
-
     @property
     def outcome(self) -> str:
         """What the probe found: timed (both sides) | short (the run too short to try) | failed."""
