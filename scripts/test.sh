@@ -3,4 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+# One pytest worker per CPU, at most 4 (each worker's tests start daemons of their own);
+# LVMD_TEST_WORKERS=0 runs in one process. worksteal: the long daemon tests do not pile up on one worker.
+cpus=$(nproc)
+workers=${LVMD_TEST_WORKERS:-$(( cpus < 4 ? cpus : 4 ))}
+exec .venv/bin/python -m pytest -n "$workers" --dist worksteal "$@"
