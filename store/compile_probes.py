@@ -11,21 +11,15 @@ import math
 import sqlite3
 import time
 
+from store.db import optional_table_rows
+
 OUTCOMES = ("timed", "short", "failed")   # both sides timed | the run too short to try | compile failed
 
 
 def stored_probe(conn: sqlite3.Connection, key_hash: str) -> dict | None:
     """The kept answer for key_hash, or None (none, a file from before the table, or a malformed row)."""
-    try:
-        row = conn.execute("SELECT * FROM compile_probes WHERE key_hash = ?", (key_hash,)).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return None
-        raise
-    if row is None:
-        return None
-    row = dict(row)
-    return row if _well_formed(row) else None
+    rows = optional_table_rows(conn, "SELECT * FROM compile_probes WHERE key_hash = ?", (key_hash,))
+    return rows[0] if rows and _well_formed(rows[0]) else None
 
 
 def keep_probe(conn: sqlite3.Connection, key_hash: str, key_json: str, *, outcome: str, compiled: bool,

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 
+from store.db import optional_table_rows
+
 STAT_FIELDS = ("dev", "ino", "size", "mtime_ns", "ctime_ns")
 
 
 def cached_hash(conn: sqlite3.Connection, path: str) -> dict | None:
     """The last record for `path` (its stat fields, sha256 and hashed_ns), or None. A file written
     before the table existed (a read-only reader does not migrate) has none."""
-    try:
-        row = conn.execute("SELECT * FROM data_hashes WHERE path = ?", (path,)).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return None
-        raise
-    return None if row is None else dict(row)
+    rows = optional_table_rows(conn, "SELECT * FROM data_hashes WHERE path = ?", (path,))
+    return rows[0] if rows else None
 
 
 def record_hash(conn: sqlite3.Connection, path: str, stat: dict, sha256: str, hashed_ns: int) -> None:

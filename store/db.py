@@ -88,6 +88,17 @@ def store_error(path: str | os.PathLike, exc: sqlite3.Error) -> StoreError:
     return StoreError(describe(path, exc))
 
 
+def optional_table_rows(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> list[dict]:
+    """The rows of a query on a table a later migration added: none on a file written before the
+    table existed (a read-only reader does not migrate it)."""
+    try:
+        return [dict(r) for r in conn.execute(sql, params).fetchall()]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
     """One write transaction. On an error it is rolled back only if it is still open: SQLite

@@ -4,6 +4,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Sequence
 
+from store.db import optional_table_rows
+
 SAMPLE_COLUMNS = ("device", "name", "util", "mem_used", "mem_total", "temp_c")
 KEEP_SAMPLES_S = 3600.0  # older samples of a run are dropped as new ones come: the table stays small
 
@@ -20,25 +22,13 @@ def insert_samples(conn: sqlite3.Connection, run_id: int, t: float, rows: Sequen
 def latest_samples(conn: sqlite3.Connection, run_id: int) -> list[dict]:
     """The newest sample of the run, a row per device (empty before the first, and on a file
     written before the table existed, which a read-only reader does not migrate)."""
-    try:
-        rows = conn.execute(
-            "SELECT * FROM system_samples WHERE run_id = ? AND t = (SELECT MAX(t) FROM system_samples WHERE run_id = ?)"
-            " ORDER BY device", (run_id, run_id)).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    return [dict(r) for r in rows]
+    return optional_table_rows(
+        conn, "SELECT * FROM system_samples WHERE run_id = ? AND t = (SELECT MAX(t) FROM system_samples WHERE run_id = ?)"
+              " ORDER BY device", (run_id, run_id))
 
 
 def samples_after(conn: sqlite3.Connection, run_id: int, after_rowid: int) -> list[dict]:
     """The run's samples with rowid > after_rowid, oldest first, each with its rowid (a cursor:
     a live TUI reads only what is new). Empty on a file from before the table existed."""
-    try:
-        rows = conn.execute("SELECT rowid AS rowid, * FROM system_samples WHERE rowid > ? AND +run_id = ?"
-                            " ORDER BY rowid", (after_rowid, run_id)).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    return [dict(r) for r in rows]
+    return optional_table_rows(conn, "SELECT rowid AS rowid, * FROM system_samples WHERE rowid > ? AND +run_id = ?"
+                                     " ORDER BY rowid", (after_rowid, run_id))
