@@ -15,7 +15,6 @@ from textual.screen import Screen
 
 from tui import control, prefs
 from tui.dialogs import HelpScreen
-from tui.liveness import LIVENESS
 from tui.metrics import DEFAULT_SPECS, picked_spec, step_columns
 from tui.run_screen import RunScreen
 from tui.runs_screen import RunsScreen
@@ -47,7 +46,6 @@ class LvmdTui(App):
         self.fatal_error: str | None = None  # why the tail stopped for good (the app exits 1 with it)
 
     def on_mount(self) -> None:
-        LIVENESS.forget()
         self._load_prefs()
         # a chart is never wider than the screen: start there, the run screen narrows it after layout;
         # the columns the remembered charts draw are read from the first read on (not read twice)

@@ -42,23 +42,21 @@ def lock_held(out_dir: str | None, host: str | None) -> bool | None:
 
 
 class Liveness:
-    """Cached lock probes, by run id."""
+    """Cached lock probes, by what is probed (host, run folder): two apps in one process (the
+    tests, an embedding program) on two databases never read each other's answers, whose run
+    ids overlap."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, tuple[float, bool | None]] = {}
+        self._seen: dict[tuple[str | None, str | None], tuple[float, bool | None]] = {}
 
-    def held(self, run_id: int, out_dir: str | None, host: str | None) -> bool | None:
+    def held(self, out_dir: str | None, host: str | None) -> bool | None:
         now = time.monotonic()
-        cached = self._seen.get(run_id)
+        key = (host, out_dir)
+        cached = self._seen.get(key)
         if cached is None or now - cached[0] > RECHECK_S:
             cached = (now, lock_held(out_dir, host))
-            self._seen[run_id] = cached
+            self._seen[key] = cached
         return cached[1]
-
-    def forget(self) -> None:
-        """Drop every kept probe: an app that starts asks afresh (a second app in one process,
-        as the tests run them, must not see the first one's answers)."""
-        self._seen.clear()
 
 
 LIVENESS = Liveness()  # one per process: the runs list and the run screen share what they probed

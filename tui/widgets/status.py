@@ -105,7 +105,7 @@ def run_state_text(run: dict, now: float) -> Text:
     """state_text for a runs row, probing the lock of a silent run (tui.liveness)."""
     held = None
     if is_stale(run["state"], run.get("heartbeat_at"), now):
-        held = LIVENESS.held(run["id"], run.get("out_dir"), run.get("host"))
+        held = LIVENESS.held(run.get("out_dir"), run.get("host"))
     return state_text(run["state"], run.get("heartbeat_at"), now, held)
 
 
