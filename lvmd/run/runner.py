@@ -147,7 +147,7 @@ def execute(cfg: RunConfig, db: str | Path, run_id: int, out_dir: Path, data: Tr
     A database moved, replaced or stripped of its -wal under the run (sink.lost) stops it with a
     checkpoint; its final state goes into the file the daemon opened, never into whatever is at
     the path now, and the run ends with one line (DatabaseLost) on stderr and in its log."""
-    from lvmd.train.trainer import TrainingDiverged
+    from lvmd.train.telemetry import TrainingDiverged
 
     resume = resume or resume_from is not None
     sink = SqliteSink(db, run_id, flush_seconds=cfg.train.flush_seconds)
