@@ -96,6 +96,9 @@ def test_killed_driver_and_run_resume_finishing_only_what_was_missing(db, long_d
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_for(lambda: run_is(db, 2, "running"), 180, "run 2 to train")
+        # frozen where it is (a machine too busy to schedule it): on a loaded box it could otherwise
+        # finish its steps while the second driver starts, and this test needs it unfinished
+        os.kill(rows(db, "SELECT pid FROM runs WHERE id = 2")[0]["pid"], signal.SIGSTOP)
         second = lvmd("sweep", "resume", "1", "--db", db)
         assert second.returncode == 1 and second.stderr == "lvmd: error: sweep 1 already has a driver running\n"
     finally:
