@@ -1,7 +1,7 @@
 """train.compile: torch.compile the training forward only where it pays on this device and model.
 
-`auto` (the default) asks a short probe, once per process and (model, sizes, batch, device,
-precision) as the bf16 trial is asked: it times the trainer's own step (forward, guarded loss,
+`auto` (the default) asks a short probe, once per database and key (model, sizes, batch, device,
+precision, threads, torch; see below): it times the trainer's own step (forward, guarded loss,
 backward, clip, AdamW) with the model eager and compiled, alternating rounds so that a busy
 machine's drift falls on both, and compiles only where the compiled step takes at least
 MIN_GAIN less time. Measured on a 2-core EPYC (issue 23): the amn 1.15x faster compiled, SPEC's
