@@ -7,6 +7,7 @@ import os
 import time
 
 from store.runs import DAEMON_LOCK
+from tui.liveness import Liveness
 from tui.widgets.status import run_state_text
 
 
@@ -22,8 +23,9 @@ def test_two_databases_run_1_each_get_their_own_lock_probe(tmp_path):
     fd = os.open(os.path.join(held["out_dir"], DAEMON_LOCK), os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)            # a daemon holds a's run 1; nothing holds b's run 1
     try:
-        first, second = run_state_text(held, now).plain, run_state_text(free, now).plain
-        again = run_state_text(held, now).plain
+        probes = Liveness()                       # one app's: its runs list and run screen share it
+        first, second = run_state_text(held, now, probes).plain, run_state_text(free, now, probes).plain
+        again = run_state_text(held, now, probes).plain
     finally:
         os.close(fd)
     assert first.startswith("running? not responding for") and again == first

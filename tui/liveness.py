@@ -42,9 +42,8 @@ def lock_held(out_dir: str | None, host: str | None) -> bool | None:
 
 
 class Liveness:
-    """Cached lock probes, by what is probed (host, run folder): two apps in one process (the
-    tests, an embedding program) on two databases never read each other's answers, whose run
-    ids overlap."""
+    """Cached lock probes, by what is probed (host, run folder): two databases' runs share ids
+    (every database starts at run 1) but never a folder."""
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str | None, str | None], tuple[float, bool | None]] = {}
@@ -59,4 +58,11 @@ class Liveness:
         return cached[1]
 
 
-LIVENESS = Liveness()  # one per process: the runs list and the run screen share what they probed
+def of_app(app) -> Liveness:
+    """The app's own probes: its runs list and run screen share them, and a second app in the same
+    process (the tests, an embedding program) asks afresh instead of reading the first one's."""
+    found = getattr(app, "_lvmd_liveness", None)
+    if found is None:
+        found = Liveness()
+        app._lvmd_liveness = found
+    return found

@@ -16,6 +16,7 @@ from textual.widgets import DataTable
 
 from store.reader import RunSummary
 from store.schema import TERMINAL_STATES
+from tui.liveness import Liveness, of_app
 from tui.plots import epoch_label
 from tui.sweeps import short_config
 from tui.widgets.canvas import fmt
@@ -76,7 +77,8 @@ def mark_cell(*, selected: bool, marked: bool) -> Text:
     return Text.assemble(("▶" if selected else " ", "bold"), ("●" if marked else " ", "bold yellow"))
 
 
-def row_cells(r: RunSummary, now: float, *, marked: bool, baseline: bool, selected: bool = False) -> list:
+def row_cells(r: RunSummary, now: float, *, marked: bool, baseline: bool, liveness: Liveness,
+              selected: bool = False) -> list:
     """The cells of one run's row, in COLUMNS order."""
     name = Text(r.name)
     if baseline:
@@ -87,7 +89,7 @@ def row_cells(r: RunSummary, now: float, *, marked: bool, baseline: bool, select
                                                     style="green" if r.last_margin > 0 else "red")
     age = r.heartbeat_age(now)
     state = run_state_text({"id": r.id, "state": r.state, "heartbeat_at": r.heartbeat_at, "out_dir": r.out_dir,
-                            "host": r.host}, now)
+                            "host": r.host}, now, liveness)
     return [mark_cell(selected=selected, marked=marked), str(r.id), state, name,
             "–" if r.epoch is None else epoch_label(r.epoch, r.total_epochs), margin, gates,
             "–" if age is None else fmt_duration(age), fmt(r.val_cos), fmt(r.r_at_5),
@@ -153,7 +155,7 @@ class RunList(DataTable):
 
     def _cells(self, r: RunSummary, now: float) -> list:
         return row_cells(r, now, marked=r.id in self.marked, baseline=r.id == self.baseline_id,
-                         selected=r.id == self.selected_run_id)
+                         liveness=of_app(self.app), selected=r.id == self.selected_run_id)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         """Move the `▶` with the cursor."""

@@ -10,7 +10,7 @@ from textual.widget import Widget
 from store.reader import is_stale
 from store.schema import TERMINAL_STATES
 from tui.alerts import Alert
-from tui.liveness import LIVENESS
+from tui.liveness import Liveness, of_app
 from tui.plots import epoch_label
 from tui.tail import RunSnapshot
 
@@ -101,11 +101,11 @@ def state_text(state: str, heartbeat_at: float | None, now: float, held: bool | 
     return Text(state, style=STATE_STYLES.get(state, ""))
 
 
-def run_state_text(run: dict, now: float) -> Text:
+def run_state_text(run: dict, now: float, liveness: Liveness) -> Text:
     """state_text for a runs row, probing the lock of a silent run (tui.liveness)."""
     held = None
     if is_stale(run["state"], run.get("heartbeat_at"), now):
-        held = LIVENESS.held(run.get("out_dir"), run.get("host"))
+        held = liveness.held(run.get("out_dir"), run.get("host"))
     return state_text(run["state"], run.get("heartbeat_at"), now, held)
 
 
@@ -169,7 +169,7 @@ class StatusBar(Widget):
         step = latest.get("step", r.get("step") or 0)
         epoch = latest.get("epoch", r.get("epoch"))
         tail = Text(" · ")
-        state = run_state_text(r, now)
+        state = run_state_text(r, now, of_app(self.app))
         silent = is_stale(r["state"], r.get("heartbeat_at"), now)
         tail.append_text(state)
         if epoch is not None:
