@@ -53,6 +53,28 @@ def test_temp_files_of_a_dead_writer_of_this_run_are_removed_and_nothing_else(tm
         live.wait()
 
 
+def test_a_killed_writer_not_yet_reaped_is_dead(tmp_path):
+    """A daemon killed a moment ago is a zombie until init reaps it, and the resume that follows
+    the kill at once (its lock is already free) must still remove its temp files."""
+    import time
+
+    zombie = subprocess.Popen(["true"])            # exits at once; not waited for: a zombie
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(f"/proc/{zombie.pid}/stat", "rb") as fh:
+                if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the child never became a zombie")
+        temp = tmp_path / f".last.pt.lvmd-r3-p{zombie.pid}.abc.tmp"
+        temp.write_bytes(b"x")
+        assert checkpoint.remove_temp_files(tmp_path, 3) == [temp] and not temp.exists()
+    finally:
+        zombie.wait()
+
+
 def test_a_checkpoint_names_its_run_and_a_resume_refuses_another(tmp_path):
     ident = checkpoint.identity("db-a", 1, {"name": "a", "data": {"allow_pickle": True}}, {"train": {"sha256": "t1"}})
     path = checkpoint.save(tmp_path / "last.pt", {"step": 3, "identity": ident})

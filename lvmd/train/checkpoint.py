@@ -21,8 +21,9 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from lvmd.errors import UserError
-from store.paths import not_regular
 from store.holdpoints import hold
+from store.paths import not_regular
+from store.runs import pid_alive
 
 FORMAT = "lvmd-checkpoint-1"
 
@@ -143,15 +144,10 @@ def remove_temp_files(folder: str | Path, run_id: int) -> list[Path]:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False              # ours from an earlier life under this pid: we hold the lock now
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A writer that can still write: not us (ours from an earlier life under this pid: we hold
+    the lock now), and not a zombie, which a daemon killed a moment ago is until init reaps it
+    (its lock is already free, so the resume that follows the kill gets here first)."""
+    return pid != os.getpid() and pid_alive(pid)
 
 
 # -- identity: whose checkpoint is this ------------------------------------------------------
