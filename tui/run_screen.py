@@ -1,8 +1,9 @@
 """One run, live: status, charts, gates, events, config and the machine, and the keys that steer it.
 
-The screen holds what the tail must follow (replay, zoom, baseline) and what every chart shares
-(x axis, smoothing, cursor: tui.chart_deck); the views are widgets that draw what they are shown
-and speak by messages (a chart's new metric or scale, the mouse over a step).
+The screen holds two helpers: which stretch of the run it shows and against what (replay, zoom,
+baseline: tui.run_window) and what every chart shares (x axis, smoothing, cursor: tui.chart_deck).
+The views are widgets that draw what they are shown and speak by messages (a chart's new metric or
+scale, the mouse over a step).
 
 Focus decides what a key means: while a text box has focus every printable key is text; the
 run's commands (p r e c s) act only from a chart or a table, and say so elsewhere."""
@@ -20,16 +21,15 @@ from tui.alerts import alerts_for
 from tui.chart_deck import CHART_TABS, ChartDeck
 from tui.dialogs import ConfirmScreen
 from tui.metrics import STEP_SLOTS
-from tui.plots import shown_epoch
+from tui.run_window import RunWindow
 from tui.tail import RunSnapshot, TailUpdate
 from tui.widgets.chart import Chart
 from tui.widgets.config import ConfigPane
 from tui.widgets.events import EventLog, EventsPane
 from tui.widgets.gates import GateTable
-from tui.widgets.status import StatusBar, eval_progress
+from tui.widgets.status import StatusBar
 from tui.widgets.system import SystemPane
 
-MAX_ZOOM = 3  # 1/4, 1/16, 1/64 of the steps; one more press shows the whole run again
 COMMAND_HOMES = (Chart, DataTable, EventLog, SystemPane)  # where p r e c s act
 
 
@@ -77,13 +77,13 @@ class RunScreen(Screen):
         self.snapshot: RunSnapshot | None = None
         self.baseline: RunSnapshot | None = None
         self.overlays: tuple[RunSnapshot, ...] = ()  # the runs marked on the runs screen
-        self.replay_epoch: int | None = None
-        self.show_baseline = True
-        self.zoom = 0                           # step charts: the newest 4^-zoom of the steps
         self.announced: set[str] = set()
+        self.window = RunWindow(self)           # replay, zoom, baseline: what the tail reads
         self.deck = ChartDeck(self)             # x axis, smoothing, cursor, metrics: what the charts share
 
-    # what every chart shares, as the keys left it (tui.chart_deck)
+    # as the keys left them (tui.run_window, tui.chart_deck)
+    replay_epoch = property(lambda self: self.window.replay_epoch)
+    zoom = property(lambda self: self.window.zoom)
     x_kind = property(lambda self: self.deck.x_kind)
     smooth = property(lambda self: self.deck.smooth)
     cursor_step = property(lambda self: self.deck.cursor_step)
@@ -136,10 +136,10 @@ class RunScreen(Screen):
             self.query_one(StatusBar).refresh()
             return
         self.snapshot = update.run
-        self.baseline = update.baseline if self.show_baseline else None
+        self.baseline = update.baseline if self.window.show_baseline else None
         self.overlays = update.overlays
         wanted = self.app.baseline_id
-        if self.show_baseline and wanted not in (None, self.run_id) and update.view.baseline_id == wanted \
+        if self.window.show_baseline and wanted not in (None, self.run_id) and update.view.baseline_id == wanted \
                 and update.baseline is None:
             self._announce(f"baseline-{wanted}", f"baseline run {wanted} is not in this database: no overlay")
         try:
@@ -157,37 +157,16 @@ class RunScreen(Screen):
         alerts = alerts_for(run)
         for alert in alerts:
             self._announce(alert.key, alert.text, "error")
-        self.query_one(StatusBar).show(run, alerts, self._notes())
+        self.query_one(StatusBar).show(run, alerts, self.window.notes())
         self.deck.draw()
         self.query_one(GateTable).show_evals(run.evals, run.gates)
         self.query_one(EventsPane).show(run.events, run.epochs, run.commands)
         self.query_one(ConfigPane).show(run.run.get("config_json"))
         self.query_one(SystemPane).show(run.system_history, run.system)
 
-    def _notes(self) -> list[tuple[str, str]]:
-        notes = []
-        progress = eval_progress(self.snapshot)
-        if progress:
-            notes.append((progress, "bold cyan"))
-        if self.replay_epoch is not None:
-            last = self.snapshot.last_epoch
-            notes.append((f"REPLAY e{shown_epoch(self.replay_epoch)}/{shown_epoch(last) if last is not None else '?'}"
-                          " ([ ] step, l live)", "bold reverse"))
-        if self.zoom:
-            notes.append((f"ZOOM newest 1/{4 ** self.zoom} (z)", "bold"))
-        if self.x_kind != "step":
-            notes.append((f"x: {'wall time' if self.x_kind == 'time' else 'epoch'} (x)", "bold"))
-        if self.baseline is not None:
-            notes.append((f"vs ┉run {self.baseline.run_id} (grey)", "bright_black"))
-        if self.overlays:
-            notes.append((f"+{len(self.overlays)} marked run{'s' if len(self.overlays) > 1 else ''}", "yellow"))
-        if self.app.readonly:
-            notes.append(("read-only", "dim"))
-        return notes
-
-    def _refresh_status(self) -> None:
+    def refresh_status(self) -> None:
         if self.snapshot is not None:
-            self.query_one(StatusBar).show(self.snapshot, alerts_for(self.snapshot), self._notes())
+            self.query_one(StatusBar).show(self.snapshot, alerts_for(self.snapshot), self.window.notes())
 
     # -- focus: what a key means -------------------------------------------------------------
     def on_key(self, event) -> None:
@@ -239,42 +218,23 @@ class RunScreen(Screen):
                                            f" `lvmd resume {self.run_id}` can continue it later.", "Stop"), answered)
 
     def action_replay(self, delta: int) -> None:
-        last = self.snapshot.last_epoch if self.snapshot else None
-        if last is None:
-            self.notify("no finished epoch to replay yet", severity="warning")
-            return
-        if self.replay_epoch is None:
-            if delta > 0:
-                self.notify("already live")
-                return
-            target = last
-        else:
-            target = self.replay_epoch + delta
-        if target < 0:
-            self.notify("first epoch")
-            return
-        self._set_replay(None if target > last else target)
+        self.window.replay(delta)
 
     def action_live(self) -> None:
-        self._set_replay(None)
-
-    def _set_replay(self, epoch: int | None) -> None:
-        self.replay_epoch = epoch
-        self.query_one(GateTable).picked_eval_id = None
-        self.app.follow(replay_epoch=epoch)
-        self._refresh_status()  # the mode shows at once; the charts when the tail has read it
+        self.window.set_replay(None)
 
     def action_zoom(self) -> None:
-        self.zoom = (self.zoom + 1) % (MAX_ZOOM + 1)
-        self.app.follow(zoom=self.zoom)
-        self._refresh_status()
+        self.window.cycle_zoom()
+
+    def action_toggle_baseline(self) -> None:
+        self.window.toggle_baseline()
 
     def action_smooth(self) -> None:
         self.deck.cycle_smooth()
 
     def action_x_axis(self) -> None:
         self.deck.cycle_x()
-        self._refresh_status()
+        self.refresh_status()
 
     def action_log_scale(self) -> None:
         self.deck.toggle_log()
@@ -296,23 +256,6 @@ class RunScreen(Screen):
 
     def set_cursor(self, step: int | None) -> None:
         self.deck.set_cursor(step)
-
-    def action_toggle_baseline(self) -> None:
-        wanted = self.app.baseline_id
-        if wanted is None:
-            self.notify("no baseline chosen: start with --baseline ID, or press b on a run in the runs list",
-                        severity="warning")
-            return
-        if wanted == self.run_id:
-            self.notify(f"run {self.run_id} is the baseline itself: nothing to overlay"
-                        " (b on another run in the runs list chooses another)", severity="warning")
-            return
-        self.show_baseline = not self.show_baseline
-        self.notify(f"baseline run {wanted} {'shown' if self.show_baseline else 'hidden'} (b)", timeout=3)
-        self.app.follow(baseline_id=wanted if self.show_baseline else None)
-        if not self.show_baseline:
-            self.baseline = None
-            self._refresh_status()
 
     def action_pick_eval(self, delta: int) -> None:
         self.query_one(GateTable).pick(delta)
