@@ -18,7 +18,7 @@ from conftest import TINY_MODEL, data_overrides, lvmd
 from lvmd.cli.main import main
 from lvmd.train import rho_cap
 from lvmd.train.guardrails import adaptive_lambda
-from store import reader
+from store import reader, series as step_series
 from store.db import connect
 from store.report import open_readonly
 from store.runs import create_run, update_run
@@ -231,7 +231,7 @@ def test_every_surface_counts_the_same(counts_db, capsys):
     for run_id, t in truth.items():
         kinds = [e["kind"] for e in reader.events_after(read, run_id, 0)]
         assert (kinds.count("attenuate"), kinds.count("skip")) == (t["attenuated"], t["skips"])
-        series = reader.StepSeries(run_id, target_bins=16)
+        series = step_series.StepSeries(run_id, target_bins=16)
         with reader.read_snapshot(read):
             series.refresh(read)
         snap = series.snapshot()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from store import reader
+from store import reader, series as step_series
 from store.db import connect
 from store.runs import create_run, truncate_after, update_run
 from store.schema import STEP_METRICS
@@ -42,13 +42,13 @@ def brute_bins(read, run_id: int, width: int, column: str) -> dict[int, tuple[fl
     return {k: (min(v), max(v), sum(v) / len(v)) for k, v in out.items()}
 
 
-def series_bins(series: reader.StepSeries, column: str) -> dict[int, tuple[float, float, float]]:
+def series_bins(series: step_series.StepSeries, column: str) -> dict[int, tuple[float, float, float]]:
     snap = series.snapshot()
     i = snap.columns.index(column)
     return {b.index: (b.lo[i], b.hi[i], b.sums[i] / b.count) for b in snap.bins}
 
 
-def refreshed(read, series: reader.StepSeries) -> bool:
+def refreshed(read, series: step_series.StepSeries) -> bool:
     with reader.read_snapshot(read):
         return series.refresh(read)
 
@@ -65,7 +65,7 @@ def test_bins_hold_min_max_and_mean_and_keep_a_one_step_spike(db):
     rows = [step_row(s, rho=0.2 + rng.uniform(-0.01, 0.01)) for s in range(1000)]
     rows[617] = step_row(617, rho=0.9)  # one spike in 1000 steps
     write(sink, rows)
-    series = reader.StepSeries(run_id, target_bins=16)
+    series = step_series.StepSeries(run_id, target_bins=16)
     assert refreshed(read, series)
     assert series.width == 64 and len(series.snapshot().bins) == 16  # 1000 steps / 16 bins -> 2^6
     assert_same(series_bins(series, "rho"), brute_bins(read, run_id, 64, "rho"))
@@ -74,7 +74,7 @@ def test_bins_hold_min_max_and_mean_and_keep_a_one_step_spike(db):
 
 def test_incremental_refresh_equals_a_fresh_read_and_edges_stay_put(db):
     path, run_id, sink, read = db
-    series = reader.StepSeries(run_id, target_bins=8)
+    series = step_series.StepSeries(run_id, target_bins=8)
     rng = random.Random(2)
     step, widths = 0, []
     for _ in range(12):
@@ -84,7 +84,7 @@ def test_incremental_refresh_equals_a_fresh_read_and_edges_stay_put(db):
         before = series_bins(series, "pos")
         assert refreshed(read, series)
         widths.append(series.width)
-        fresh = reader.StepSeries(run_id, target_bins=8)
+        fresh = step_series.StepSeries(run_id, target_bins=8)
         refreshed(read, fresh)
         assert fresh.width == series.width
         assert_same(series_bins(series, "pos"), series_bins(fresh, "pos"))
@@ -101,7 +101,7 @@ def test_resume_that_deletes_and_rewrites_steps_is_picked_up(db):
     new rows the deleted rowids, so a rowid cursor alone would miss them."""
     path, run_id, sink, read = db
     write(sink, [step_row(s, rho=0.1) for s in range(300)])
-    series = reader.StepSeries(run_id, target_bins=64)
+    series = step_series.StepSeries(run_id, target_bins=64)
     refreshed(read, series)
     writer = connect(path)
     truncate_after(writer, run_id, 199, 1)
@@ -115,7 +115,7 @@ def test_resume_that_deletes_and_rewrites_steps_is_picked_up(db):
 def test_truncation_without_new_rows_shrinks_the_series(db):
     path, run_id, sink, read = db
     write(sink, [step_row(s) for s in range(500)])
-    series = reader.StepSeries(run_id, target_bins=64)
+    series = step_series.StepSeries(run_id, target_bins=64)
     refreshed(read, series)
     writer = connect(path)
     truncate_after(writer, run_id, 99, 1)
@@ -127,10 +127,10 @@ def test_truncation_without_new_rows_shrinks_the_series(db):
 def test_step_limit_cuts_the_series_and_retarget_merges_or_rebuilds(db):
     path, run_id, sink, read = db
     write(sink, [step_row(s, epoch=s // 100, skip=int(s % 50 == 0)) for s in range(400)])
-    replay = reader.StepSeries(run_id, target_bins=64, step_limit=199)
+    replay = step_series.StepSeries(run_id, target_bins=64, step_limit=199)
     refreshed(read, replay)
     assert replay.last_step == 199 and replay.snapshot().count == 200 and replay.snapshot().skips == 4
-    live = reader.StepSeries(run_id, target_bins=64)
+    live = step_series.StepSeries(run_id, target_bins=64)
     refreshed(read, live)
     live.retarget(8)  # coarser: merged from what it holds
     assert refreshed(read, live) and live.width == 64
@@ -145,7 +145,7 @@ def test_a_zoom_window_bins_its_span_slides_without_rereading_and_zooms_out(db):
     path, run_id, sink, read = db
     rng = random.Random(4)
     write(sink, [step_row(s, rho=rng.random()) for s in range(1000)])
-    series = reader.StepSeries(run_id, target_bins=16)
+    series = step_series.StepSeries(run_id, target_bins=16)
     refreshed(read, series)
     assert series.width == 64
     series.set_window(750, 250)          # the newest quarter: finer bins, read again
@@ -173,9 +173,9 @@ def test_a_zoom_window_bins_its_span_slides_without_rereading_and_zooms_out(db):
 def test_new_rows_are_found_through_the_rowid_range_not_a_scan(db):
     """The cheap path the tail takes on every wake-up must stay cheap on a million rows."""
     path, run_id, sink, read = db
-    plan = " ".join(r[3] for r in read.execute("EXPLAIN QUERY PLAN " + reader.StepSeries.NEW_ROWS_SQL, (1, 0, run_id)))
+    plan = " ".join(r[3] for r in read.execute("EXPLAIN QUERY PLAN " + step_series.StepSeries.NEW_ROWS_SQL, (1, 0, run_id)))
     assert "INTEGER PRIMARY KEY (rowid>?)" in plan
-    plan = " ".join(r[3] for r in read.execute("EXPLAIN QUERY PLAN " + reader.StepSeries(run_id, target_bins=4)._bin_sql,
+    plan = " ".join(r[3] for r in read.execute("EXPLAIN QUERY PLAN " + step_series.StepSeries(run_id, target_bins=4)._bin_sql,
                                                (run_id, 0, 1, 1)))
     assert "USING INDEX" in plan and "TEMP B-TREE" not in plan
 
@@ -226,10 +226,10 @@ def test_epoch_end_step_prefers_the_epochs_row(db):
 
 def test_a_long_run_gets_a_sampled_preview_on_the_same_bins_first(db, monkeypatch):
     path, run_id, sink, read = db
-    monkeypatch.setattr(reader, "PREVIEW_MIN_STEPS", 500)
-    monkeypatch.setattr(reader, "PREVIEW_SAMPLES", 50)
+    monkeypatch.setattr(step_series, "PREVIEW_MIN_STEPS", 500)
+    monkeypatch.setattr(step_series, "PREVIEW_SAMPLES", 50)
     write(sink, [step_row(s, pos=s / 1000) for s in range(1000)])
-    series = reader.StepSeries(run_id, target_bins=16)
+    series = step_series.StepSeries(run_id, target_bins=16)
     with reader.read_snapshot(read):
         preview = series.preview(read)
     assert preview.sample_stride == 19 and preview.width == 64 and preview.count == 53  # steps 0, 19, ... 988
@@ -237,9 +237,9 @@ def test_a_long_run_gets_a_sampled_preview_on_the_same_bins_first(db, monkeypatc
     refreshed(read, series)
     exact = series.snapshot()
     assert exact.sample_stride == 1 and exact.width == preview.width and exact.count == 1000
-    pos = reader.SERIES_COLUMNS.index("pos")
+    pos = step_series.SERIES_COLUMNS.index("pos")
     for p, e in zip(preview.bins, exact.bins):  # a sample's mean is near the bin's mean
         assert p.sums[pos] / p.count == pytest.approx(e.sums[pos] / e.count, abs=0.02)
     assert series.preview(read) is None  # once read, no more previews
-    short = reader.StepSeries(run_id, target_bins=16, step_limit=400)
+    short = step_series.StepSeries(run_id, target_bins=16, step_limit=400)
     assert short.preview(read) is None  # short enough to read whole

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from store.reader import SERIES_COLUMNS, SeriesBin, SeriesSnapshot
+from store.series import SERIES_COLUMNS, SeriesBin, SeriesSnapshot
 from tui.alerts import alerts_for
 from tui.plots import SEED_MARGIN_BAND, cap_segments, margin_plot, rho_cap_at
 from tui.tail import RunSnapshot

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 
-from store.reader import SeriesSnapshot
+from store.series import SeriesSnapshot
 from tui.metrics import DEFAULT_SPECS, ChartSpec, Metric
 from tui.sweeps import short_config
 from tui.tail import RunSnapshot

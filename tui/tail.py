@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 import watchfiles
 from textual.message import Message
 
-from store import reader
+from store import reader, series as step_series
 from store.db import StoreError, connect
 from store.runs import active_rate
 from store.schema import MIGRATIONS
@@ -65,7 +65,7 @@ class SeedBand:
 class RunSnapshot:
     """Everything the run screen draws, as committed at one instant (and cut at the replay epoch)."""
     run: dict
-    series: reader.SeriesSnapshot
+    series: step_series.SeriesSnapshot
     latest: dict | None              # newest step row in view
     steps_per_s: float | None
     events: tuple[dict, ...]
@@ -113,7 +113,7 @@ class TailFailed(Message):
 class _RunTracker:
     """Tail-thread state for one run: cursors and what they have accumulated."""
     run_id: int
-    series: reader.StepSeries
+    series: step_series.StepSeries
     events: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     gates: dict[int, tuple[dict, ...]] = field(default_factory=dict)
@@ -121,7 +121,7 @@ class _RunTracker:
     samples: list[dict] = field(default_factory=list)
     history: tuple[dict, ...] = ()   # the samples as last handed over: the same object while none arrive
     t0: float | None = None
-    last_series: reader.SeriesSnapshot | None = None
+    last_series: step_series.SeriesSnapshot | None = None
     series_shape: tuple = ()
 
     def read(self, conn: sqlite3.Connection, replay_epoch: int | None, *, preview: bool = False) -> RunSnapshot | None:
@@ -319,7 +319,7 @@ class DbTail:
     def _tracker(self, run_id: int, limit: int | None, view: TailView, window: tuple[int, int | None]) -> _RunTracker:
         key = (run_id, limit, view.zoom, view.step_columns)
         if key not in self._trackers:
-            self._trackers[key] = _RunTracker(run_id, reader.StepSeries(run_id, target_bins=view.target_bins,
+            self._trackers[key] = _RunTracker(run_id, step_series.StepSeries(run_id, target_bins=view.target_bins,
                                                                         step_limit=limit, columns=view.step_columns))
         tracker = self._trackers[key]
         tracker.series.retarget(view.target_bins)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from store.reader import SeriesBin, SeriesSnapshot
+from store.series import SeriesBin, SeriesSnapshot
 from tui.tail import RunSnapshot
 
 KINDS = ("step", "time", "epoch")
